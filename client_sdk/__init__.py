@@ -1,0 +1,1 @@
+"""MLFS Edge client SDK: no torch on devices (see issue 4)."""

@@ -1,0 +1,1 @@
+"""MLFS Edge delivery server (see issue 4)."""

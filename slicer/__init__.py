@@ -1,0 +1,1 @@
+"""MLFS slicer: elastic supernet, stage-wise adapters, exact subnet extraction."""
