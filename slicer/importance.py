@@ -108,6 +108,13 @@ def magnitude_scores(model: SlicedTransformer) -> Scores:
     return Scores(units, ffn, model.embeddings.word.weight.norm(dim=0))
 
 
+def _taylor(x: torch.Tensor, mask: torch.Tensor, groups: int) -> torch.Tensor:
+    """|d loss / d gate| per unit: activation x gradient summed over the unit and the real tokens of each example."""
+    x_units = (x * mask).unflatten(-1, (groups, -1))  # (B, T, groups, width)
+    g = x.grad.unflatten(-1, (groups, -1))
+    return (x_units * g).sum(dim=(1, 3)).abs().sum(0)
+
+
 def data_scores(
     model: SlicedTransformer, batches: list[dict[str, torch.Tensor]], method: str, loss_fn: LossFn | None = None
 ) -> Scores:
@@ -146,19 +153,12 @@ def data_scores(
                         h.retain_grad()
                     loss_fn(out).backward()
 
-            def score(x: torch.Tensor, groups: int) -> torch.Tensor:
-                x_units = (x * mask).unflatten(-1, (groups, -1))  # (B, T, groups, width)
-                if method == "taylor":
-                    g = x.grad.unflatten(-1, (groups, -1))
-                    return (x_units * g).sum(dim=(1, 3)).abs().sum(0)  # |gate gradient| per example, summed
-                return x_units.abs().mean(-1).sum(dim=(0, 1))
-
             with torch.no_grad():
                 for i, layer in enumerate(model.layers):
                     ctx = captured[f"attn.{i}"]  # (B, T, heads*hd)
                     if method == "taylor":
-                        units[i] += score(ctx, n_units)
-                        ffn[i] += score(captured[f"ffn.{i}"], ffn[i].numel())
+                        units[i] += _taylor(ctx, mask, n_units)
+                        ffn[i] += _taylor(captured[f"ffn.{i}"], mask, ffn[i].numel())
                     else:
                         # contribution of each unit to the residual stream: |x_u W_o[:, u]^T| and |a_n| |W_down[:, n]|
                         w_o = layer.attn.o.weight.view(-1, n_units, ctx.shape[-1] // n_units)  # (hidden, units, width)
@@ -167,7 +167,7 @@ def data_scores(
                         a = (captured[f"ffn.{i}"] * mask).abs().sum(dim=(0, 1))
                         ffn[i] += a * layer.ffn.down.weight.norm(dim=0)
                 for h in out.hidden_states:
-                    hidden += score(h, dims.hidden)
+                    hidden += _taylor(h, mask, dims.hidden) if method == "taylor" else (h * mask).abs().sum(dim=(0, 1))
             model.zero_grad(set_to_none=True)
     finally:
         for handle in handles:

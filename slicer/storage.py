@@ -18,7 +18,15 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .checkpoint import check_state, dims_from_hf_config, hf_config_for, hf_to_ours, ours_to_hf, read_json, read_safetensors
+from .checkpoint import (
+    check_state,
+    dims_from_hf_config,
+    hf_config_for,
+    hf_to_ours,
+    ours_to_hf,
+    read_json,
+    read_safetensors,
+)
 from .dims import ModelDims
 from .errors import CheckpointError
 from .model import SlicedTransformer, build_model

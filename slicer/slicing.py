@@ -1,0 +1,101 @@
+"""From a base name or folder (and optionally an adapter stack) to a supernet, and from there to a subnet folder.
+
+The CLI and the server both go through here, so they slice the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .adapter_stack import load_adapter_stack
+from .calibration import calibration_batches
+from .errors import CheckpointError, ConfigError
+from .importance import causal_lm_loss, compute_reordering
+from .storage import fingerprint, load_base, save_subnet
+from .subnet_config import SubnetConfig
+from .supernet import Supernet
+from .teachers import resolve_base
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenSupernet:
+    supernet: Supernet
+    base_dir: Path
+    base_fingerprint: str
+    adapters_dir: Path | None
+    reordered: bool
+
+
+def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder: bool = True) -> OpenSupernet:
+    """Load a base; attach its adapter stack (which carries its own reordering), or reorder it by importance."""
+    base_dir = resolve_base(base)
+    model = load_base(base_dir)
+    fp = fingerprint(base_dir)
+    if adapters is not None:
+        supernet = load_adapter_stack(model, Path(adapters), fp)
+        return OpenSupernet(supernet, base_dir, fp, Path(adapters), reordered=True)
+    if reorder:
+        reorder_by_importance(model, base_dir)
+    return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)
+
+
+def reorder_by_importance(model, base_dir: Path):
+    """Rank units on real calibration text (stdlib prose or code); weight magnitude if there is no tokenizer."""
+    family = model.dims.family
+    try:
+        batches = calibration_batches(base_dir, family)
+    except CheckpointError as err:
+        log.warning("no calibration text (%s); ranking by weight magnitude", err)
+        batches = []
+    if family == "decoder" and batches:
+        # The decoder has its own objective, so rank by |activation x gradient| of the LM loss.
+        it = iter(batches)
+
+        def loss_fn(out):
+            b = next(it)
+            return causal_lm_loss(out, b["input_ids"], b["attention_mask"])
+
+        reordering = compute_reordering(model, batches, "taylor", loss_fn)
+    else:
+        reordering = compute_reordering(model, batches, "activation" if batches else "magnitude")
+    reordering.apply(model)
+    return reordering
+
+
+def read_config_arg(value: str) -> Any:
+    """A config given on the command line: JSON text, or the path of a JSON file."""
+    text = value.strip()
+    if text.startswith("{"):
+        return text
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(f"config: {value!r} is neither JSON (starting with '{{') nor an existing file")
+    return path.read_text()
+
+
+def slice_to_folder(opened: OpenSupernet, config: Any, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Extract ``config`` and save it with the base's tokenizer; returns the saved metadata plus timings."""
+    dims = opened.supernet.dims
+    cfg = SubnetConfig.parse(config, dims)
+    start = time.perf_counter()
+    subnet = opened.supernet.extract(cfg)
+    extract_s = time.perf_counter() - start
+    provenance = {
+        "base": str(opened.base_dir),
+        "base_fingerprint": opened.base_fingerprint,
+        "adapters": str(opened.adapters_dir) if opened.adapters_dir else None,
+        "reordered": opened.reordered,
+    }
+    meta = save_subnet(subnet, out, tokenizer_from=opened.base_dir, provenance=provenance, overwrite=overwrite)
+    teacher = SubnetConfig.maximal(dims).param_count(dims)
+    meta["teacher_params"] = {"total": teacher.total, "non_embedding": teacher.non_embedding}
+    meta["extract_seconds"] = extract_s
+    log.debug("slice metadata: %s", json.dumps(meta))
+    return meta
