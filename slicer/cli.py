@@ -73,13 +73,12 @@ def teacher_list() -> None:
 @app.command("config")
 def config_show(base: BaseOpt, config: ConfigOpt) -> None:
     """Validate a subnet config against a base and print its canonical form, key and size (builds nothing)."""
-    from .checkpoint import dims_from_hf_config, read_json
     from .slicing import read_config_arg
-    from .storage import subnet_summary
+    from .storage import read_dims, subnet_summary
     from .subnet_config import SubnetConfig
     from .teachers import resolve_base
 
-    dims = dims_from_hf_config(read_json(resolve_base(base) / "config.json"))
+    dims = read_dims(resolve_base(base))
     cfg = SubnetConfig.parse(read_config_arg(config), dims)
     summary = subnet_summary(dims, cfg)
     teacher = SubnetConfig.maximal(dims).param_count(dims)
@@ -106,15 +105,17 @@ def slice_cmd(
 ) -> None:
     """Extract a standalone subnet (adapters merged) and save it as safetensors + config + tokenizer."""
     from .slicing import open_supernet, read_config_arg, slice_to_folder
+    from .storage import check_output_folder, read_dims
+    from .subnet_config import SubnetConfig
+    from .teachers import resolve_base
 
-    config_text = read_config_arg(config)
+    # Fail on bad input before the slow part (loading weights, ranking units).
+    cfg = SubnetConfig.parse(read_config_arg(config), read_dims(resolve_base(base)))
+    check_output_folder(out_dir, overwrite)
     with err.status(f"loading {base}" + (" and its adapters" if adapters else "")):
         opened = open_supernet(base, adapters, reorder=reorder)
     with err.status("extracting and saving"):
-        meta = slice_to_folder(opened, config_text, out_dir, overwrite=overwrite)
-    from .subnet_config import SubnetConfig
-
-    cfg = SubnetConfig.from_dict(meta["config"])
+        meta = slice_to_folder(opened, cfg, out_dir, overwrite=overwrite)
     out.print(f"subnet      {cfg.describe()}  key {meta['config_key']}")
     _print_size(meta, meta["teacher_params"]["total"], meta["teacher_params"]["non_embedding"])
     out.print(f"extracted   in {meta['extract_seconds'] * 1000:.0f} ms")

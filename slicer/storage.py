@@ -63,12 +63,17 @@ def materialise(dims: ModelDims, cfg: SubnetConfig, state: dict[str, torch.Tenso
     return model.eval()
 
 
+def read_dims(folder: str | Path) -> ModelDims:
+    """A base folder's architecture from its config.json alone (cheap: validate configs before loading weights)."""
+    return dims_from_hf_config(read_json(Path(folder) / "config.json"))
+
+
 def load_base(folder: str | Path) -> SlicedTransformer:
     """Load a Hugging Face checkpoint folder (config.json + model.safetensors) as an elastic model."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"base model folder not found: {folder}")
-    dims = dims_from_hf_config(read_json(folder / "config.json"))
+    dims = read_dims(folder)
     state = hf_to_ours(read_safetensors(folder / WEIGHTS), dims)
     return materialise(dims, SubnetConfig.maximal(dims), state, str(folder / WEIGHTS))
 
@@ -91,6 +96,14 @@ def subnet_summary(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any]:
     }
 
 
+def check_output_folder(out: str | Path, overwrite: bool) -> Path:
+    """Refuse to replace a non-empty folder unless asked to."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise CheckpointError(f"output folder {out} exists and is not empty; choose another or pass --overwrite")
+    return out
+
+
 def save_subnet(
     model: SlicedTransformer,
     out: str | Path,
@@ -102,9 +115,7 @@ def save_subnet(
 
     Returns the metadata written to ``mlfs_model.json``.
     """
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CheckpointError(f"output folder {out} exists and is not empty; choose another or pass overwrite")
+    out = check_output_folder(out, overwrite)
     dims, cfg = model.dims, model.cfg
     meta = {
         "format": SUBNET_FORMAT,
