@@ -21,7 +21,7 @@ from .errors import AdapterMismatchError, CheckpointError
 from .importance import Reordering
 from .model import SlicedTransformer
 from .search_space import SearchSpace
-from .supernet import Supernet
+from .supernet import Supernet, adapter_shapes
 
 STACK_FORMAT = "mlfs-adapters/1"
 STACK_META = "adapter_config.json"
@@ -81,19 +81,22 @@ def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerp
         )
     if meta["base_dims"] != base.dims.to_dict():
         raise AdapterMismatchError(f"adapters in {folder} were made for other model dimensions: {meta['base_dims']}")
+    settings = AdapterSettings(meta["rank"], tuple(meta["targets"]), meta["stages"], meta.get("alpha"))
     tensors = read_safetensors(folder / STACK_WEIGHTS)
     reorder = {k[len(REORDER_PREFIX):]: v for k, v in tensors.items() if k.startswith(REORDER_PREFIX)}
-    if reorder:
-        Reordering.from_tensors(reorder, base.dims.num_layers).apply(base)
-    settings = AdapterSettings(meta["rank"], tuple(meta["targets"]), meta["stages"], meta.get("alpha"))
-    supernet = Supernet(base, settings, SearchSpace.from_dict(meta["search_space"]))
-    expected = {k: tuple(v.shape) for k, v in supernet.adapter_state().items()}
+    # Check everything before touching the caller's base model.
+    expected = adapter_shapes(base.dims, settings)
     got = {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith(REORDER_PREFIX)}
     if expected != got:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
         wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
         detail = f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {[(k, got[k], expected[k]) for k in wrong[:3]]}"
         raise AdapterMismatchError(f"adapters in {folder} do not fit this base: {detail}")
+    reordering = Reordering.from_tensors(reorder, base.dims.num_layers) if reorder else None
+    space = SearchSpace.from_dict(meta["search_space"]).validate(base.dims)
+    if reordering is not None:
+        reordering.apply(base)
+    supernet = Supernet(base, settings, space)
     with torch.no_grad():
         for name, value in supernet.adapter_state().items():
             value.copy_(tensors[name])

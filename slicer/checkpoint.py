@@ -47,8 +47,12 @@ LLAMA_KEYS = [
     ("model.norm.weight", "final_norm.weight"),
     ("lm_head.weight", "lm_head.weight"),
 ]
-# Checkpoint tensors we know and deliberately do not use.
-IGNORED = re.compile(r"^(embeddings\.position_ids|pooler\..*|.*rotary_emb\.inv_freq)$")
+# Checkpoint tensors we know and deliberately do not use: buffers, the BERT pooler, and encoder task heads
+# (a checkpoint saved from e.g. BertForSequenceClassification still holds a usable encoder).
+IGNORED = re.compile(
+    r"^(embeddings\.position_ids|pooler\..*|.*rotary_emb\.inv_freq"
+    r"|cls\..*|classifier\..*|qa_outputs\..*|discriminator_predictions\..*)$"
+)
 # Encoder checkpoints saved from a task model carry the architecture's prefix.
 ENCODER_PREFIXES = ("bert.", "roberta.", "electra.")
 
@@ -130,6 +134,8 @@ def hf_config_for(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any] | None:
             "pad_token_id": dims.pad_token_id or 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
             "add_pooling_layer": False,
         }
+    if h % heads:
+        return None  # transformers' LlamaConfig rejects hidden sizes that are not a multiple of the heads
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": dims.vocab_size,
         "hidden_size": h, "num_hidden_layers": n, "num_attention_heads": heads,

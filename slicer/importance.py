@@ -39,6 +39,9 @@ class Reordering:
     def apply(self, model: SlicedTransformer) -> None:
         """Permute ``model``'s weights in place (a maximal, adapter-free model)."""
         dims, state = model.dims, model.state_dict()
+        if not model.is_elastic or set(state) != set(model.expected_shapes()):
+            # A wrapped model names its weights "...q.base.weight": permuting only some of them breaks it.
+            raise ConfigError("reordering applies to a full, adapter-free base model; reorder before attaching adapters")
         unit = dims.group_size * dims.head_dim  # query rows per unit
         for i, (units, neurons) in enumerate(zip(self.attn_units, self.ffn)):
             p = f"layers.{i}."

@@ -62,7 +62,10 @@ class SearchSpace:
         missing = [k for k in DIMENSIONS if k not in data]
         if missing:
             raise ConfigError(f"search space: missing key(s) {missing}")
-        return cls(**{k: data[k] for k in DIMENSIONS}, per_layer=bool(data.get("per_layer", False)))
+        per_layer = data.get("per_layer", False)
+        if not isinstance(per_layer, bool):
+            raise ConfigError(f"search space per_layer: expected true or false, got {per_layer!r}")
+        return cls(**{k: data[k] for k in DIMENSIONS}, per_layer=per_layer)
 
     @classmethod
     def from_file(cls, path: str | Path) -> SearchSpace:

@@ -136,10 +136,11 @@ class SubnetConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SubnetConfig:
         """Inverse of ``to_dict`` (canonical form only; use ``parse`` for user input)."""
-        try:
-            return cls(tuple(data["layers"]), tuple(data["heads"]), tuple(data["ffn"]), int(data["hidden"]))
-        except (KeyError, TypeError) as err:
-            raise ConfigError(f"not a canonical subnet config: {err}") from None
+        missing = [k for k in USER_KEYS if k not in data]
+        if missing or any(not isinstance(data[k], list) for k in ("layers", "heads", "ffn")):
+            raise ConfigError(f"not a canonical subnet config (explicit lists for layers/heads/ffn): {dict(data)}")
+        ints = {k: tuple(_int(k, v) for v in data[k]) for k in ("layers", "heads", "ffn")}
+        return cls(ints["layers"], ints["heads"], ints["ffn"], _int("hidden", data["hidden"]))
 
     @property
     def key(self) -> str:

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .adapters import TARGET_PATHS, AdaptedLinear, AdapterSettings, LowRankStack
+from .dims import ModelDims
 from .errors import ConfigError
 from .model import SlicedTransformer, build_model
 from .search_space import SearchSpace
@@ -20,6 +21,21 @@ from .shapes import parameter_shapes
 from .subnet_config import SubnetConfig
 
 _LAYER = re.compile(r"^layers\.(\d+)\.")
+
+
+def adapter_shapes(dims: ModelDims, settings: AdapterSettings) -> dict[str, tuple[int, ...]]:
+    """Every adapter tensor of a supernet over ``dims``, by name (``layers.0.attn.q.A.2``), without building it."""
+    settings = settings.for_family(dims.family)
+    weights = parameter_shapes(dims, SubnetConfig.maximal(dims))
+    shapes = {}
+    for i in range(dims.num_layers):
+        for target in settings.targets:
+            path = f"layers.{i}.{TARGET_PATHS[target]}"
+            out_f, in_f = weights[f"{path}.weight"]
+            for s in range(settings.stages):
+                shapes[f"{path}.A.{s}"] = (out_f, settings.rank)
+                shapes[f"{path}.B.{s}"] = (settings.rank, in_f)
+    return shapes
 
 
 class Supernet(nn.Module):
@@ -42,6 +58,7 @@ class Supernet(nn.Module):
                 linear = getattr(parent, name)
                 stack = LowRankStack(linear.in_features, linear.out_features, self.settings.rank,
                                      self.settings.stages, self.settings.scale)
+                stack = stack.to(device=linear.weight.device, dtype=linear.weight.dtype)
                 setattr(parent, name, AdaptedLinear(linear, stack))
 
     # ----- verbs --------------------------------------------------------------------------------------------
@@ -111,8 +128,11 @@ class Supernet(nn.Module):
         return {k.replace(".base.", "."): v for k, v in state.items() if ".adapter." not in k}
 
     def merge(self) -> None:
-        """Fold every adapter into its base weight (idempotent; refuses non-finite results)."""
-        for layer in self.adapted_layers().values():
+        """Fold every adapter into its base weight: all or nothing, idempotent, refuses non-finite results."""
+        layers = [m for m in self.adapted_layers().values() if not m.merged]
+        for layer in layers:  # raises MergeError before any weight changes
+            layer.effective_weight(layer.base.out_features, layer.base.in_features)
+        for layer in layers:
             layer.merge()
 
     def active_adapter_numbers(self, cfg: SubnetConfig | None = None, stages: tuple[int, ...] | None = None) -> int:
