@@ -19,7 +19,7 @@ from .errors import ConfigError
 from .model import ModelOutput, SlicedTransformer
 
 METHODS = ("taylor", "activation", "magnitude")
-LossFn = Callable[[ModelOutput], torch.Tensor]
+LossFn = Callable[[ModelOutput, dict[str, torch.Tensor]], torch.Tensor]  # (output, the batch it came from)
 
 # Tensors with a hidden-sized axis, by name suffix: (axis, suffixes).
 _HIDDEN_COLS = (".word.weight", ".position.weight", ".token_type.weight", "attn.q.weight", "attn.k.weight",
@@ -154,7 +154,7 @@ def data_scores(
                 if method == "taylor":
                     for h in out.hidden_states:
                         h.retain_grad()
-                    loss_fn(out).backward()
+                    loss_fn(out, batch).backward()
 
             with torch.no_grad():
                 for i, layer in enumerate(model.layers):
@@ -198,8 +198,8 @@ def compute_reordering(
     return data_scores(model, batches, method, loss_fn).reordering(hidden)
 
 
-def causal_lm_loss(out: ModelOutput, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(out: ModelOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token cross entropy over real (unpadded) tokens."""
     logits = out.logits[:, :-1]  # (B, T-1, V)
-    target = input_ids[:, 1:].masked_fill(attention_mask[:, 1:] == 0, -100)
+    target = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))

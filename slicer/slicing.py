@@ -56,13 +56,7 @@ def reorder_by_importance(model, base_dir: Path):
         batches = []
     if family == "decoder" and batches:
         # The decoder has its own objective, so rank by |activation x gradient| of the LM loss.
-        it = iter(batches)
-
-        def loss_fn(out):
-            b = next(it)
-            return causal_lm_loss(out, b["input_ids"], b["attention_mask"])
-
-        reordering = compute_reordering(model, batches, "taylor", loss_fn)
+        reordering = compute_reordering(model, batches, "taylor", causal_lm_loss)
     else:
         reordering = compute_reordering(model, batches, "activation" if batches else "magnitude")
     reordering.apply(model)

@@ -42,16 +42,12 @@ def batches(dims: ModelDims, n: int = 2, seed: int = 0) -> list[dict[str, torch.
 
 
 def loss_for(dims: ModelDims, data: list[dict[str, torch.Tensor]]):
-    """decoder: next-token loss on each batch in turn; encoder: a fixed random projection of the mean-pooled output."""
-    it = iter(data * 2)
+    """decoder: next-token loss; encoder: a fixed random projection of the mean-pooled output."""
     if dims.family == "decoder":
-        def loss(out):
-            b = next(it)
-            return causal_lm_loss(out, b["input_ids"], b["attention_mask"])
-        return loss
+        return causal_lm_loss
     projection = torch.randn(dims.hidden, 5, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
 
-    def loss(out):
+    def loss(out, _batch):
         return (out.last_hidden_state.mean(dim=1) @ projection).pow(2).sum()
     return loss
 
@@ -172,12 +168,12 @@ def test_causal_lm_loss_ignores_padding(decoder_dims):
     b = batches(decoder_dims, n=1)[0]
     with torch.no_grad():
         out = model(**b)
-    loss = causal_lm_loss(out, b["input_ids"], b["attention_mask"])
+    loss = causal_lm_loss(out, b)
     changed = b["input_ids"].clone()
     changed[1, -1] = (changed[1, -1] + 1) % decoder_dims.vocab_size  # a padded target
-    assert torch.equal(causal_lm_loss(out, changed, b["attention_mask"]), loss)
+    assert torch.equal(causal_lm_loss(out, {**b, "input_ids": changed}), loss)
     changed[0, -1] = (changed[0, -1] + 1) % decoder_dims.vocab_size  # a real target
-    assert not torch.equal(causal_lm_loss(out, changed, b["attention_mask"]), loss)
+    assert not torch.equal(causal_lm_loss(out, {**b, "input_ids": changed}), loss)
 
 
 def test_applying_to_a_model_wrapped_in_adapters_is_refused_or_harmless(tiny_dims):
