@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_inputs import output, padded_batch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
@@ -51,17 +52,7 @@ def supernet_for(dims: ModelDims, seed: int = 0) -> Supernet:
 
 
 def batch(dims: ModelDims) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, dims.vocab_size, (2, 9), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, -3:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def output(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.last_hidden_state if out.logits is None else out.logits
+    return padded_batch(dims, length=9, pad=3)
 
 
 @pytest.fixture

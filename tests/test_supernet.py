@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from model_inputs import output, padded_batch
 from torch import nn
 
 from slicer.adapters import AdaptedLinear, AdapterSettings, LowRankStack
@@ -59,17 +60,7 @@ def make(dims: ModelDims, dtype: torch.dtype = torch.float64, adapters: bool = T
 
 
 def batch(dims: ModelDims, seed: int = 0) -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, dims.vocab_size, (2, 7), generator=g)
-    mask = torch.ones_like(ids)
-    mask[1, -2:] = 0
-    return {"input_ids": ids, "attention_mask": mask}
-
-
-def output(model, inputs) -> torch.Tensor:
-    with torch.no_grad():
-        out = model(**inputs)
-    return out.last_hidden_state if out.logits is None else out.logits
+    return padded_batch(dims, seed)
 
 
 @st.composite
