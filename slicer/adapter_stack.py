@@ -41,7 +41,8 @@ def save_adapter_stack(
     meta = {
         "format": STACK_FORMAT,
         "base_fingerprint": base_fingerprint,
-        "base_dims": supernet.dims.to_dict(),
+        "base_dims": supernet.dims.base().to_dict(),
+        "num_labels": supernet.dims.num_labels,
         "rank": s.rank,
         "alpha": s.alpha,
         "targets": list(s.targets),
@@ -51,7 +52,8 @@ def save_adapter_stack(
         "reordered": reordering is not None,
         **(extra or {}),
     }
-    tensors = {k: v.detach().contiguous().cpu() for k, v in supernet.adapter_state().items()}
+    state = {**supernet.adapter_state(), **supernet.head_state()}
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if reordering is not None:
         tensors.update({REORDER_PREFIX + k: v.contiguous() for k, v in reordering.to_tensors().items()})
     tmp = out.with_name(f".{out.name}.incomplete-{os.getpid()}")
@@ -79,13 +81,16 @@ def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerp
             f"adapters in {folder} were trained on base {meta['base_fingerprint'][:12]}, "
             f"but this base is {base_fingerprint[:12]}; load them with the base they were trained on"
         )
-    if meta["base_dims"] != base.dims.to_dict():
+    if meta["base_dims"] != base.dims.base().to_dict():
         raise AdapterMismatchError(f"adapters in {folder} were made for other model dimensions: {meta['base_dims']}")
     settings = AdapterSettings(meta["rank"], tuple(meta["targets"]), meta["stages"], meta.get("alpha"))
     tensors = read_safetensors(folder / STACK_WEIGHTS)
     reorder = {k[len(REORDER_PREFIX):]: v for k, v in tensors.items() if k.startswith(REORDER_PREFIX)}
     # Check everything before touching the caller's base model.
+    num_labels = meta.get("num_labels", 0)
     expected = adapter_shapes(base.dims, settings)
+    if num_labels:
+        expected.update({"head.weight": (num_labels, base.dims.hidden), "head.bias": (num_labels,)})
     got = {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith(REORDER_PREFIX)}
     if expected != got:
         missing, extra = sorted(set(expected) - set(got)), sorted(set(got) - set(expected))
@@ -96,9 +101,11 @@ def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerp
     space = SearchSpace.from_dict(meta["search_space"]).validate(base.dims)
     if reordering is not None:
         reordering.apply(base)
+    if num_labels:
+        base.add_classification_head(num_labels)
     supernet = Supernet(base, settings, space)
     with torch.no_grad():
-        for name, value in supernet.adapter_state().items():
+        for name, value in {**supernet.adapter_state(), **supernet.head_state()}.items():
             value.copy_(tensors[name])
     supernet.set_stage(min(meta.get("stage", 0), settings.stages - 1))
     return supernet

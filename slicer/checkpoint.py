@@ -124,7 +124,8 @@ def hf_config_for(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any] | None:
         return None
     n, heads, ffn, h = len(cfg.layers), cfg.heads[0], cfg.ffn[0], cfg.hidden
     if dims.family == "encoder":
-        if dims.position_offset or heads * dims.head_dim != h:
+        # Stock BERT heads pool the first token; ours pools the mean, so a headed subnet has no stock twin.
+        if dims.position_offset or dims.num_labels or heads * dims.head_dim != h:
             return None
         return {
             "architectures": ["BertModel"], "model_type": "bert", "vocab_size": dims.vocab_size,

@@ -35,6 +35,7 @@ class ModelDims:
     rope_theta: float = 10000.0  # decoder only
     tie_embeddings: bool = False
     pad_token_id: int | None = None
+    num_labels: int = 0  # encoder: a classification head on the mean-pooled output when > 0
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -43,6 +44,8 @@ class ModelDims:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
+        if self.num_labels and self.family != "encoder":
+            raise ConfigError("num_labels: classification heads are for encoders; decoders predict tokens")
         if self.num_kv_heads == 0:
             object.__setattr__(self, "num_kv_heads", self.num_heads)
         if self.num_heads % self.num_kv_heads:
@@ -54,6 +57,13 @@ class ModelDims:
     def group_size(self) -> int:
         """Query heads per key/value head (1 without grouped-query attention)."""
         return self.num_heads // self.num_kv_heads
+
+    def base(self) -> ModelDims:
+        """The same architecture without a task head (what base checkpoints and fingerprints describe)."""
+        return dataclasses.replace(self, num_labels=0)
+
+    def with_labels(self, num_labels: int) -> ModelDims:
+        return dataclasses.replace(self, num_labels=num_labels)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -67,11 +67,29 @@ class EncoderLayer(nn.Module):
         return self.ffn_norm(x + self.ffn(x))
 
 
+def mean_pool(x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over real tokens: (B, T, H) -> (B, H). How MiniLM's sentence embeddings are pooled."""
+    if attention_mask is None:
+        return x.mean(dim=1)
+    m = attention_mask[..., None].to(x.dtype)  # (B, T, 1)
+    return (x * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+
+
 class Encoder(SlicedTransformer):
     def __init__(self, dims: ModelDims, cfg: SubnetConfig) -> None:
         super().__init__(dims, cfg)
         self.embeddings = Embeddings(dims, cfg.hidden)
         self.layers = nn.ModuleList(EncoderLayer(dims, h, f, cfg.hidden) for h, f in zip(cfg.heads, cfg.ffn))
+        self.head = ElasticLinear(cfg.hidden, dims.num_labels) if dims.num_labels else None
+
+    def add_classification_head(self, num_labels: int) -> None:
+        """Give a base model a fresh head (small random weights) for ``num_labels`` classes."""
+        self.dims = self.dims.with_labels(num_labels)
+        device = self.embeddings.word.weight.device
+        self.head = ElasticLinear(self.cfg.hidden, num_labels).to(device)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+        self.head.set_active(self.active.hidden, num_labels)
 
     def forward(
         self,
@@ -86,4 +104,6 @@ class Encoder(SlicedTransformer):
         for i in self.run_layers:
             x = self.layers[i](x, mask)
             states.append(x)
-        return ModelOutput(x, tuple(states) if output_hidden_states else None)
+        pooled = mean_pool(x, attention_mask)
+        logits = self.head(pooled) if self.head is not None else None
+        return ModelOutput(x, tuple(states) if output_hidden_states else None, logits, pooled)

@@ -23,7 +23,7 @@ LossFn = Callable[[ModelOutput, dict[str, torch.Tensor]], torch.Tensor]  # (outp
 
 # Tensors with a hidden-sized axis, by name suffix: (axis, suffixes).
 _HIDDEN_COLS = (".word.weight", ".position.weight", ".token_type.weight", "attn.q.weight", "attn.k.weight",
-                "attn.v.weight", "ffn.up.weight", "ffn.gate.weight", "lm_head.weight")
+                "attn.v.weight", "ffn.up.weight", "ffn.gate.weight", "lm_head.weight", "head.weight")
 _HIDDEN_ROWS = ("attn.o.weight", "attn.o.bias", "ffn.down.weight", "ffn.down.bias", "norm.weight", "norm.bias")
 
 
@@ -196,10 +196,3 @@ def compute_reordering(
         return magnitude_scores(model).reordering(hidden)
     model.eval()
     return data_scores(model, batches, method, loss_fn).reordering(hidden)
-
-
-def causal_lm_loss(out: ModelOutput, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross entropy over real (unpadded) tokens."""
-    logits = out.logits[:, :-1]  # (B, T-1, V)
-    target = batch["input_ids"][:, 1:].masked_fill(batch["attention_mask"][:, 1:] == 0, -100)
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))

@@ -20,7 +20,8 @@ from .subnet_config import SubnetConfig
 class ModelOutput:
     last_hidden_state: torch.Tensor  # (B, T, hidden)
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embedding output, then one per kept layer
-    logits: torch.Tensor | None = None  # decoder: (B, T, vocab)
+    logits: torch.Tensor | None = None  # decoder: (B, T, vocab); encoder with a head: (B, num_labels)
+    pooled: torch.Tensor | None = None  # encoder: mean of the real tokens' last hidden states, (B, hidden)
 
 
 class Attention(nn.Module):
@@ -100,6 +101,8 @@ class SlicedTransformer(nn.Module):
             self.layers[i].set_active(heads, ffn, cfg.hidden)
         if hasattr(self, "final_norm"):
             self.final_norm.set_active(cfg.hidden)
+        if getattr(self, "head", None) is not None:
+            self.head.set_active(cfg.hidden, self.dims.num_labels)
         self.active, self.run_layers = cfg, cfg.layers
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:

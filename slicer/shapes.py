@@ -42,6 +42,9 @@ def encoder_shapes(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Shape]:
         shapes[p + "ffn.down.bias"] = (h,)
         shapes[p + "ffn_norm.weight"] = (h,)
         shapes[p + "ffn_norm.bias"] = (h,)
+    if dims.num_labels:
+        shapes["head.weight"] = (dims.num_labels, h)
+        shapes["head.bias"] = (dims.num_labels,)
     return shapes
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from .adapter_stack import load_adapter_stack
 from .calibration import calibration_batches
 from .errors import CheckpointError, ConfigError
-from .importance import causal_lm_loss, compute_reordering
+from .importance import compute_reordering
+from .losses import causal_lm_loss
 from .storage import fingerprint, load_base, save_subnet
 from .subnet_config import SubnetConfig
 from .supernet import Supernet

@@ -45,7 +45,7 @@ class Supernet(nn.Module):
         super().__init__()
         if not base.is_elastic:
             raise ConfigError("supernet: the base model must be built at its maximal config")
-        self.model, self.dims = base, base.dims
+        self.model = base
         self.space = (space or SearchSpace.default(base.dims)).validate(base.dims)
         self.settings = (settings or AdapterSettings()).for_family(base.dims.family)
         for p in base.parameters():
@@ -60,6 +60,10 @@ class Supernet(nn.Module):
                                      self.settings.stages, self.settings.scale)
                 stack = stack.to(device=linear.weight.device, dtype=linear.weight.dtype)
                 setattr(parent, name, AdaptedLinear(linear, stack))
+
+    @property
+    def dims(self) -> ModelDims:
+        return self.model.dims
 
     # ----- verbs --------------------------------------------------------------------------------------------
     @property
@@ -121,6 +125,11 @@ class Supernet(nn.Module):
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """Adapter tensors by name, e.g. ``layers.0.attn.q.A.2``."""
         return {f"{name}.{k}": v for name, stack in self.adapter_stacks().items() for k, v in stack.state_dict().items()}
+
+    def head_state(self) -> dict[str, torch.Tensor]:
+        """The task head's tensors (``head.weight``, ``head.bias``), empty without a head."""
+        head = getattr(self.model, "head", None)
+        return {} if head is None else {f"head.{k}": v for k, v in head.state_dict().items()}
 
     def base_state(self) -> dict[str, torch.Tensor]:
         """The base model's tensors under their plain names (as in ``shapes.py``), adapters excluded."""

@@ -9,7 +9,8 @@ import torch
 
 from slicer.dims import ModelDims
 from slicer.errors import ConfigError
-from slicer.importance import METHODS, Reordering, causal_lm_loss, compute_reordering
+from slicer.importance import METHODS, Reordering, compute_reordering
+from slicer.losses import causal_lm_loss
 from slicer.model import build_model
 from slicer.subnet_config import SubnetConfig
 
