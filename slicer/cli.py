@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from .cli_data import data_app
 from .errors import MLFSError
 
 app = typer.Typer(help="MLFS Edge: slice one pretrained transformer into a palette of smaller models.",
@@ -22,6 +23,7 @@ app = typer.Typer(help="MLFS Edge: slice one pretrained transformer into a palet
 teacher_app = typer.Typer(help="Prepare and list the real pretrained teachers (offline, from PyPI packages).",
                           no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
+app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)
@@ -121,6 +123,109 @@ def slice_cmd(
     out.print(f"extracted   in {meta['extract_seconds'] * 1000:.0f} ms")
     hf = meta["transformers_checkpoint"]
     out.print(f"saved       {out_dir}" + (f" (+ stock transformers checkpoint in {out_dir / hf})" if hf else ""))
+
+
+@app.command("train")
+def train_cmd(
+    base: BaseOpt,
+    data: Annotated[str, typer.Option("--data", help="Data folder (train/dev files) or a prepared dataset name.")],
+    task: Annotated[str, typer.Option("--task", help="classification (encoder) or causal-lm (decoder).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, report.json, adapters/.")],
+    stages: Annotated[str, typer.Option(help="Stages to run, e.g. 0,1,2.")] = "0,1,2",
+    epochs: Annotated[float, typer.Option(help="Epochs per stage.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Cap on steps per stage (0: none).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 32,
+    max_len: Annotated[int, typer.Option(help="Tokens per example (causal-lm: block length).")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, linear warm-up and decay).")] = 1e-3,
+    subnets: Annotated[int, typer.Option(help="K: subnets per step (maxnet, smallest, K-2 sampled).")] = 4,
+    alpha: Annotated[float, typer.Option(help="Distillation weight; 0 trains subnets on the task loss only.")] = 0.9,
+    beta: Annotated[float, typer.Option(help="Feature-distillation weight per layer.")] = 0.1,
+    gamma: Annotated[float, typer.Option(help="Gradient scaling exponent; 0 turns it off.")] = 2.0,
+    temperature: Annotated[float, typer.Option(help="KD temperature.")] = 1.0,
+    fd: Annotated[bool, typer.Option("--fd/--no-fd", help="Feature distillation.")] = True,
+    reorder: Annotated[bool, typer.Option("--reorder/--no-reorder", help="Importance reordering before training.")] = True,
+    rank: Annotated[int, typer.Option(help="Adapter rank r.")] = 8,
+    search_space: Annotated[Path | None, typer.Option(help="Search space YAML/JSON (default: the family default).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data order, sampling and init.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (bf16 autocast on cuda).")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train stage-wise adapters (MLFS stages 0-2) and write the adapter stack, its palette table and a report."""
+    from tqdm import tqdm
+
+    from .fit import fit
+    from .search_space import SearchSpace
+    from .train import TrainSettings
+
+    try:
+        stage_list = tuple(int(x) for x in stages.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--stages: {stages!r} is not a comma-separated list of 0, 1, 2") from None
+    settings = TrainSettings(task=task, stages=stage_list, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                             max_len=max_len, lr=lr, subnets=subnets, alpha=alpha, beta=beta, gamma=gamma,
+                             temperature=temperature, feature_distillation=fd, seed=seed,
+                             checkpoint_every=checkpoint_every)
+    space = SearchSpace.from_file(search_space) if search_space else None
+    bars: dict[int, tqdm] = {}
+
+    def on_step(m, total: int) -> None:
+        bar = bars.get(m.stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[m.stage] = tqdm(total=total, initial=m.step, desc=f"stage {m.stage}", file=sys.stderr)
+        post = {"max": f"{m.loss_max:.3f}"}
+        if m.loss_min is not None:
+            post["min"] = f"{m.loss_min:.3f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    report = fit(base, data, out_dir, settings, rank=rank, space=space, reorder=reorder, device=device,
+                 resume=resume, on_step=on_step)
+    for bar in bars.values():
+        bar.close()
+    _print_palette(report["palette"], task)
+    out.print(f"adapters    {out_dir / 'adapters'}\nreport      {out_dir / 'report.json'}")
+
+
+def _print_palette(rows: list[dict], task: str) -> None:
+    metric = "accuracy" if task == "classification" else "loss"
+    table = Table("shape", "key", "params", "non-embedding", metric)
+    for r in rows:
+        value = f"{r['accuracy']:.2%}" if metric == "accuracy" else f"{r['loss']:.4f} (ppl {r['perplexity']:.1f})"
+        table.add_row(r["shape"], r["key"], _fmt_params(r["params_total"]), _fmt_params(r["params_non_embedding"]), value)
+    out.print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    base: BaseOpt,
+    adapters: Annotated[Path, typer.Option("--adapters", help="Adapter stack folder (a run's adapters/).")],
+    data: Annotated[str, typer.Option("--data", help="Data folder or prepared dataset name (its dev/val split is used).")],
+    configs: Annotated[str, typer.Option("--configs", help="'grid' (every uniform config of the search space) or a JSON file listing configs.")] = "grid",
+    max_len: Annotated[int, typer.Option(help="Tokens per example (causal-lm: block length).")] = 64,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Store the table as palette.json beside the adapters.")] = True,
+) -> None:
+    """Evaluate a palette: per config, parameters and accuracy (classification) or loss/perplexity (causal LM)."""
+    from .checkpoint import read_json
+    from .evaluate import evaluate_palette, resolve_configs, write_palette
+    from .fit import load_examples
+    from .slicing import open_supernet
+
+    meta = read_json(adapters / "adapter_config.json")
+    task = meta.get("task")
+    if task not in ("classification", "causal-lm"):
+        raise typer.BadParameter(f"{adapters}: the stack records no task (classification or causal-lm)")
+    with err.status("loading base and adapters"):
+        opened = open_supernet(base, adapters)
+    cfgs = resolve_configs(opened.supernet, configs)
+    _, dev, info = load_examples(opened.base_dir, data, task, max_len, opened.supernet.dims.family)
+    with err.status(f"evaluating {len(cfgs)} configs on {len(dev)} examples"):
+        rows = evaluate_palette(opened.supernet, cfgs, dev, task)
+    _print_palette(rows, task)
+    if save:
+        out.print(f"saved       {write_palette(adapters, rows, task, info['fingerprint'])}")
 
 
 def main() -> None:

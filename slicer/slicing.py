@@ -47,14 +47,19 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
     return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)
 
 
-def reorder_by_importance(model, base_dir: Path):
-    """Rank units on real calibration text (stdlib prose or code); weight magnitude if there is no tokenizer."""
+def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = None):
+    """Rank units on real text (given batches, else stdlib prose or code) and permute the model in place.
+
+    Without a tokenizer (and no batches) the ranking falls back to weight magnitude.
+    """
     family = model.dims.family
-    try:
-        batches = calibration_batches(base_dir, family)
-    except CheckpointError as err:
-        log.warning("no calibration text (%s); ranking by weight magnitude", err)
-        batches = []
+    if batches is None:
+        try:
+            batches = calibration_batches(base_dir, family)
+        except CheckpointError as err:
+            log.warning("no calibration text (%s); ranking by weight magnitude", err)
+            batches = []
+    batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     if family == "decoder" and batches:
         # The decoder has its own objective, so rank by |activation x gradient| of the LM loss.
         reordering = compute_reordering(model, batches, "taylor", causal_lm_loss)

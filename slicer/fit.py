@@ -1,0 +1,124 @@
+"""A whole MLFS training job: base + data in, adapter stack + palette table + report out."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .adapter_stack import save_adapter_stack
+from .adapters import AdapterSettings
+from .batching import Examples, collate, tokenize_pairs, tokenize_stream
+from .calibration import load_tokenizer
+from .data import load_dataset_dir
+from .errors import ConfigError
+from .evaluate import evaluate_palette, write_palette
+from .importance import Reordering
+from .search_space import SearchSpace
+from .slicing import reorder_by_importance
+from .storage import fingerprint, load_base
+from .supernet import Supernet
+from .teachers import resolve_base
+from .train import StepMetrics, Trainer, TrainSettings
+
+log = logging.getLogger(__name__)
+FAMILY_OF_TASK = {"classification": "encoder", "causal-lm": "decoder"}
+ADAPTERS_SUBDIR = "adapters"
+REORDERING_FILE = "reordering.safetensors"
+CALIBRATION_EXAMPLES = 32
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def load_examples(base_dir: Path, data_dir: str | Path, task: str, max_len: int, family: str) -> tuple[Examples, Examples, dict[str, Any]]:
+    """Tokenised train and evaluation splits, and what the report says about the data."""
+    tokenizer = load_tokenizer(base_dir)
+    train, dev = load_dataset_dir(data_dir, task)
+    if task == "classification":
+        info = {"train": len(train), "dev": len(dev), "label_names": train.label_names,
+                "fingerprint": hashlib.sha256((train.fingerprint() + dev.fingerprint()).encode()).hexdigest()}
+        return (tokenize_pairs(tokenizer, train.texts, train.labels, max_len, family),
+                tokenize_pairs(tokenizer, dev.texts, dev.labels, max_len, family), info)
+    train_ex, dev_ex = tokenize_stream(tokenizer, train, max_len, family), tokenize_stream(tokenizer, dev, max_len, family)
+    info = {"train_blocks": len(train_ex), "val_blocks": len(dev_ex), "block": max_len,
+            "fingerprint": hashlib.sha256((train + "\0" + dev).encode()).hexdigest()}
+    return train_ex, dev_ex, info
+
+
+def fit(
+    base: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    settings: TrainSettings,
+    rank: int = 8,
+    space: SearchSpace | None = None,
+    reorder: bool = True,
+    device: str = "auto",
+    resume: bool = False,
+    on_step: Callable[[StepMetrics, int], None] | None = None,
+) -> dict[str, Any]:
+    out = Path(out)
+    if not resume and (out / "checkpoint").exists():
+        raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    base_dir = resolve_base(base)
+    model = load_base(base_dir)
+    family = FAMILY_OF_TASK[settings.task]
+    if model.dims.family != family:
+        raise ConfigError(f"task {settings.task!r} needs an {family} base; {base} is a {model.dims.family}")
+    train_ex, dev_ex, data_info = load_examples(base_dir, data_dir, settings.task, settings.max_len, family)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Reorder on the training text itself (the first examples), and keep the permutation for --resume.
+    reordering = None
+    if resume and (out / REORDERING_FILE).is_file():
+        reordering = Reordering.from_tensors(load_file(str(out / REORDERING_FILE)), model.dims.num_layers)
+        reordering.apply(model)
+    elif reorder:
+        n = min(CALIBRATION_EXAMPLES, len(train_ex))
+        batches = [collate(train_ex, range(i, min(i + 8, n))) for i in range(0, n, 8)]
+        reordering = reorder_by_importance(model, base_dir, batches)
+        save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
+
+    torch.manual_seed(settings.seed)
+    if settings.task == "classification":
+        model.add_classification_head(len(data_info["label_names"]))
+    space = space or SearchSpace.default(model.dims)
+    net = Supernet(model, AdapterSettings(rank=rank), space)
+    dev = pick_device(device)
+    net.to(dev)
+    trainer = Trainer(net, train_ex, settings, out, dev)
+    log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps())
+    result = trainer.run(resume=resume, on_step=on_step)
+    if trainer.rank != 0:
+        return result
+
+    fp = fingerprint(base_dir)
+    extra = {"task": settings.task, "data": data_info, "train_settings": asdict(settings)}
+    save_adapter_stack(net.cpu(), out / ADAPTERS_SUBDIR, fp, reordering, extra)
+    started = time.perf_counter()
+    rows = evaluate_palette(net, space.enumerate(net.dims), dev_ex, settings.task)
+    write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["fingerprint"])
+    report = {
+        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": rank, "reordered": reordering is not None,
+        "search_space": space.to_dict(), "settings": asdict(settings), "data": data_info,
+        "train_seconds": result["seconds"], "eval_seconds": time.perf_counter() - started,
+        "steps_per_stage": result["steps_per_stage"], "device": str(dev),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()}, "palette": rows,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
