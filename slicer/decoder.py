@@ -56,9 +56,13 @@ class DecoderLayer(nn.Module):
         self.attn_norm.set_active(hidden)
         self.ffn_norm.set_active(hidden)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), mask, rotary)
-        return x + self.ffn(self.ffn_norm(x))
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor],
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        attn, present = self.attn(self.attn_norm(x), mask, rotary, past)
+        x = x + attn
+        return x + self.ffn(self.ffn_norm(x)), present
 
 
 class Decoder(SlicedTransformer):
@@ -88,21 +92,28 @@ class Decoder(SlicedTransformer):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None,
+        use_cache: bool = False,
         output_hidden_states: bool = False,
     ) -> ModelOutput:
+        """``attention_mask`` covers past and new tokens, (B, P+T); ``past_key_values`` has one (k, v) per run layer."""
         B, T = input_ids.shape
+        P = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         x = self.embeddings(input_ids)  # (B, T, hidden)
         if position_ids is None:
-            position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
-        causal = torch.full((T, T), torch.finfo(x.dtype).min, device=x.device, dtype=x.dtype).triu(1)  # (T, T)
+            position_ids = (torch.arange(T, device=input_ids.device) + P).expand(B, T)
+        # Query i (absolute position P+i) may see keys 0..P+i.
+        causal = torch.full((T, P + T), torch.finfo(x.dtype).min, device=x.device, dtype=x.dtype).triu(P + 1)
         pad = padding_mask(attention_mask, x.dtype)
-        mask = causal[None, None] if pad is None else causal[None, None] + pad  # (B|1, 1, T, T)
+        mask = causal[None, None] if pad is None else causal[None, None] + pad  # (B|1, 1, T, P+T)
         rotary = self.rotary(position_ids, x.dtype)
-        states = [x]
-        for i in self.run_layers:
-            x = self.layers[i](x, mask, rotary)
+        states, presents = [x], []
+        for n, i in enumerate(self.run_layers):
+            x, present = self.layers[i](x, mask, rotary, None if past_key_values is None else past_key_values[n])
             states.append(x)
+            presents.append(present)
         x = self.final_norm(x)
         head = self.embeddings.word if self.dims.tie_embeddings else self.lm_head
         logits = F.linear(x, head.weight[:, : x.shape[-1]])  # (B, T, vocab)
-        return ModelOutput(x, tuple(states) if output_hidden_states else None, logits)
+        return ModelOutput(x, tuple(states) if output_hidden_states else None, logits,
+                           past_key_values=tuple(presents) if use_cache else None)

@@ -63,7 +63,7 @@ class EncoderLayer(nn.Module):
         self.ffn_norm.set_active(hidden)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.attn(x, mask))
+        x = self.attn_norm(x + self.attn(x, mask)[0])
         return self.ffn_norm(x + self.ffn(x))
 
 

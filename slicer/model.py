@@ -22,6 +22,7 @@ class ModelOutput:
     hidden_states: tuple[torch.Tensor, ...] | None = None  # embedding output, then one per kept layer
     logits: torch.Tensor | None = None  # decoder: (B, T, vocab); encoder with a head: (B, num_labels)
     pooled: torch.Tensor | None = None  # encoder: mean of the real tokens' last hidden states, (B, hidden)
+    past_key_values: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = None  # decoder, per run layer
 
 
 class Attention(nn.Module):
@@ -47,19 +48,28 @@ class Attention(nn.Module):
         self.o.set_active(q_dim, hidden)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor | None, rotary: tuple[torch.Tensor, torch.Tensor] | None = None
-    ) -> torch.Tensor:
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Returns the output and this call's key/value cache (past keys and values followed by the new ones)."""
         B, T, _ = x.shape
         q = self.q(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, heads, T, hd)
         k = self.k(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, kv_heads, T, hd)
         v = self.v(x).view(B, T, -1, self.head_dim).transpose(1, 2)  # (B, kv_heads, T, hd)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if past is not None:
+            k = torch.cat((past[0], k), dim=2)  # (B, kv_heads, P+T, hd)
+            v = torch.cat((past[1], v), dim=2)
+        present = (k, v)
         if self.group_size > 1:
-            k = k.repeat_interleave(self.group_size, dim=1)  # (B, heads, T, hd)
+            k = k.repeat_interleave(self.group_size, dim=1)  # (B, heads, P+T, hd)
             v = v.repeat_interleave(self.group_size, dim=1)
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=1.0 / math.sqrt(self.head_dim))
-        return self.o(ctx.transpose(1, 2).reshape(B, T, -1))  # (B, T, heads*hd) -> (B, T, hidden)
+        return self.o(ctx.transpose(1, 2).reshape(B, T, -1)), present  # (B, T, heads*hd) -> (B, T, hidden)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
