@@ -598,10 +598,11 @@ def gamma_ablation(
                       f"{100 * r['minnet_dev_accuracy']:.2f}%", f"{100 * r['maxnet_dev_accuracy']:.2f}%",
                       str(r["seconds_per_step"]))
     console.print(table)
-    # A coarse text curve: the minnet's mean task loss in five equal windows of steps.
-    curve = Table(title="minnet task loss by fifth of the run")
+    # A coarse text curve: the minnet's mean task loss in (up to) five equal windows of steps.
+    parts = min(5, steps)
+    curve = Table(title=f"minnet task loss, mean over {parts} equal windows of steps")
     curve.add_column("run")
-    fifths = [(math.floor(i * steps / 5), math.floor((i + 1) * steps / 5)) for i in range(5)]
+    fifths = [(i * steps // parts, (i + 1) * steps // parts) for i in range(parts)]
     for a, b in fifths:
         curve.add_column(f"steps {a + 1}-{b}", justify="right")
     for label, r in runs.items():
@@ -617,7 +618,8 @@ def gamma_ablation(
                       f"minnet task loss, stage 2 from A_2 = 0 (moving average {smooth_window})", "step", "task loss"))
     settings = {"adapters": str(adapters), "base": base, "data": data, "steps": steps, "gammas": gamma_values,
                 "tail": tail, "smooth": smooth_window, "limit_train": limit_train, "limit_dev": limit_dev,
-                "train_settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in {**trained, **overrides}.items()}}
+                "train_settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in {**trained, **overrides}.items()},
+                                   "gamma": "per run (see results.runs)"}}
     labels = list(runs)
     results = {"start": start_acc, "runs": runs, "data": {**info, "train_used": len(train), "dev_used": len(dev_ex)}}
     if len(labels) >= 2:
@@ -663,6 +665,7 @@ def decoder(
     eval_batch: Annotated[int, typer.Option("--eval-batch", min=1)] = 8,
     reorder: Annotated[Reorder, typer.Option("--reorder", help="Importance reordering of the teacher before slicing.")] = Reorder.train,
     reorder_examples: Annotated[int, typer.Option("--reorder-examples", min=1, help="Training blocks used to rank units (--reorder train).")] = REORDER_CALIBRATION_EXAMPLES,
+    teacher_eval: Annotated[bool, typer.Option("--teacher-eval/--no-teacher-eval", help="Also report the full teacher's val loss on the same blocks.")] = True,
     log_every: Annotated[int, typer.Option("--log-every", min=0)] = 10,
     seed: SeedOpt = 0,
     train_chars: Annotated[int, typer.Option("--train-chars", help="Smoke runs only: tokenise only the first N characters of train.txt (0 = all).")] = 0,
@@ -692,6 +695,12 @@ def decoder(
     if dims.family != "decoder":
         raise typer.BadParameter(f"{base} is an {dims.family}; this benchmark slices a decoder", param_hint="--base")
     cfg = SubnetConfig.parse(read_config_arg(config), dims)
+    teacher_loss = None
+    if teacher_eval:
+        with timed("teacher val loss"):
+            teacher_loss = lm_loss(teacher.to(dev), val_batches, dev)
+            teacher.cpu()
+        console.print(f"teacher {SubnetConfig.maximal(dims).describe()}: val loss {teacher_loss:.4f}")
     count, teacher_count = cfg.param_count(dims), SubnetConfig.maximal(dims).param_count(dims)
     with timed(f"reorder ({reorder.value}) + slice to {cfg.describe()}"):
         reorder_model(teacher, base_dir, reorder, train, reorder_examples)
@@ -756,9 +765,10 @@ def decoder(
                 "lr": lr, "batch_size": batch_size, "block": block, "warmup": warmup, "weight_decay": weight_decay,
                 "schedule": "linear warm-up then linear decay to 0", "optimizer": "AdamW", "clip": clip,
                 "val_blocks": n_val, "eval_every": eval_every, "eval_batch": eval_batch, "reorder": reorder.value,
-                "reorder_examples": reorder_examples, "seed": seed, "train_chars": train_chars,
+                "reorder_examples": reorder_examples, "seed": seed, "train_chars": train_chars, "teacher_eval": teacher_eval,
                 "random_init": "normal(0, 0.02) linear/embedding weights, zero biases, norms 1; torch.manual_seed(seed)"}
     results = {"N": steps, "final_val_loss": {n: c["final_val_loss"] for n, c in curves.items()},
+               "teacher_val_loss": teacher_loss,
                "sliced_better": curves["sliced"]["final_val_loss"] < curves["random"]["final_val_loss"],
                "curves": curves,
                "params": {"total": count.total, "embedding": count.embedding, "non_embedding": count.non_embedding,

@@ -23,3 +23,7 @@ class AdapterMismatchError(CheckpointError):
 
 class MergeError(MLFSError):
     """Merging adapters into base weights produced non-finite values."""
+
+
+class ExportError(MLFSError):
+    """An export failed, or its validation against PyTorch or its quantisation quality gate did not pass."""
