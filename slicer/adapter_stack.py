@@ -70,12 +70,25 @@ def save_adapter_stack(
     return meta
 
 
-def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerprint: str) -> Supernet:
-    """Reorder ``base`` as the stack was trained, attach the stack and load it; every mismatch is an error."""
-    folder = Path(folder)
-    meta = read_json(folder / STACK_META)
+def read_stack_meta(folder: str | Path) -> dict[str, Any]:
+    """An adapter stack's metadata (rank, targets, stages, task, training settings, ...), format-checked."""
+    meta = read_json(Path(folder) / STACK_META)
     if meta.get("format") != STACK_FORMAT:
-        raise CheckpointError(f"{folder / STACK_META}: format {meta.get('format')!r}, expected {STACK_FORMAT!r}")
+        raise CheckpointError(f"{Path(folder) / STACK_META}: format {meta.get('format')!r}, expected {STACK_FORMAT!r}")
+    return meta
+
+
+def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerprint: str) -> Supernet:
+    """Reorder ``base`` as the stack was trained, attach the stack and load it; every mismatch is an error.
+
+    The global torch RNG is left as it was (building adapters draws from it before they are overwritten).
+    """
+    with torch.random.fork_rng():
+        return _load_adapter_stack(base, Path(folder), base_fingerprint)
+
+
+def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint: str) -> Supernet:
+    meta = read_stack_meta(folder)
     if meta["base_fingerprint"] != base_fingerprint:
         raise AdapterMismatchError(
             f"adapters in {folder} were trained on base {meta['base_fingerprint'][:12]}, "

@@ -208,13 +208,12 @@ def eval_cmd(
     save: Annotated[bool, typer.Option("--save/--no-save", help="Store the table as palette.json beside the adapters.")] = True,
 ) -> None:
     """Evaluate a palette: per config, parameters and accuracy (classification) or loss/perplexity (causal LM)."""
-    from .checkpoint import read_json
+    from .adapter_stack import read_stack_meta
     from .evaluate import evaluate_palette, resolve_configs, write_palette
     from .fit import load_examples
     from .slicing import open_supernet
 
-    meta = read_json(adapters / "adapter_config.json")
-    task = meta.get("task")
+    task = read_stack_meta(adapters).get("task")
     if task not in ("classification", "causal-lm"):
         raise typer.BadParameter(f"{adapters}: the stack records no task (classification or causal-lm)")
     with err.status("loading base and adapters"):

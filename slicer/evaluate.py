@@ -23,29 +23,36 @@ PALETTE_FILE = "palette.json"
 
 
 @torch.no_grad()
-def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: str,
-                    device: torch.device | None = None) -> dict[str, float]:
-    net.eval()
-    net.set_active(cfg)
-    try:
-        if task == "classification":
-            correct = total = 0
-            for b in batches:
-                b = {k: v.to(device) for k, v in b.items()} if device else b
-                logits = net(**{k: v for k, v in b.items() if k != "labels"}).logits
-                correct += (logits.argmax(-1) == b["labels"]).sum().item()
-                total += len(b["labels"])
-            return {"accuracy": correct / total}
-        loss_sum = tokens = 0.0
+def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: str,
+                   device: torch.device | None = None) -> dict[str, float]:
+    """Accuracy (classification) or token-weighted loss and perplexity (causal LM) of any model of ours."""
+    model.eval()
+    if task == "classification":
+        correct = total = 0
         for b in batches:
             b = {k: v.to(device) for k, v in b.items()} if device else b
-            logits = net(**b).logits[:, :-1].float()
-            target = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
-            loss_sum += torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum", ignore_index=-100).item()
-            tokens += (target != -100).sum().item()
-        loss = loss_sum / tokens
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
+            correct += (logits.argmax(-1) == b["labels"]).sum().item()
+            total += len(b["labels"])
+        return {"accuracy": correct / total}
+    loss_sum = tokens = 0.0
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()} if device else b
+        logits = model(**b).logits[:, :-1].float()
+        target = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
+        loss_sum += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum", ignore_index=-100).item()
+        tokens += (target != -100).sum().item()
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: str,
+                    device: torch.device | None = None) -> dict[str, float]:
+    """The supernet at ``cfg`` computes exactly the extracted subnet (tested), so no model is built per config."""
+    net.set_active(cfg)
+    try:
+        return evaluate_model(net, batches, task, device)
     finally:
         net.set_max()
 

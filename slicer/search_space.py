@@ -14,7 +14,7 @@ import yaml
 
 from .dims import ModelDims
 from .errors import ConfigError
-from .subnet_config import SubnetConfig, depth_map
+from .subnet_config import SubnetConfig, depth_map_for
 
 DIMENSIONS = ("layers", "heads", "ffn", "hidden")
 
@@ -89,7 +89,7 @@ class SearchSpace:
     def validate(self, dims: ModelDims) -> SearchSpace:
         """Every choice must make a valid config of ``dims``; errors name the dimension and value."""
         for n in self.layers:
-            depth_map(dims.num_layers, n)
+            depth_map_for(dims, n)
         for h in self.heads:
             SubnetConfig((0,), (h,), (dims.ffn,), dims.hidden).validate(dims)
         for f in self.ffn:
@@ -120,4 +120,4 @@ class SearchSpace:
             ffn = tuple(rng.choice(self.ffn) for _ in range(n))
         else:
             heads, ffn = (rng.choice(self.heads),) * n, (rng.choice(self.ffn),) * n
-        return SubnetConfig(depth_map(dims.num_layers, n), heads, ffn, rng.choice(self.hidden)).validate(dims)
+        return SubnetConfig(depth_map_for(dims, n), heads, ffn, rng.choice(self.hidden)).validate(dims)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .adapter_stack import load_adapter_stack
+from .adapter_stack import load_adapter_stack, read_stack_meta
 from .calibration import calibration_batches
 from .errors import CheckpointError, ConfigError
 from .importance import compute_reordering
@@ -41,7 +41,7 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
     fp = fingerprint(base_dir)
     if adapters is not None:
         supernet = load_adapter_stack(model, Path(adapters), fp)
-        return OpenSupernet(supernet, base_dir, fp, Path(adapters), reordered=True)
+        return OpenSupernet(supernet, base_dir, fp, Path(adapters), reordered=bool(read_stack_meta(adapters)["reordered"]))
     if reorder:
         reorder_by_importance(model, base_dir)
     return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)

@@ -26,15 +26,24 @@ USER_KEYS = ("layers", "heads", "ffn", "hidden")
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
 
 
-def depth_map(num_layers: int, keep: int) -> tuple[int, ...]:
-    """Which of ``num_layers`` teacher layers a ``keep``-layer subnet keeps: spread evenly, last one always.
+def depth_map(num_layers: int, keep: int, keep_first: bool = False) -> tuple[int, ...]:
+    """Which of ``num_layers`` teacher layers a ``keep``-layer subnet keeps: spread evenly, the last one always.
 
     6 layers, keep 3 -> (1, 3, 5). Spreading keeps the model's processing stages; the last layer stays
-    because the output head was trained on its features.
+    because the output head was trained on its features. With ``keep_first`` (decoders) the first layer
+    stays too: a Llama-style decoder's layer 0 turns raw token embeddings into the residual stream the rest
+    reads, and slices without it start far worse than random initialisation (measured on SmolLM2).
     """
     if not 1 <= keep <= num_layers:
         raise ConfigError(f"layers: {keep} is out of range; allowed 1..{num_layers}")
+    if keep_first and keep > 1:
+        return tuple(math.floor(i * (num_layers - 1) / (keep - 1) + 0.5) for i in range(keep))
     return tuple(math.floor((i + 1) * num_layers / keep + 0.5) - 1 for i in range(keep))
+
+
+def depth_map_for(dims: ModelDims, keep: int) -> tuple[int, ...]:
+    """The family's depth map: decoders keep their first layer as well as their last."""
+    return depth_map(dims.num_layers, keep, keep_first=dims.family == "decoder")
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,7 @@ class SubnetConfig:
 
     @classmethod
     def uniform(cls, dims: ModelDims, layers: int, heads: int, ffn: int, hidden: int | None = None) -> SubnetConfig:
-        kept = depth_map(dims.num_layers, layers)
+        kept = depth_map_for(dims, layers)
         cfg = cls(kept, (heads,) * layers, (ffn,) * layers, dims.hidden if hidden is None else hidden)
         return cfg.validate(dims)
 
@@ -99,7 +108,7 @@ class SubnetConfig:
         if isinstance(layers_spec, list):
             layers = tuple(_int("layers", v) for v in layers_spec)
         else:
-            layers = depth_map(dims.num_layers, _int("layers", layers_spec))
+            layers = depth_map_for(dims, _int("layers", layers_spec))
         n = len(layers)
         heads = _per_layer("heads", spec.get("heads", dims.num_heads), n)
         ffn = _per_layer("ffn", spec.get("ffn", dims.ffn), n)

@@ -207,6 +207,7 @@ class Trainer:
     # ----- the loop -----------------------------------------------------------------------------------------
     def run(self, resume: bool = False, on_step: Callable[[StepMetrics, int], None] | None = None) -> dict[str, Any]:
         s = self.s
+        self.net.train()
         position = self.load_checkpoint() if resume else None
         self.out.mkdir(parents=True, exist_ok=True)
         if position and self.rank == 0:

@@ -35,7 +35,7 @@ def test_slice_writes_a_loadable_subnet_and_reports_its_size(tiny_llama, tmp_pat
     out = tmp_path / "sub"
     r = run_mlfs("slice", "--base", str(tiny_llama), "--config", '{"layers": 2, "heads": 3, "ffn": 32}', "--out", str(out), home=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "L2[1,3] H3 F32 D48" in r.stdout and "non-embedding" in r.stdout
+    assert "L2[0,3] H3 F32 D48" in r.stdout and "non-embedding" in r.stdout
     meta = json.loads((out / "mlfs_model.json").read_text())
     model = load_subnet(out)
     assert model.num_parameters() == meta["params"]["total"]

@@ -224,3 +224,16 @@ def test_param_count_matches_the_built_model(data, tiny_dims):
     assert count.embedding == embedding
     assert cfg.weight_bytes(tiny_dims, "fp16") == 2 * count.total
     assert cfg.weight_bytes(tiny_dims, "fp32") == 4 * count.total
+
+
+@pytest.mark.parametrize(
+    ("num_layers", "keep", "expected"),
+    [(30, 10, (0, 3, 6, 10, 13, 16, 19, 23, 26, 29)), (30, 2, (0, 29)), (4, 3, (0, 2, 3)), (6, 6, tuple(range(6))), (5, 1, (4,))],
+)
+def test_decoder_depth_map_keeps_the_first_and_last_layers(num_layers, keep, expected):
+    assert depth_map(num_layers, keep, keep_first=True) == expected
+
+
+def test_layer_counts_follow_the_family_depth_map(decoder_dims, encoder_dims):
+    assert SubnetConfig.parse({"layers": 2}, decoder_dims).layers == (0, 3)
+    assert SubnetConfig.parse({"layers": 2}, encoder_dims).layers == (1, 3)
