@@ -125,6 +125,41 @@ def slice_cmd(
     out.print(f"saved       {out_dir}" + (f" (+ stock transformers checkpoint in {out_dir / hf})" if hf else ""))
 
 
+@app.command("export")
+def export_cmd(
+    base: BaseOpt,
+    config: ConfigOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder to write (must be new or empty).")],
+    adapters: Annotated[Path | None, typer.Option("--adapters", help="Adapter stack folder trained on this base.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or int8 (dynamic quantisation, kept only if it keeps task quality).")] = "fp32",
+    data: Annotated[str | None, typer.Option("--data", help="Validate on this data's dev split (default: calibration text).")] = None,
+    reorder: Annotated[bool, typer.Option("--reorder/--no-reorder", help="Without adapters: importance reordering first.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Slice, merge, export to ONNX, validate against PyTorch (and quantise) one subnet: a deployable artifact."""
+    from .slicing import export_to_folder, open_supernet, read_config_arg
+    from .storage import check_output_folder, read_dims
+    from .subnet_config import SubnetConfig
+    from .teachers import resolve_base
+
+    if precision not in ("fp32", "int8"):
+        raise typer.BadParameter(f"--precision: {precision!r} is not one of fp32, int8")
+    cfg = SubnetConfig.parse(read_config_arg(config), read_dims(resolve_base(base)))
+    check_output_folder(out_dir, overwrite)
+    with err.status(f"loading {base}" + (" and its adapters" if adapters else "")):
+        opened = open_supernet(base, adapters, reorder=reorder)
+    with err.status("slicing, exporting and validating (the exporter takes a while)"):
+        m = export_to_folder(opened, cfg, out_dir, precision, data)
+    out.print(f"artifact    {cfg.describe()}  key {cfg.key}  {precision}")
+    out.print(f"parity      max |onnx - torch| {max(m['parity']['max_abs_diff'].values()):.2e} (tolerance {m['parity']['tolerance']})")
+    if m["int8_quality"]:
+        out.print(f"int8        accepted by {m['int8_quality']['criterion']}: {m['int8_quality']}")
+    t = {**m["slice_timings"], **m["timings"]}
+    out.print("timings     " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
+    out.print("files       " + ", ".join(f"{k} {v['size'] / 2**20:.1f} MiB" for k, v in m["files"].items()))
+    out.print(f"saved       {out_dir}")
+
+
 @app.command("train")
 def train_cmd(
     base: BaseOpt,

@@ -99,3 +99,47 @@ def slice_to_folder(opened: OpenSupernet, config: Any, out: str | Path, overwrit
     meta["extract_seconds"] = extract_s
     log.debug("slice metadata: %s", json.dumps(meta))
     return meta
+
+
+def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64,
+                       limit: int = 256) -> list[dict]:
+    """Real inputs to validate an export on: the data's dev split (with labels) if given, else calibration text."""
+    family = opened.supernet.dims.family
+    if data is None:
+        return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
+    from .batching import eval_batches
+    from .fit import load_examples
+
+    task = "classification" if family == "encoder" else "causal-lm"
+    _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
+    dev.ids, dev.labels = dev.ids[:limit], dev.labels[:limit] if dev.labels else None
+    return eval_batches(dev, 32)
+
+
+def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any] | None:
+    """The palette table's row for ``cfg`` (accuracy or loss measured at training time), if there is one."""
+    if adapters is None or not (Path(adapters) / "palette.json").is_file():
+        return None
+    table = json.loads((Path(adapters) / "palette.json").read_text())
+    row = next((r for r in table["configs"] if r["key"] == cfg.key), None)
+    return None if row is None else {table["metric"]: row[table["metric"]], "data_fingerprint": table["data_fingerprint"]}
+
+
+def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, precision: str = "fp32",
+                     data: str | Path | None = None) -> dict[str, Any]:
+    """Slice, merge, export, validate (and quantise) one config into an artifact folder; returns its manifest."""
+    from .export import build_artifact
+
+    cfg = SubnetConfig.parse(config, opened.supernet.dims)
+    timings = {}
+    start = time.perf_counter()
+    subnet = opened.supernet.extract(cfg)
+    timings["slice_merge_s"] = time.perf_counter() - start
+    extra = {
+        "base_fingerprint": opened.base_fingerprint,
+        "adapters": str(opened.adapters_dir) if opened.adapters_dir else None,
+        "expected_quality": expected_quality(opened.adapters_dir, cfg),
+        "slice_timings": timings,
+    }
+    return build_artifact(subnet, Path(out), validation_batches(opened, data), tokenizer=opened.base_dir,
+                          precision=precision, extra=extra)
