@@ -55,7 +55,7 @@ def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = No
     family = model.dims.family
     if batches is None:
         try:
-            batches = calibration_batches(base_dir, family)
+            batches = calibration_batches(base_dir, family, max_len=min(128, model.dims.max_positions))
         except CheckpointError as err:
             log.warning("no calibration text (%s); ranking by weight magnitude", err)
             batches = []
@@ -105,6 +105,7 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
                        limit: int = 256) -> list[dict]:
     """Real inputs to validate an export on: the data's dev split (with labels) if given, else calibration text."""
     family = opened.supernet.dims.family
+    max_len = min(max_len, opened.supernet.dims.max_positions)
     if data is None:
         return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
     from .batching import eval_batches
