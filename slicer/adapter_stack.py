@@ -6,6 +6,7 @@ Loading it anywhere else fails loudly and says what differs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -122,3 +123,15 @@ def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint:
             value.copy_(tensors[name])
     supernet.set_stage(min(meta.get("stage", 0), settings.stages - 1))
     return supernet
+
+
+def stack_fingerprint(folder: str | Path) -> str:
+    """sha256 over an adapter stack's metadata and tensors: part of every artifact key built from it."""
+    h = hashlib.sha256()
+    for name in (STACK_META, STACK_WEIGHTS):
+        path = Path(folder) / name
+        if not path.is_file():
+            raise CheckpointError(f"missing file: {path}")
+        h.update(name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()

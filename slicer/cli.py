@@ -160,6 +160,28 @@ def export_cmd(
     out.print(f"saved       {out_dir}")
 
 
+@app.command("serve")
+def serve_cmd(
+    store: Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file (flags > environment > file).")] = None,
+) -> None:
+    """Run the delivery server; prepares the default store (MiniLM + the shipped sentiment palette) on first start."""
+    import uvicorn
+
+    from server.api import create_app
+    from server.settings import Settings
+    from server.store import prepare_default_store
+
+    settings = Settings.load(config, store=store, host=host, port=port)
+    with err.status(f"preparing the store at {settings.store}"):
+        prepare_default_store(settings.store)
+    if settings.operator_token is None:
+        err.print("note: MLFS_OPERATOR_TOKEN is not set, so operator endpoints (cache, warm) refuse every request")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
 @app.command("train")
 def train_cmd(
     base: BaseOpt,

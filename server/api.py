@@ -1,0 +1,288 @@
+"""HTTP API (FastAPI, versioned under /v1; OpenAPI at /docs). Handlers are thin: the service does the work.
+
+Every bad input gets a 4xx that says what was wrong; a 500 is a bug.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+from contextlib import asynccontextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from prometheus_client import generate_latest
+from pydantic import BaseModel, ConfigDict, Field
+
+from slicer.errors import ConfigError
+from slicer.subnet_config import SubnetConfig
+
+from .cache import CacheError
+from .metrics import Metrics
+from .selection import Budget
+from .service import BuildQueueFull, DeliveryService, NoFit, UnknownModel
+from .settings import Settings
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DeviceInfo(Strict):
+    memory_available_mb: float | None = Field(None, gt=0)
+    cpu_count: int | None = Field(None, ge=1)
+    profile: str | None = Field(None, max_length=64)
+    speed_score: float | None = Field(None, gt=0)
+
+
+class BudgetIn(Strict):
+    max_memory_mb: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    seq_len: int = Field(128, ge=1, le=8192)
+    batch_size: int = Field(1, ge=1, le=1024)
+    precision: Literal["fp32", "int8", "auto"] = "auto"
+
+
+class ResolveRequest(Strict):
+    model: str = Field(..., max_length=128)
+    device: DeviceInfo = DeviceInfo()
+    budget: BudgetIn = BudgetIn()
+
+
+class Estimates(BaseModel):
+    memory_mb: float
+    latency_ms: float | None
+    quality: float | None
+
+
+class ResolveResponse(BaseModel):
+    artifact_id: str
+    config: dict
+    precision: str
+    url: str
+    manifest_url: str
+    sha256: str
+    size_bytes: int
+    estimates: Estimates
+
+
+class LatencyReport(Strict):
+    artifact_id: str = Field(..., min_length=64, max_length=64)
+    profile: str = Field(..., max_length=64)
+    latency_ms: float = Field(..., gt=0, lt=1e7)
+    seq_len: int = Field(128, ge=1, le=8192)
+    batch_size: int = Field(1, ge=1, le=1024)
+
+
+class WarmRequest(Strict):
+    model: str
+    configs: list[dict] = []
+    budgets: list[ResolveRequest] = []
+
+
+def service(request: Request) -> DeliveryService:
+    return request.app.state.service
+
+
+Service = Annotated[DeliveryService, Depends(service)]
+
+
+def operator(request: Request) -> None:
+    """Bearer token for operator endpoints; without a configured token they are closed."""
+    token = request.app.state.settings.operator_token
+    given = request.headers.get("authorization", "")
+    expected = f"Bearer {token.get_secret_value()}" if token else None
+    if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise HTTPException(401, "operator endpoints need 'Authorization: Bearer <token>' with the server's operator token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+v1 = APIRouter(prefix="/v1")
+ops = APIRouter(prefix="/v1", dependencies=[Depends(operator)])
+
+
+@v1.post("/resolve", response_model=ResolveResponse, responses={202: {}, 404: {}, 422: {}, 503: {}})
+async def resolve(req: ResolveRequest, svc: Service, response: Response):
+    try:
+        model = svc.model(req.model)
+    except UnknownModel as err:
+        raise HTTPException(404, str(err)) from None
+    d, b = req.device, req.budget
+    if d.profile is not None and d.profile not in svc.profiles:
+        raise HTTPException(422, f"unknown device profile {d.profile!r}; known: {sorted(svc.profiles)}")
+    limits = [x for x in (b.max_memory_mb, d.memory_available_mb) if x is not None]
+    budget = Budget(min(limits) if limits else None, b.max_latency_ms, b.seq_len, b.batch_size, b.precision)
+    try:
+        choice = svc.choose(model, budget, d.profile, d.speed_score or 1.0)
+    except NoFit as err:
+        raise HTTPException(422, str(err)) from None
+    try:
+        entry = await svc.artifact(model, choice.config, choice.precision, svc.settings.build_wait_s)
+    except BuildQueueFull as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": "30"}) from None
+    key = svc.key(model, choice)
+    if entry is None:
+        return JSONResponse({"artifact_id": key, "status": "building", "config": choice.config.to_dict()},
+                            status_code=202, headers={"Retry-After": "10"})
+    onnx = entry.record.files["model.onnx"]
+    return ResolveResponse(
+        artifact_id=key, config=choice.config.to_dict(), precision=choice.precision,
+        url=f"/v1/artifacts/{key}", manifest_url=f"/v1/artifacts/{key}/manifest", sha256=onnx["sha256"],
+        size_bytes=onnx["size"],
+        estimates=Estimates(memory_mb=round(choice.memory_mb, 1),
+                            latency_ms=None if choice.latency_ms is None else round(choice.latency_ms, 2),
+                            quality=choice.quality),
+    )
+
+
+def _entry(svc: DeliveryService, artifact_id: str):
+    try:
+        entry = svc.cache.get(artifact_id)
+    except CacheError as err:
+        raise HTTPException(400, str(err)) from None
+    if entry is None:
+        raise HTTPException(404, f"no artifact {artifact_id}; resolve a budget to get one built")
+    return entry
+
+
+def _file(svc: DeliveryService, artifact_id: str, name: str) -> FileResponse:
+    entry = _entry(svc, artifact_id)
+    try:
+        path = entry.file(name)
+    except CacheError as err:
+        raise HTTPException(404, str(err)) from None
+    info = entry.record.files[name]
+    svc.cache.served(artifact_id)
+    svc.metrics.bytes_served.inc(info["size"])
+    return FileResponse(path, filename=name, headers={"ETag": f'"{info["sha256"]}"', "Accept-Ranges": "bytes"})
+
+
+@v1.get("/artifacts/{artifact_id}")
+def artifact(artifact_id: str, svc: Service):
+    return _file(svc, artifact_id, "model.onnx")
+
+
+@v1.get("/artifacts/{artifact_id}/manifest")
+def manifest(artifact_id: str, svc: Service):
+    return _file(svc, artifact_id, "manifest.json")
+
+
+@v1.get("/artifacts/{artifact_id}/files/{name}")
+def artifact_file(artifact_id: str, name: str, svc: Service):
+    return _file(svc, artifact_id, name)
+
+
+@v1.get("/models")
+def models(svc: Service):
+    out = []
+    for name, m in svc.models.items():
+        rows = {r["key"]: r for r in (m.palette or {}).get("configs", [])}
+        palette = []
+        for cfg in m.configs():
+            count = cfg.param_count(m.dims)
+            row = rows.get(cfg.key, {})
+            palette.append({"key": cfg.key, "config": cfg.to_dict(), "shape": cfg.describe(), "params": count.total,
+                            "params_non_embedding": count.non_embedding,
+                            "quality": row.get("accuracy", row.get("loss"))})
+        out.append({"name": name, "family": m.dims.family, "description": m.served.description,
+                    "search_space": m.opened.supernet.space.to_dict(), "palette": palette,
+                    "metric": (m.palette or {}).get("metric")})
+    return {"models": out, "profiles": [vars(p) for p in svc.profiles.values()]}
+
+
+@v1.post("/telemetry/latency", status_code=204)
+def telemetry(report: LatencyReport, svc: Service):
+    entry = _entry(svc, report.artifact_id)
+    if report.profile not in svc.profiles:
+        raise HTTPException(422, f"unknown device profile {report.profile!r}; known: {sorted(svc.profiles)}")
+    info = entry.record.info
+    svc.meta.put_latency(report.profile, info["config_key"], info["precision"], report.seq_len, report.batch_size,
+                         report.latency_ms, "device")
+
+
+@ops.get("/cache")
+def cache_list(svc: Service):
+    return {"budget_bytes": svc.cache.budget, "total_bytes": svc.cache.total_bytes(),
+            "artifacts": [{"artifact_id": r.key, "size_bytes": r.size, "pinned": r.pinned, "hits": r.hits,
+                           "build_seconds": round(r.build_seconds, 2), "info": r.info}
+                          for r in svc.meta.list_artifacts()]}
+
+
+@ops.delete("/cache/{artifact_id}", status_code=204)
+def cache_delete(artifact_id: str, svc: Service):
+    _entry(svc, artifact_id)
+    svc.cache.drop(artifact_id)
+
+
+@ops.post("/cache/warm")
+async def cache_warm(req: WarmRequest, svc: Service):
+    """Build and pin configs given explicitly, or the best config for each of the given budgets."""
+    try:
+        model = svc.model(req.model)
+        targets = [(SubnetConfig.parse(c, model.dims), "fp32") for c in req.configs]
+    except UnknownModel as err:
+        raise HTTPException(404, str(err)) from None
+    except ConfigError as err:
+        raise HTTPException(422, str(err)) from None
+    for r in req.budgets:
+        b = r.budget
+        try:
+            choice = svc.choose(model, Budget(b.max_memory_mb, b.max_latency_ms, b.seq_len, b.batch_size, b.precision),
+                                r.device.profile, r.device.speed_score or 1.0)
+        except NoFit as err:
+            raise HTTPException(422, str(err)) from None
+        targets.append((choice.config, choice.precision))
+    if not targets:
+        raise HTTPException(422, "give configs or budgets to warm")
+    warmed = []
+    for cfg, precision in targets:
+        entry = await svc.artifact(model, cfg, precision, wait_s=math.inf)
+        svc.cache.pin(entry.key)
+        warmed.append({"artifact_id": entry.key, "config": cfg.to_dict(), "precision": precision})
+    return {"warmed": warmed}
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        svc = DeliveryService(settings, metrics)
+        app.state.service = svc
+        svc.load()
+        yield
+        svc.close()
+
+    app = FastAPI(title="MLFS Edge delivery server", version="1", lifespan=lifespan)
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def limits_and_counts(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            response = JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(request: Request):
+        svc = getattr(request.app.state, "service", None)
+        if svc is None or not svc.ready:
+            raise HTTPException(503, "loading models")
+        return {"status": "ready", "models": sorted(svc.models)}
+
+    @app.get("/metrics")
+    def prometheus():
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
+
+    app.include_router(v1)
+    app.include_router(ops)
+    return app

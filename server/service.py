@@ -1,0 +1,163 @@
+"""The delivery service: resolve a device's budget to a config, build its artifact once, hand it out.
+
+Builds run in a thread pool off the event loop. Requests for a key that is already building wait on the same
+future, so 20 identical cold requests cause one build. At most ``max_pending_builds`` builds are queued or
+running; more are refused (the caller retries).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from slicer.adapter_stack import stack_fingerprint
+from slicer.export import EXPORTER_VERSION
+from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
+from slicer.subnet_config import SubnetConfig
+
+from .cache import ArtifactCache, Entry, artifact_key
+from .metadata import SQLiteMetadata
+from .metrics import Metrics
+from .profiles import DeviceProfile, load_profiles
+from .selection import Budget, Choice, LatencyModel, NoFit, candidates_from_palette, choose, gflops
+from .settings import Settings
+from .store import ServedModel, load_models
+
+log = logging.getLogger(__name__)
+
+
+class UnknownModel(LookupError):
+    pass
+
+
+class BuildQueueFull(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadedModel:
+    served: ServedModel
+    opened: OpenSupernet
+    adapters_fingerprint: str | None
+    palette: dict[str, Any] | None
+
+    @property
+    def dims(self):
+        return self.opened.supernet.dims
+
+    def configs(self) -> list[SubnetConfig]:
+        return list(self.opened.supernet.space.enumerate(self.dims))
+
+
+class DeliveryService:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings, self.metrics = settings, metrics
+        root = Path(settings.store)
+        self.meta = SQLiteMetadata(root / "meta.sqlite")
+        self.cache = ArtifactCache(root / "cache", self.meta, settings.cache_budget_mb * 2**20)
+        self.profiles: dict[str, DeviceProfile] = load_profiles(settings.profiles_file)
+        self.models: dict[str, LoadedModel] = {}
+        self._served = load_models(root)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.ready = False
+
+    def load(self) -> None:
+        """Load every served model (base + adapters); called once at start-up, off the request path."""
+        for name, served in self._served.items():
+            opened = open_supernet(served.base, served.adapters)
+            palette = None
+            fp = None
+            if served.adapters is not None:
+                fp = stack_fingerprint(served.adapters)
+                if (served.adapters / "palette.json").is_file():
+                    palette = json.loads((served.adapters / "palette.json").read_text())
+            self.models[name] = LoadedModel(served, opened, fp, palette)
+            log.info("serving %s (%s)", name, served.base)
+        self.ready = True
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def model(self, name: str) -> LoadedModel:
+        if name not in self.models:
+            raise UnknownModel(f"unknown model {name!r}; served models: {sorted(self.models)}")
+        return self.models[name]
+
+    # ----- selection ----------------------------------------------------------------------------------------
+    def predictor(self, model: LoadedModel, profile: str | None) -> tuple[dict, LatencyModel]:
+        """Measured (config key, precision) -> ms for the profile, and a FLOPs fit over its points."""
+        measured, points = {}, []
+        configs = {c.key: c for c in model.configs()}
+        for row in self.meta.latency_table(profile) if profile else []:
+            if row["config_key"] in configs:
+                measured[(row["config_key"], row["precision"])] = row["ms"]
+                if row["precision"] == "fp32":
+                    points.append((gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"]), row["ms"]))
+        return measured, LatencyModel(points)
+
+    def choose(self, model: LoadedModel, budget: Budget, profile: str | None, speed_score: float) -> Choice:
+        measured, predictor = self.predictor(model, profile)
+        cands = candidates_from_palette(model.dims, model.palette, model.configs())
+        return choose(model.dims, cands, budget, measured, predictor, speed_score)
+
+    def key(self, model: LoadedModel, choice: Choice) -> str:
+        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, choice.config.key,
+                            choice.precision, EXPORTER_VERSION)
+
+    # ----- building -----------------------------------------------------------------------------------------
+    def _build_blocking(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str) -> Entry:
+        def build(folder: Path) -> dict[str, Any]:
+            work = folder.parent / f".{folder.name}.work"
+            try:
+                manifest = export_to_folder(model.opened, cfg, work, precision)
+                for p in work.iterdir():
+                    shutil.move(str(p), folder / p.name)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            return {"model": model.served.name, "config": cfg.to_dict(), "config_key": cfg.key, "precision": precision,
+                    "timings": {**manifest["slice_timings"], **manifest["timings"]},
+                    "expected_quality": manifest.get("expected_quality")}
+
+        start = time.perf_counter()
+        entry, built = self.cache.get_or_build(key, build)
+        if built:
+            self.metrics.build_seconds.observe(time.perf_counter() - start)
+        return entry
+
+    async def artifact(self, model: LoadedModel, cfg: SubnetConfig, precision: str, wait_s: float) -> Entry | None:
+        """The ready entry, or None if still building after ``wait_s`` (the build goes on)."""
+        key = artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
+        entry = await asyncio.to_thread(self.cache.get, key)
+        if entry is not None:
+            self.metrics.cache_hits.inc()
+            return entry
+        future = self._inflight.get(key)
+        if future is None:
+            if len(self._inflight) >= self.settings.max_pending_builds:
+                raise BuildQueueFull(f"{len(self._inflight)} builds are pending; retry later")
+            self.metrics.cache_misses.inc()
+            loop = asyncio.get_running_loop()
+            future = asyncio.ensure_future(loop.run_in_executor(self._pool, self._build_blocking, model, cfg, precision, key))
+            self._inflight[key] = future
+            self.metrics.builds_in_flight.set(len(self._inflight))
+
+            def done(_):
+                self._inflight.pop(key, None)
+                self.metrics.builds_in_flight.set(len(self._inflight))
+
+            future.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except asyncio.TimeoutError:
+            return None
+
+
+__all__ = ["BuildQueueFull", "DeliveryService", "NoFit", "UnknownModel"]

@@ -1,0 +1,36 @@
+"""Server settings: flags, environment (MLFS_*) and an optional YAML file, in that order of precedence."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from slicer.paths import data_home
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="MLFS_", extra="forbid")
+
+    store: Path = Field(default_factory=lambda: data_home() / "store")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    operator_token: SecretStr | None = None  # without one, operator endpoints refuse every request
+    cache_budget_mb: int = 4096
+    build_wait_s: float = 30.0  # resolve waits this long for a build before answering 202
+    max_pending_builds: int = 4  # builds queued or running; more are refused with 503
+    max_body_bytes: int = 64 * 1024
+    profiles_file: Path | None = None
+
+    @classmethod
+    def load(cls, config_file: Path | None = None, **overrides) -> Settings:
+        """File values, overridden by the environment, overridden by explicit (flag) values."""
+        file_values = {}
+        if config_file is not None:
+            file_values = yaml.safe_load(Path(config_file).read_text()) or {}
+        env = cls()  # environment and defaults
+        merged = {**file_values, **{k: v for k, v in env.model_dump().items() if k in env.model_fields_set}}
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**merged)
