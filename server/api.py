@@ -5,24 +5,29 @@ Every bad input gets a 4xx that says what was wrong; a 500 is a bug.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import math
+import shutil
+import tempfile
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.errors import ConfigError
-from slicer.subnet_config import SubnetConfig
 
 from .cache import CacheError
 from .metrics import Metrics
 from .selection import Budget
 from .service import BuildQueueFull, DeliveryService, NoFit, UnknownModel
 from .settings import Settings
+from .store import PALETTE_FILE
 
 
 class Strict(BaseModel):
@@ -108,20 +113,15 @@ async def resolve(req: ResolveRequest, svc: Service, response: Response):
         model = svc.model(req.model)
     except UnknownModel as err:
         raise HTTPException(404, str(err)) from None
-    d, b = req.device, req.budget
-    if d.profile is not None and d.profile not in svc.profiles:
-        raise HTTPException(422, f"unknown device profile {d.profile!r}; known: {sorted(svc.profiles)}")
-    limits = [x for x in (b.max_memory_mb, d.memory_available_mb) if x is not None]
-    budget = Budget(min(limits) if limits else None, b.max_latency_ms, b.seq_len, b.batch_size, b.precision)
     try:
-        choice = svc.choose(model, budget, d.profile, d.speed_score or 1.0)
-    except NoFit as err:
+        choice = svc.choose(model, _budget(req), req.device.profile, req.device.speed_score)
+    except (NoFit, ConfigError) as err:
         raise HTTPException(422, str(err)) from None
     try:
         entry = await svc.artifact(model, choice.config, choice.precision, svc.settings.build_wait_s)
     except BuildQueueFull as err:
         raise HTTPException(503, str(err), headers={"Retry-After": "30"}) from None
-    key = svc.key(model, choice)
+    key = svc.artifact_id(model, choice.config, choice.precision)
     if entry is None:
         return JSONResponse({"artifact_id": key, "status": "building", "config": choice.config.to_dict()},
                             status_code=202, headers={"Retry-After": "10"})
@@ -218,29 +218,58 @@ def cache_delete(artifact_id: str, svc: Service):
 @ops.post("/cache/warm")
 async def cache_warm(req: WarmRequest, svc: Service):
     """Build and pin configs given explicitly, or the best config for each of the given budgets."""
+    if not req.configs and not req.budgets:
+        raise HTTPException(422, "give configs or budgets to warm")
     try:
         model = svc.model(req.model)
-        targets = [(SubnetConfig.parse(c, model.dims), "fp32") for c in req.configs]
+        budgets = [(_budget(r), r.device.profile, r.device.speed_score) for r in req.budgets]
+        targets = svc.warm_targets(model, req.configs, budgets)
     except UnknownModel as err:
         raise HTTPException(404, str(err)) from None
-    except ConfigError as err:
+    except (ConfigError, NoFit) as err:
         raise HTTPException(422, str(err)) from None
-    for r in req.budgets:
-        b = r.budget
-        try:
-            choice = svc.choose(model, Budget(b.max_memory_mb, b.max_latency_ms, b.seq_len, b.batch_size, b.precision),
-                                r.device.profile, r.device.speed_score or 1.0)
-        except NoFit as err:
-            raise HTTPException(422, str(err)) from None
-        targets.append((choice.config, choice.precision))
-    if not targets:
-        raise HTTPException(422, "give configs or budgets to warm")
     warmed = []
     for cfg, precision in targets:
         entry = await svc.artifact(model, cfg, precision, wait_s=math.inf)
         svc.cache.pin(entry.key)
         warmed.append({"artifact_id": entry.key, "config": cfg.to_dict(), "precision": precision})
     return {"warmed": warmed}
+
+
+@ops.put("/models/{name}", status_code=201)
+async def register_model(
+    name: str,
+    svc: Service,
+    base: Annotated[str, Form(max_length=128, description="base of a served model, or a prepared teacher name")],
+    adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
+    adapters: Annotated[UploadFile, File(description="adapters.safetensors")],
+    palette: Annotated[UploadFile | None, File(description="palette.json (optional)")] = None,
+    description: Annotated[str, Form(max_length=500)] = "",
+):
+    """Register an adapter stack trained on a served base as a new model (validated before it is served)."""
+    if name in svc.models:
+        raise HTTPException(409, f"model {name!r} already exists")
+    uploads = {STACK_META: adapter_config, STACK_WEIGHTS: adapters}
+    if palette is not None:
+        uploads[PALETTE_FILE] = palette
+    with tempfile.TemporaryDirectory(prefix="mlfs-upload-") as tmp:
+        files = {}
+        for fname, upload in uploads.items():
+            files[fname] = Path(tmp) / fname
+            with files[fname].open("wb") as f:
+                shutil.copyfileobj(upload.file, f)
+        try:
+            loaded = await asyncio.to_thread(svc.register, name, base, files)
+        except ConfigError as err:
+            raise HTTPException(422, str(err)) from None
+    return {"name": name, "base": base, "configs": len(loaded.configs()),
+            "adapters_fingerprint": loaded.adapters_fingerprint}
+
+
+def _budget(r: ResolveRequest) -> Budget:
+    d, b = r.device, r.budget
+    limits = [x for x in (b.max_memory_mb, d.memory_available_mb) if x is not None]
+    return Budget(min(limits) if limits else None, b.max_latency_ms, b.seq_len, b.batch_size, b.precision)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -260,8 +289,13 @@ def create_app(settings: Settings) -> FastAPI:
     @app.middleware("http")
     async def limits_and_counts(request: Request, call_next):
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response = JSONResponse({"detail": f"request body over {settings.max_body_bytes} bytes"}, status_code=413)
+        limit = settings.max_upload_mb * 2**20 if request.method == "PUT" else settings.max_body_bytes
+        if "chunked" in request.headers.get("transfer-encoding", "").lower():
+            # Without a length the limit could only be enforced after reading the body: refuse it up front.
+            response = JSONResponse({"detail": "send a Content-Length; chunked request bodies are not accepted"},
+                                    status_code=411)
+        elif length is not None and (not length.isdigit() or int(length) > limit):
+            response = JSONResponse({"detail": f"request body over {limit} bytes"}, status_code=413)
         else:
             response = await call_next(request)
         route = request.scope.get("route")

@@ -10,6 +10,7 @@ never served. Least-recently-used unpinned entries are evicted to keep the cache
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -18,6 +19,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,8 +78,11 @@ class ArtifactCache:
         self._clean_leftovers()
 
     def _clean_leftovers(self) -> None:
+        """Remove half-built folders of processes that died; another live process (mlfs warm) may be building."""
         for p in self.root.glob(".*.incomplete-*"):
-            shutil.rmtree(p, ignore_errors=True)
+            pid = p.name.rsplit("incomplete-", 1)[1].split("-")[0]
+            if not (pid.isdigit() and _alive(int(pid))):
+                shutil.rmtree(p, ignore_errors=True)
 
     def lock(self, key: str) -> threading.Lock:
         with self._locks_guard:
@@ -129,11 +134,23 @@ class ArtifactCache:
         entry = self.get(key)
         if entry is not None:
             return entry, False
-        with self.lock(key):
+        with self.lock(key), self._process_lock(key):
             entry = self.get(key)
             if entry is not None:
                 return entry, False
             return self._build(key, build), True
+
+    @contextmanager
+    def _process_lock(self, key: str):
+        """An advisory file lock, so a server and `mlfs warm` on one store never build the same key twice."""
+        locks = self.root / ".locks"
+        locks.mkdir(exist_ok=True)
+        with (locks / key).open("a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
         tmp = self.root / f".{key}.incomplete-{os.getpid()}-{threading.get_ident()}"
@@ -193,6 +210,16 @@ class ArtifactCache:
         if total > self.budget:
             log.warning("cache holds %d bytes over its %d-byte budget in pinned or in-use artifacts", total, self.budget)
         return dropped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()  # a leftover with our own id is from an earlier process that had it (containers)
 
 
 def _fsync_dir(path: Path) -> None:

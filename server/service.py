@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slicer.adapter_stack import stack_fingerprint
+from slicer.errors import ConfigError
 from slicer.export import EXPORTER_VERSION
 from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
 from slicer.subnet_config import SubnetConfig
@@ -28,7 +29,7 @@ from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
 from .selection import Budget, Choice, LatencyModel, NoFit, candidates_from_palette, choose, gflops
 from .settings import Settings
-from .store import ServedModel, load_models
+from .store import ServedModel, load_models, prepared_teacher_names, register_adapter_stack
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,16 @@ class LoadedModel:
         return list(self.opened.supernet.space.enumerate(self.dims))
 
 
+def load_model(served: ServedModel) -> LoadedModel:
+    opened = open_supernet(served.base, served.adapters)
+    palette = fp = None
+    if served.adapters is not None:
+        fp = stack_fingerprint(served.adapters)
+        if (served.adapters / "palette.json").is_file():
+            palette = json.loads((served.adapters / "palette.json").read_text())
+    return LoadedModel(served, opened, fp, palette)
+
+
 class DeliveryService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
@@ -69,19 +80,33 @@ class DeliveryService:
         self._inflight: dict[str, asyncio.Future] = {}
         self.ready = False
 
-    def load(self) -> None:
-        """Load every served model (base + adapters); called once at start-up, off the request path."""
-        for name, served in self._served.items():
-            opened = open_supernet(served.base, served.adapters)
-            palette = None
-            fp = None
-            if served.adapters is not None:
-                fp = stack_fingerprint(served.adapters)
-                if (served.adapters / "palette.json").is_file():
-                    palette = json.loads((served.adapters / "palette.json").read_text())
-            self.models[name] = LoadedModel(served, opened, fp, palette)
-            log.info("serving %s (%s)", name, served.base)
+    def load(self, names: list[str] | None = None) -> None:
+        """Load the served models (all, or ``names``); called once at start-up, off the request path."""
+        for name in names if names is not None else list(self._served):
+            if name not in self._served:
+                raise UnknownModel(f"unknown model {name!r}; the store serves {sorted(self._served)}")
+            self.models[name] = load_model(self._served[name])
+            log.info("serving %s (%s)", name, self._served[name].base)
         self.ready = True
+
+    def register(self, name: str, base: str, files: dict[str, Path]) -> LoadedModel:
+        """Validate an uploaded adapter stack against its base, add it to the store and serve it."""
+        if base not in {m.base for m in self._served.values()} and base not in prepared_teacher_names():
+            raise ConfigError(f"unknown base {base!r}: use the base of a served model or a prepared teacher")
+        served = register_adapter_stack(Path(self.settings.store), name, base, files)
+        loaded = load_model(served)
+        self._served[name] = served
+        self.models[name] = loaded
+        return loaded
+
+    def warm_targets(self, model: LoadedModel, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
+                     precision: str = "fp32") -> list[tuple[SubnetConfig, str]]:
+        """What to pre-build: explicit configs at ``precision``, plus the best choice for each budget."""
+        targets = [(SubnetConfig.parse(c, model.dims), precision) for c in configs]
+        for budget, profile, speed in budgets:
+            choice = self.choose(model, budget, profile, speed)
+            targets.append((choice.config, choice.precision))
+        return list(dict.fromkeys(targets))
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -92,27 +117,51 @@ class DeliveryService:
         return self.models[name]
 
     # ----- selection ----------------------------------------------------------------------------------------
-    def predictor(self, model: LoadedModel, profile: str | None) -> tuple[dict, LatencyModel]:
-        """Measured (config key, precision) -> ms for the profile, and a FLOPs fit over its points."""
-        measured, points = {}, []
-        configs = {c.key: c for c in model.configs()}
-        for row in self.meta.latency_table(profile) if profile else []:
-            if row["config_key"] in configs:
-                measured[(row["config_key"], row["precision"])] = row["ms"]
-                if row["precision"] == "fp32":
-                    points.append((gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"]), row["ms"]))
-        return measured, LatencyModel(points)
+    def predictor(self, model: LoadedModel, budget: Budget, profile: str | None) -> tuple[dict, LatencyModel]:
+        """Measured (config key, precision) -> ms on the profile at the budget's shape, and a FLOPs fit.
 
-    def choose(self, model: LoadedModel, budget: Budget, profile: str | None, speed_score: float) -> Choice:
-        measured, predictor = self.predictor(model, profile)
+        The fit uses the profile's own fp32 points; a profile with fewer than two borrows every profile's points,
+        each scaled to speed 1.0 by its profile's speed score (the caller scales back by the device's).
+        """
+        configs = {c.key: c for c in model.configs()}
+        measured: dict[tuple[str, str], float] = {}
+        own: list[tuple[float, float]] = []
+        for row in self.meta.latency_table(profile) if profile else []:
+            if row["config_key"] not in configs:
+                continue
+            if (row["seq_len"], row["batch"]) == (budget.seq_len, budget.batch_size):
+                measured[(row["config_key"], row["precision"])] = row["ms"]
+            if row["precision"] == "fp32":
+                own.append((gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"]), row["ms"]))
+        if len(own) >= 2:
+            return measured, LatencyModel(own)
+        borrowed = []
+        for name, p in self.profiles.items():
+            for row in self.meta.latency_table(name):
+                if row["config_key"] in configs and row["precision"] == "fp32":
+                    gf = gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"])
+                    borrowed.append((gf, row["ms"] * p.speed_score))
+        return measured, LatencyModel(borrowed)
+
+    def choose(self, model: LoadedModel, budget: Budget, profile: str | None = None,
+               speed_score: float | None = None) -> Choice:
+        """The best config for the budget; the device's speed score defaults to its profile's."""
+        if profile is not None and profile not in self.profiles:
+            raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
+        if speed_score is None:
+            speed_score = self.profiles[profile].speed_score if profile else 1.0
+        measured, predictor = self.predictor(model, budget, profile)
         cands = candidates_from_palette(model.dims, model.palette, model.configs())
         return choose(model.dims, cands, budget, measured, predictor, speed_score)
 
-    def key(self, model: LoadedModel, choice: Choice) -> str:
-        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, choice.config.key,
-                            choice.precision, EXPORTER_VERSION)
+    def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
+        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
 
     # ----- building -----------------------------------------------------------------------------------------
+    def build(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> Entry:
+        """The artifact for (config, precision), built now if it is not cached (blocking)."""
+        return self._build_blocking(model, cfg, precision, self.artifact_id(model, cfg, precision))
+
     def _build_blocking(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str) -> Entry:
         def build(folder: Path) -> dict[str, Any]:
             work = folder.parent / f".{folder.name}.work"
@@ -134,7 +183,7 @@ class DeliveryService:
 
     async def artifact(self, model: LoadedModel, cfg: SubnetConfig, precision: str, wait_s: float) -> Entry | None:
         """The ready entry, or None if still building after ``wait_s`` (the build goes on)."""
-        key = artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
+        key = self.artifact_id(model, cfg, precision)
         entry = await asyncio.to_thread(self.cache.get, key)
         if entry is not None:
             self.metrics.cache_hits.inc()

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     build_wait_s: float = 30.0  # resolve waits this long for a build before answering 202
     max_pending_builds: int = 4  # builds queued or running; more are refused with 503
     max_body_bytes: int = 64 * 1024
+    max_upload_mb: int = 256  # adapter stack uploads (PUT /v1/models/{name})
     profiles_file: Path | None = None
 
     @classmethod

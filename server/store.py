@@ -5,16 +5,23 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slicer.errors import ConfigError, TeacherError
+from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
+from slicer.errors import ConfigError, MLFSError, TeacherError
 from slicer.paths import safe_join
 from slicer.teachers import list_teachers, prepare_teacher
 
 log = logging.getLogger(__name__)
 MODELS_FILE = "models.json"
+MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+PALETTE_FILE = "palette.json"
+STACK_FILES = (STACK_META, STACK_WEIGHTS, PALETTE_FILE)  # the only files an uploaded stack may contain
 DEFAULT_PALETTE = Path(__file__).resolve().parents[1] / "palettes" / "minilm-movie-reviews" / "adapters"
 
 
@@ -46,19 +53,85 @@ def prepare_default_store(root: Path) -> None:
         return
     root.mkdir(parents=True, exist_ok=True)
     prepare_teacher("minilm")
-    models = []
+    models: dict[str, ServedModel] = {}
     if DEFAULT_PALETTE.is_dir():
         dest = root / "adapters" / "minilm-movie-reviews"
         shutil.copytree(DEFAULT_PALETTE, dest, dirs_exist_ok=True)
-        models.append({"name": "minilm-sentiment", "base": "minilm", "adapters": "adapters/minilm-movie-reviews",
-                       "description": "MiniLM sentiment classifier palette (MLFS, movie reviews)"})
-    models.append({"name": "minilm", "base": "minilm", "adapters": None,
-                   "description": "MiniLM sentence embeddings, sliced from the pretrained teacher"})
+        models["minilm-sentiment"] = ServedModel("minilm-sentiment", "minilm", dest,
+                                                 "MiniLM sentiment classifier palette (MLFS, movie reviews)")
+    models["minilm"] = ServedModel("minilm", "minilm", None, "MiniLM sentence embeddings, sliced from the pretrained teacher")
+    if "smollm2" in prepared_teacher_names():
+        models["smollm2"] = ServedModel("smollm2", "smollm2", None, "SmolLM2-135M, sliced from the pretrained teacher")
+    write_models(root, models)
+    log.info("prepared the default store at %s with %s", root, list(models))
+
+
+def prepared_teacher_names() -> set[str]:
     try:
-        if any(t.name == "smollm2" and t.prepared for t in list_teachers()):
-            models.append({"name": "smollm2", "base": "smollm2", "adapters": None,
-                           "description": "SmolLM2-135M, sliced from the pretrained teacher"})
+        return {t.name for t in list_teachers() if t.prepared}
     except TeacherError:
-        pass
-    (root / MODELS_FILE).write_text(json.dumps({"models": models}, indent=2))
-    log.info("prepared the default store at %s with %s", root, [m["name"] for m in models])
+        return set()
+
+
+def write_models(root: Path, models: dict[str, ServedModel]) -> None:
+    """Rewrite models.json atomically (temporary file, fsync, rename)."""
+    resolved = root.resolve()
+    items = [{"name": m.name, "base": m.base, "description": m.description,
+              "adapters": None if m.adapters is None else str(m.adapters.resolve().relative_to(resolved))}
+             for m in models.values()]
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MODELS_FILE}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump({"models": items}, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, root / MODELS_FILE)
+
+
+def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Path], description: str = "") -> ServedModel:
+    """Add an adapter stack to the store as model ``name``; it is opened against ``base`` first.
+
+    Only the stack's own files are accepted; the weights must be safetensors (a header is parsed, nothing is
+    unpickled) and every tensor must have the shape the base needs. Nothing is added unless all of it holds.
+    """
+    from safetensors import safe_open
+
+    from slicer.slicing import open_supernet
+
+    root = Path(root)
+    if not MODEL_NAME.match(name):
+        raise ConfigError(f"model name {name!r}: 1-64 lowercase letters, digits, '.', '_' or '-'")
+    models = load_models(root)
+    if name in models:
+        raise ConfigError(f"model {name!r} already exists; pick another name")
+    unknown = set(files) - set(STACK_FILES)
+    missing = {STACK_META, STACK_WEIGHTS} - set(files)
+    if unknown or missing:
+        raise ConfigError(f"an adapter stack is {STACK_META} + {STACK_WEIGHTS} (+ {PALETTE_FILE}); "
+                          f"missing {sorted(missing)}, not allowed {sorted(unknown)}")
+    dest = safe_join(root, f"adapters/{name}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}.incoming-"))
+    try:
+        for fname, src in files.items():
+            shutil.copyfile(src, work / fname)
+        try:
+            with safe_open(str(work / STACK_WEIGHTS), framework="numpy"):
+                pass
+        except Exception as err:  # the safetensors parser raises several types for a bad header
+            raise ConfigError(f"{STACK_WEIGHTS} is not a valid safetensors file ({err})") from None
+        if PALETTE_FILE in files:
+            try:
+                json.loads((work / PALETTE_FILE).read_text())["configs"]
+            except (ValueError, KeyError, TypeError) as err:
+                raise ConfigError(f"{PALETTE_FILE}: not a palette table ({err})") from None
+        try:
+            open_supernet(base, work)  # shapes, base fingerprint, search space: every mismatch raises
+        except MLFSError as err:
+            raise ConfigError(f"the adapter stack does not fit base {base!r}: {err}") from None
+        os.replace(work, dest)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    served = ServedModel(name, base, dest, description)
+    write_models(root, {**models, name: served})
+    log.info("registered adapter stack %s on %s", name, base)
+    return served

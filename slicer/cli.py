@@ -15,6 +15,8 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from server.cli import bench_app, serve_cmd, warm_cmd
+
 from .cli_data import data_app
 from .errors import MLFSError
 
@@ -24,6 +26,9 @@ teacher_app = typer.Typer(help="Prepare and list the real pretrained teachers (o
                           no_args_is_help=True)
 app.add_typer(teacher_app, name="teacher")
 app.add_typer(data_app, name="data")
+app.command("serve")(serve_cmd)
+app.command("warm")(warm_cmd)
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
@@ -158,28 +163,6 @@ def export_cmd(
     out.print("timings     " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
     out.print("files       " + ", ".join(f"{k} {v['size'] / 2**20:.1f} MiB" for k, v in m["files"].items()))
     out.print(f"saved       {out_dir}")
-
-
-@app.command("serve")
-def serve_cmd(
-    store: Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")] = None,
-    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="YAML settings file (flags > environment > file).")] = None,
-) -> None:
-    """Run the delivery server; prepares the default store (MiniLM + the shipped sentiment palette) on first start."""
-    import uvicorn
-
-    from server.api import create_app
-    from server.settings import Settings
-    from server.store import prepare_default_store
-
-    settings = Settings.load(config, store=store, host=host, port=port)
-    with err.status(f"preparing the store at {settings.store}"):
-        prepare_default_store(settings.store)
-    if settings.operator_token is None:
-        err.print("note: MLFS_OPERATOR_TOKEN is not set, so operator endpoints (cache, warm) refuse every request")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
 
 
 @app.command("train")

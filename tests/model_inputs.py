@@ -21,3 +21,12 @@ def output(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         out = model(**inputs)
     return out.last_hidden_state if out.logits is None else out.logits
+
+
+def randomize_adapters(supernet, seed: int, std: float = 0.05) -> None:
+    """Non-zero A matrices in every adapter (B starts random, A at zero), so adapters change the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for stack in supernet.adapter_stacks().values():
+            for a in stack.A:
+                a.copy_(std * torch.randn(a.shape, generator=g).to(a.dtype))

@@ -4,65 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
-import socket
-import threading
-import time
 
 import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-import uvicorn
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import BertConfig, BertModel
+from tiny_store import TOKEN, make_store, running_server
 
-from server.api import create_app
-from server.settings import Settings
 from slicer.slicing import open_supernet
 from slicer.subnet_config import SubnetConfig
-
-TOKEN = "s3cret-operator-token"
-WORDS = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(95)]
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("store")
-    base = root / "tiny-bert"
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=64,
-                         max_position_embeddings=64), add_pooling_layer=False).save_pretrained(base)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(base / "tokenizer.json"))
-    (root / "models.json").write_text(json.dumps({"models": [{"name": "tiny", "base": str(base), "adapters": None}]}))
-    return root
+    return make_store(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
 def server(store):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings = Settings(store=store, port=port, operator_token=TOKEN, build_wait_s=120, cache_budget_mb=100,
-                        max_body_bytes=4096)
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    yield url
-    srv.should_exit = True
-    thread.join(timeout=10)
+    with running_server(store) as url:
+        yield url
 
 
 def resolve(url, max_memory_mb=None, **budget):

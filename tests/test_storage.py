@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_inputs import output, padded_batch
+from model_inputs import output, padded_batch, randomize_adapters
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
@@ -33,14 +33,6 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
             elif name.endswith("bias") or "adapter.A" in name:
                 p.copy_(0.05 * torch.randn(p.shape, generator=g))
-
-
-def randomize_adapters(supernet: Supernet, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for stack in supernet.adapter_stacks().values():
-            for a in stack.A:
-                a.copy_(0.05 * torch.randn(a.shape, generator=g))
 
 
 def supernet_for(dims: ModelDims, seed: int = 0) -> Supernet:

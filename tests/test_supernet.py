@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_inputs import output, padded_batch
+from model_inputs import output, padded_batch, randomize_adapters
 from torch import nn
 
 from slicer.adapters import AdaptedLinear, AdapterSettings, LowRankStack
@@ -37,14 +37,6 @@ def randomize_norms(model: nn.Module, seed: int) -> None:
                 p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g).to(p.dtype))
             elif name.endswith("bias"):
                 p.copy_(0.1 * torch.randn(p.shape, generator=g).to(p.dtype))
-
-
-def randomize_adapters(supernet: Supernet, seed: int, std: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for stack in supernet.adapter_stacks().values():
-            for a in stack.A:
-                a.copy_(std * torch.randn(a.shape, generator=g).to(a.dtype))
 
 
 def make(dims: ModelDims, dtype: torch.dtype = torch.float64, adapters: bool = True, seed: int = 0):

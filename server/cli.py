@@ -1,0 +1,162 @@
+"""``mlfs serve``, ``mlfs warm`` and ``mlfs bench latency``: the delivery server and its operator tasks.
+
+Registered on the main app by ``slicer.cli``; heavy imports happen inside the commands so that ``mlfs --help``
+stays fast. Server-side errors are re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slicer.errors import ConfigError
+
+out = Console()
+err = Console(stderr=True)
+bench_app = typer.Typer(help="Measure latency tables that model selection uses.", no_args_is_help=True)
+
+StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")]
+SettingsOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (flags > environment > file).")]
+ModelOpt = Annotated[str, typer.Option("--model", help="A served model (see GET /v1/models or the store's models.json).")]
+SubnetOpt = Annotated[list[str] | None, typer.Option("--subnet", help='Subnet config as JSON, e.g. \'{"layers": 3, "heads": 6, "ffn": 768}\'; repeatable.')]
+SeqOpt = Annotated[int, typer.Option("--seq-len", min=1, help="Sequence length the budget is for.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size the budget is for.")]
+
+
+def serve_cmd(
+    store: StoreOpt = None,
+    host: Annotated[str | None, typer.Option("--host", help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
+    config: SettingsOpt = None,
+) -> None:
+    """Run the delivery server; prepares the default store (MiniLM + the shipped sentiment palette) on first start."""
+    import uvicorn
+
+    from .api import create_app
+    from .settings import Settings
+    from .store import prepare_default_store
+
+    settings = Settings.load(config, store=store, host=host, port=port)
+    with err.status(f"preparing the store at {settings.store}"):
+        prepare_default_store(settings.store)
+    if settings.operator_token is None:
+        err.print("note: MLFS_OPERATOR_TOKEN is not set, so operator endpoints (cache, warm, models) refuse every request")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@contextmanager
+def _service(store: Path | None, config: Path | None, model: str) -> Iterator[tuple]:
+    """The store's service with one model loaded; server errors become ConfigError."""
+    from .cache import CacheError
+    from .metrics import Metrics
+    from .profiles import ProfileError
+    from .selection import NoFit
+    from .service import DeliveryService, UnknownModel
+    from .settings import Settings
+    from .store import prepare_default_store
+
+    settings = Settings.load(config, store=store)
+    prepare_default_store(settings.store)
+    try:
+        svc = DeliveryService(settings, Metrics())
+        with err.status(f"loading {model}"):
+            svc.load([model])
+        try:
+            yield svc, svc.model(model)
+        finally:
+            svc.close()
+    except (NoFit, UnknownModel, ProfileError, CacheError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _subnets(subnet: list[str] | None) -> list[dict]:
+    try:
+        return [json.loads(s) for s in subnet or []]
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--subnet is not JSON: {e}") from None
+
+
+def warm_cmd(
+    model: ModelOpt,
+    subnet: SubnetOpt = None,
+    profile: Annotated[list[str] | None, typer.Option("--profile", help="Warm the best config for this device profile (its memory); repeatable.")] = None,
+    max_memory_mb: Annotated[float | None, typer.Option("--max-memory-mb", min=1, help="Memory budget (with profiles: the lower of the two).")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0.001, help="Latency budget (needs a measured profile).")] = None,
+    seq_len: SeqOpt = 128,
+    batch_size: BatchOpt = 1,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, int8 or auto (budgets); fp32 or int8 (--subnet).")] = "auto",
+    store: StoreOpt = None,
+    config: SettingsOpt = None,
+) -> None:
+    """Pre-build and pin artifacts in the store's cache: explicit subnets, or the best config per profile/budget."""
+    from .selection import Budget
+
+    if precision not in ("fp32", "int8", "auto"):
+        raise ConfigError(f"--precision must be fp32, int8 or auto, got {precision!r}")
+    configs = _subnets(subnet)
+    with _service(store, config, model) as (svc, loaded):
+        budgets = []
+        for name in profile or []:
+            if name not in svc.profiles:
+                raise ConfigError(f"unknown device profile {name!r}; known: {sorted(svc.profiles)}")
+            memory = min(x for x in (svc.profiles[name].memory_mb, max_memory_mb) if x is not None)
+            budgets.append((Budget(memory, max_latency_ms, seq_len, batch_size, precision), name, None))
+        if not profile and (max_memory_mb is not None or max_latency_ms is not None):
+            budgets.append((Budget(max_memory_mb, max_latency_ms, seq_len, batch_size, precision), None, None))
+        if not configs and not budgets:
+            raise ConfigError("give --subnet, --profile or a budget (--max-memory-mb / --max-latency-ms) to warm")
+        targets = svc.warm_targets(loaded, configs, budgets, "fp32" if precision == "auto" else precision)
+        table = Table("artifact", "config", "precision", "size", "build", title=f"warmed and pinned ({model})")
+        for i, (cfg, prec) in enumerate(targets, 1):
+            with err.status(f"[{i}/{len(targets)}] building {cfg.describe()} {prec}"):
+                cached = svc.cache.get(svc.artifact_id(loaded, cfg, prec))
+                entry = cached or svc.build(loaded, cfg, prec)
+            svc.cache.pin(entry.key)
+            table.add_row(entry.key[:12], cfg.describe(), prec, f"{entry.record.size / 2**20:.1f} MB",
+                          "cached" if cached else f"{entry.record.build_seconds:.1f} s")
+        out.print(table)
+
+
+@bench_app.command("latency")
+def bench_latency_cmd(
+    profile: Annotated[str, typer.Option("--profile", help="Device profile to emulate (its onnxruntime thread count).")],
+    model: ModelOpt = "minilm-sentiment",
+    subnet: SubnetOpt = None,
+    max_configs: Annotated[int, typer.Option("--max-configs", min=0, help="Measure this many configs spread by size (0: all).")] = 0,
+    seq_len: SeqOpt = 128,
+    batch_size: BatchOpt = 1,
+    precision: Annotated[str, typer.Option("--precision", help="fp32 or int8.")] = "fp32",
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per config (after 3 warm-up runs).")] = 20,
+    store: StoreOpt = None,
+    config: SettingsOpt = None,
+) -> None:
+    """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
+    from slicer.subnet_config import SubnetConfig
+
+    from .latency_table import measure_profile, spread_by_size
+
+    if precision not in ("fp32", "int8"):
+        raise ConfigError(f"--precision must be fp32 or int8, got {precision!r}")
+    with _service(store, config, model) as (svc, loaded):
+        if profile not in svc.profiles:
+            raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(svc.profiles)}")
+        prof = svc.profiles[profile]
+        cfgs = [SubnetConfig.parse(c, loaded.dims) for c in _subnets(subnet)] or spread_by_size(loaded, max_configs)
+        table = Table("config", "params", "median ms", "p90 ms", "artifact",
+                      title=f"{model} on profile {profile} ({prof.threads} threads), seq {seq_len} x batch {batch_size}, {precision}")
+        with err.status("measuring") as status:
+            def row_done(row):
+                status.update(f"measured {len(table.rows) + 1}/{len(cfgs)}: {row.config.describe()}")
+                table.add_row(row.config.describe(), f"{row.params / 1e6:.2f}M", f"{row.result.median_ms:.2f}",
+                              f"{row.result.p90_ms:.2f}", row.artifact_id[:12])
+
+            measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, on_row=row_done)
+        out.print(table)
+        out.print(f"stored {len(cfgs)} measurements for profile {profile} in {Path(svc.settings.store) / 'meta.sqlite'}")
