@@ -19,15 +19,10 @@ benchmarks (minutes to an hour on a 2-core CPU); tests never run them. ``--limit
 
 from __future__ import annotations
 
-import datetime as _dt
 import gc
 import json
 import logging
 import math
-import os
-import platform
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,6 +35,7 @@ from typing import Annotated, Any
 
 import torch
 import typer
+from bench_record import base_record, machine, write_result
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -61,7 +57,6 @@ from slicer.supernet import Supernet
 from slicer.teachers import resolve_base
 from slicer.train import Trainer, TrainSettings
 
-REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DECODER_CONFIG = '{"layers": 10, "heads": 6, "ffn": 768}'
 REORDER_CALIBRATION_EXAMPLES = 32  # what slicer.fit uses: the first 32 training examples, in batches of 8
@@ -88,28 +83,10 @@ LimitDevOpt = Annotated[int, typer.Option("--limit-dev", help="Smoke runs only: 
 
 
 # ----- bookkeeping --------------------------------------------------------------------------------------------
-def _command() -> str:
-    exe = Path(sys.executable)
-    with_cwd = [os.path.relpath(exe) if str(exe).startswith(os.getcwd()) else str(exe), os.path.relpath(sys.argv[0])]
-    return shlex.join([*with_cwd, *sys.argv[1:]])
-
-
-def _git() -> dict[str, Any]:
-    def run(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    return {"commit": run("rev-parse", "HEAD") or None, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
-
-
 def environment(device: torch.device) -> dict[str, Any]:
-    return {
-        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(device),
-        "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None, "git": _git(),
-    }
+    return {**machine(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "device": str(device),
+            "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
 
 
 def setup(device: str, threads: int) -> torch.device:
@@ -122,22 +99,9 @@ def setup(device: str, threads: int) -> torch.device:
     return torch.device(device)
 
 
-def write_result(out_dir: Path, stem: str, payload: dict[str, Any]) -> Path:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    console.print(f"wrote {path}")
-    return path
-
-
 def record(name: str, what: str, settings: dict[str, Any], results: dict[str, Any], started: float,
            device: torch.device, smoke: bool, notes: list[str]) -> dict[str, Any]:
-    return {
-        "benchmark": name, "what": what, "smoke": smoke, "settings": settings, "results": results,
-        "wall_seconds": round(time.perf_counter() - started, 2),
-        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "environment": environment(device), "command": _command(), "cwd": os.getcwd(), "notes": notes,
-    }
+    return base_record(name, what, settings, results, started, environment(device), smoke, notes)
 
 
 def slug(cfg: SubnetConfig) -> str:

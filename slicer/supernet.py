@@ -96,15 +96,18 @@ class Supernet(nn.Module):
         return self.model(*args, **kwargs)
 
     @torch.no_grad()
-    def extract(self, cfg: SubnetConfig) -> SlicedTransformer:
-        """A standalone static model of ``cfg``: only the kept weights, adapters merged in."""
+    def extract(self, cfg: SubnetConfig, merge: bool = True) -> SlicedTransformer:
+        """A standalone static model of ``cfg``: only the kept weights, adapters merged in.
+
+        ``merge=False`` takes the base weights alone (the naive cut; benchmarks time slicing apart from merging).
+        """
         cfg = cfg.validate(self.dims)
         state = {}
         for name, shape in parameter_shapes(self.dims, cfg).items():
             source = _LAYER.sub(lambda m: f"layers.{cfg.layers[int(m.group(1))]}.", name)
             module_path, param = source.rsplit(".", 1)
             module = self.model.get_submodule(module_path)
-            if isinstance(module, AdaptedLinear) and param == "weight":
+            if merge and isinstance(module, AdaptedLinear) and param == "weight":
                 tensor = module.effective_weight(*shape)
             else:
                 module = module.base if isinstance(module, AdaptedLinear) else module

@@ -160,6 +160,18 @@ def test_extract_max_with_adapters_is_the_merged_teacher(tiny_dims):
     torch.testing.assert_close(output(subnet, inputs), output(supernet, inputs), rtol=0, atol=1e-12)
 
 
+def test_extract_without_merge_is_the_naive_cut(tiny_dims):
+    _, supernet = make(tiny_dims)
+    cfg = SubnetConfig.parse({"layers": 2, "heads": 3, "ffn": 32}, tiny_dims)
+    naive = supernet.extract(cfg, merge=False).state_dict()
+    with torch.no_grad():
+        for stack in supernet.adapter_stacks().values():
+            for a in stack.A:
+                a.zero_()
+    for k, v in supernet.extract(cfg).state_dict().items():
+        assert torch.equal(v, naive[k]), k
+
+
 # ----- (c) merge-then-slice == slice-then-merge -------------------------------------------------------------------
 @PROPERTY
 @given(data=st.data())

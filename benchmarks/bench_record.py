@@ -1,0 +1,59 @@
+"""What every benchmark result records: settings, results, wall time, environment, git state and the exact
+command that reproduces it; written as ``results/<stem>.json``."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+REPO = Path(__file__).resolve().parents[1]
+console = Console()
+
+
+def command_line() -> str:
+    exe = Path(sys.executable)
+    with_cwd = [os.path.relpath(exe) if str(exe).startswith(os.getcwd()) else str(exe), os.path.relpath(sys.argv[0])]
+    return shlex.join([*with_cwd, *sys.argv[1:]])
+
+
+def git_state() -> dict[str, Any]:
+    def run(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return {"commit": run("rev-parse", "HEAD") or None, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
+
+
+def machine() -> dict[str, Any]:
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+            "git": git_state()}
+
+
+def base_record(name: str, what: str, settings: dict[str, Any], results: dict[str, Any], started: float,
+                environment: dict[str, Any], smoke: bool, notes: list[str]) -> dict[str, Any]:
+    return {
+        "benchmark": name, "what": what, "smoke": smoke, "settings": settings, "results": results,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "finished_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment, "command": command_line(), "cwd": os.getcwd(), "notes": notes,
+    }
+
+
+def write_result(out_dir: Path, stem: str, payload: dict[str, Any]) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    console.print(f"wrote {path}")
+    return path
