@@ -10,7 +10,6 @@ never served. Least-recently-used unpinned entries are evicted to keep the cache
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -19,10 +18,11 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from slicer.paths import file_lock, sha256_file
 
 from .metadata import ArtifactRecord, MetadataStore
 
@@ -47,12 +47,6 @@ def check_key(key: str) -> str:
     return key
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass
@@ -140,17 +134,11 @@ class ArtifactCache:
                 return entry, False
             return self._build(key, build), True
 
-    @contextmanager
     def _process_lock(self, key: str):
-        """An advisory file lock, so a server and `mlfs warm` on one store never build the same key twice."""
+        """A file lock, so a server and `mlfs warm` on one store never build the same key at once."""
         locks = self.root / ".locks"
         locks.mkdir(exist_ok=True)
-        with (locks / key).open("a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return file_lock(locks / key)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
         tmp = self.root / f".{key}.incomplete-{os.getpid()}-{threading.get_ident()}"

@@ -22,7 +22,6 @@ skipped with a warning that says the same.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import json
@@ -45,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, MLFSError
-from .paths import data_home
+from .paths import data_home, file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -752,20 +751,6 @@ def _is_complete(folder: Path) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (no-op where ``fcntl`` is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -798,7 +783,7 @@ def prepare_dataset(name: str, out: str | Path | None = None, force: bool = Fals
                           "give a new or empty folder")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / f".{final.name}.lock"):
+    with file_lock(root / f".{final.name}.lock"):
         if not force and _is_complete(final):  # another process finished it while we waited
             return final
         for pattern in (f".{final.name}.incomplete-*", f".{final.name}.old-*"):  # left by a killed run

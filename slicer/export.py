@@ -13,7 +13,6 @@ Graph interface (what devices feed):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from torch import nn
 
 from .errors import ExportError
 from .model import SlicedTransformer
+from .paths import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +254,6 @@ def int8_quality(model: SlicedTransformer, fp32: Path, int8: Path, feeds: list[d
     return report
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def versions() -> dict[str, str]:

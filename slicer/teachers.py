@@ -15,7 +15,6 @@ with ``pip install --no-deps`` into the running interpreter when it is missing.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib
 import importlib.metadata
@@ -26,13 +25,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from .errors import CheckpointError, TeacherError
-from .paths import data_home, safe_join
+from .paths import data_home, file_lock, safe_join
 
 logger = logging.getLogger(__name__)
 
@@ -300,20 +299,6 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (no-op where ``fcntl`` is unavailable)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows: preparation stays atomic, just not serialised
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _rmtree(path: Path) -> None:
@@ -333,7 +318,7 @@ def prepare_teacher(name: str, home: Path | None = None, force: bool = False) ->
         return final
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
-    with _lock(root / f".{name}.lock"):
+    with file_lock(root / f".{name}.lock"):
         if not force and _is_complete(final):  # another process finished it while we waited
             return final
         for pattern in (f".{name}.incomplete-*", f".{name}.old-*"):  # left by a killed run; we hold the lock

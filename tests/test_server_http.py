@@ -10,21 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_store import TOKEN, make_store, running_server
+from tiny_store import TOKEN
 
 from slicer.slicing import open_supernet
 from slicer.subnet_config import SubnetConfig
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("store"))
-
-
-@pytest.fixture(scope="module")
-def server(store):
-    with running_server(store) as url:
-        yield url
 
 
 def resolve(url, max_memory_mb=None, **budget):

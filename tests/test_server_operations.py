@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from model_inputs import randomize_adapters
-from tiny_store import TOKEN, make_store, running_server
+from tiny_store import TOKEN, make_store
 from typer.testing import CliRunner
 
 from client_sdk.latency import measure_latency, synthetic_inputs
@@ -27,17 +27,6 @@ from slicer.supernet import Supernet
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMALL = {"layers": 2, "heads": 2, "ffn": 32}
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    return make_store(tmp_path_factory.mktemp("store"))
-
-
-@pytest.fixture(scope="module")
-def server(store):
-    with running_server(store) as url:
-        yield url
 
 
 def make_stack(base_dir, out, seed=3):
