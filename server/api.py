@@ -14,7 +14,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Request, Response, UploadFile
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+)
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,7 +35,7 @@ from slicer.errors import ConfigError
 
 from .cache import CacheError
 from .metrics import Metrics
-from .selection import Budget
+from .selection import Budget, estimate
 from .service import BuildQueueFull, DeliveryService, NoFit, UnknownModel
 from .settings import Settings
 from .store import PALETTE_FILE
@@ -174,20 +185,28 @@ def artifact_file(artifact_id: str, name: str, svc: Service):
 
 
 @v1.get("/models")
-def models(svc: Service):
+def models(svc: Service, seq_len: int = Query(128, ge=1, le=8192), batch_size: int = Query(1, ge=1, le=1024)):
+    """Served models, their search spaces and palettes, with fp32 estimates per device profile at a shape."""
+    shape = Budget(seq_len=seq_len, batch_size=batch_size)
     out = []
     for name, m in svc.models.items():
         rows = {r["key"]: r for r in (m.palette or {}).get("configs", [])}
+        per_profile = {p: svc.predictor(m, shape, p) for p in svc.profiles}
         palette = []
         for cfg in m.configs():
             count = cfg.param_count(m.dims)
             row = rows.get(cfg.key, {})
+            estimates = {}
+            for p, (measured, predictor) in per_profile.items():
+                mem, ms = estimate(m.dims, cfg, "fp32", shape, measured, predictor, svc.profiles[p].speed_score)
+                estimates[p] = {"memory_mb": round(mem, 1), "latency_ms": None if ms is None else round(ms, 2),
+                                "fits_memory": mem <= svc.profiles[p].memory_mb}
             palette.append({"key": cfg.key, "config": cfg.to_dict(), "shape": cfg.describe(), "params": count.total,
                             "params_non_embedding": count.non_embedding,
-                            "quality": row.get("accuracy", row.get("loss"))})
+                            "quality": row.get("accuracy", row.get("loss")), "estimates": estimates})
         out.append({"name": name, "family": m.dims.family, "description": m.served.description,
                     "search_space": m.opened.supernet.space.to_dict(), "palette": palette,
-                    "metric": (m.palette or {}).get("metric")})
+                    "metric": (m.palette or {}).get("metric"), "estimates_at": {"seq_len": seq_len, "batch_size": batch_size}})
     return {"models": out, "profiles": [vars(p) for p in svc.profiles.values()]}
 
 

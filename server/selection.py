@@ -85,6 +85,19 @@ class LatencyModel:
         return self.a + self.b * gf / speed_score
 
 
+def estimate(dims: ModelDims, cfg: SubnetConfig, precision: str, budget: Budget,
+             measured: dict[tuple[str, str], float] | None, predictor: LatencyModel | None,
+             speed_score: float = 1.0) -> tuple[float, float | None]:
+    """(memory MB, latency ms or None) of one config at the budget's shape on a device."""
+    mem = memory_mb(dims, cfg, precision, budget.seq_len, budget.batch_size)
+    ms = (measured or {}).get((cfg.key, precision))
+    if ms is None and predictor is not None and predictor.fitted:
+        ms = predictor.predict(gflops(dims, cfg, budget.seq_len, budget.batch_size), speed_score)
+        if precision == "int8":
+            ms *= 0.5  # dynamic int8 measured about 2x faster on this stack (DESIGN.md §4)
+    return mem, ms
+
+
 def choose(
     dims: ModelDims,
     candidates: Sequence[Candidate],
@@ -95,16 +108,9 @@ def choose(
 ) -> Choice:
     """The best fitting (config, precision). ``measured`` maps (config key, precision) -> ms on this profile."""
     precisions = ["fp32", "int8"] if budget.precision == "auto" else [budget.precision]
-    options: list[Choice] = []
-    for cand in candidates:
-        for precision in precisions:
-            mem = memory_mb(dims, cand.config, precision, budget.seq_len, budget.batch_size)
-            ms = (measured or {}).get((cand.config.key, precision))
-            if ms is None and predictor is not None and predictor.fitted:
-                ms = predictor.predict(gflops(dims, cand.config, budget.seq_len, budget.batch_size), speed_score)
-                if precision == "int8":
-                    ms *= 0.5  # dynamic int8 measured about 2x faster on this stack (DESIGN.md §4)
-            options.append(Choice(cand.config, precision, mem, ms, cand.quality))
+    options = [Choice(cand.config, precision, *estimate(dims, cand.config, precision, budget, measured, predictor, speed_score),
+                      cand.quality)
+               for cand in candidates for precision in precisions]
     if not options:
         raise NoFit("the model has no configs to choose from")
     if budget.max_latency_ms is not None and not any(o.latency_ms is not None for o in options):

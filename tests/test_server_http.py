@@ -126,3 +126,9 @@ def test_models_health_and_telemetry(server):
     # with a measurement on that profile, a latency budget can be resolved
     body = {"model": "tiny", "device": {"profile": "small-2t-1g"}, "budget": {"precision": "fp32", "max_latency_ms": 4, "max_memory_mb": 1000}}
     assert httpx.post(f"{server}/v1/resolve", json=body, timeout=300).json()["estimates"]["latency_ms"] == 3.5
+    # and /v1/models shows it among the estimates per profile (memory for every config and profile)
+    palette = httpx.get(f"{server}/v1/models").json()["models"][0]["palette"]
+    row = next(p for p in palette if p["config"] == r["config"])
+    assert row["estimates"]["small-2t-1g"]["latency_ms"] == 3.5
+    assert all(p["estimates"]["tiny-1t-512m"]["memory_mb"] > 0 for p in palette)
+    assert httpx.get(f"{server}/v1/models", params={"seq_len": 0}).status_code == 422
