@@ -31,7 +31,7 @@ from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
 from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.errors import ConfigError
+from slicer.errors import ConfigError, MLFSError
 
 from .cache import CacheError
 from .metrics import Metrics
@@ -124,14 +124,19 @@ async def resolve(req: ResolveRequest, svc: Service, response: Response):
         model = svc.model(req.model)
     except UnknownModel as err:
         raise HTTPException(404, str(err)) from None
-    try:
-        choice = svc.choose(model, _budget(req), req.device.profile, req.device.speed_score)
-    except (NoFit, ConfigError) as err:
-        raise HTTPException(422, str(err)) from None
-    try:
-        entry = await svc.artifact(model, choice.config, choice.precision, svc.settings.build_wait_s)
-    except BuildQueueFull as err:
-        raise HTTPException(503, str(err), headers={"Retry-After": "30"}) from None
+    for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
+        try:
+            choice = svc.choose(model, _budget(req), req.device.profile, req.device.speed_score)
+        except (NoFit, ConfigError) as err:
+            raise HTTPException(422, str(err)) from None
+        try:
+            entry = await svc.artifact(model, choice.config, choice.precision, svc.settings.build_wait_s)
+            break
+        except BuildQueueFull as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": "30"}) from None
+        except MLFSError as err:
+            if attempt == 2 or req.budget.precision != "auto":
+                raise HTTPException(422, f"{choice.config.describe()} {choice.precision} cannot be built: {err}") from None
     key = svc.artifact_id(model, choice.config, choice.precision)
     if entry is None:
         return JSONResponse({"artifact_id": key, "status": "building", "config": choice.config.to_dict()},
@@ -249,7 +254,10 @@ async def cache_warm(req: WarmRequest, svc: Service):
         raise HTTPException(422, str(err)) from None
     warmed = []
     for cfg, precision in targets:
-        entry = await svc.artifact(model, cfg, precision, wait_s=math.inf)
+        try:
+            entry = await svc.artifact(model, cfg, precision, wait_s=math.inf)
+        except MLFSError as err:
+            raise HTTPException(422, f"{cfg.describe()} {precision} cannot be built: {err}") from None
         svc.cache.pin(entry.key)
         warmed.append({"artifact_id": entry.key, "config": cfg.to_dict(), "precision": precision})
     return {"warmed": warmed}

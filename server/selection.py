@@ -105,12 +105,15 @@ def choose(
     measured: dict[tuple[str, str], float] | None = None,
     predictor: LatencyModel | None = None,
     speed_score: float = 1.0,
+    exclude: set[tuple[str, str]] | None = None,
 ) -> Choice:
-    """The best fitting (config, precision). ``measured`` maps (config key, precision) -> ms on this profile."""
+    """The best fitting (config, precision). ``measured`` maps (config key, precision) -> ms on this profile;
+    ``exclude`` holds (config key, precision) pairs that cannot be built (an int8 model that failed its gate)."""
     precisions = ["fp32", "int8"] if budget.precision == "auto" else [budget.precision]
     options = [Choice(cand.config, precision, *estimate(dims, cand.config, precision, budget, measured, predictor, speed_score),
                       cand.quality)
-               for cand in candidates for precision in precisions]
+               for cand in candidates for precision in precisions
+               if (cand.config.key, precision) not in (exclude or set())]
     if not options:
         raise NoFit("the model has no configs to choose from")
     if budget.max_latency_ms is not None and not any(o.latency_ms is not None for o in options):

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from slicer.adapter_stack import stack_fingerprint
-from slicer.errors import ConfigError
+from slicer.errors import ConfigError, MLFSError
 from slicer.export import EXPORTER_VERSION
 from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
 from slicer.subnet_config import SubnetConfig
@@ -78,6 +78,7 @@ class DeliveryService:
         self._served = load_models(root)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
         self._inflight: dict[str, asyncio.Future] = {}
+        self.unbuildable: dict[str, set[tuple[str, str]]] = {}  # model -> (config key, precision) whose build failed
         self.ready = False
 
     def load(self, names: list[str] | None = None) -> None:
@@ -152,7 +153,8 @@ class DeliveryService:
             speed_score = self.profiles[profile].speed_score if profile else 1.0
         measured, predictor = self.predictor(model, budget, profile)
         cands = candidates_from_palette(model.dims, model.palette, model.configs())
-        return choose(model.dims, cands, budget, measured, predictor, speed_score)
+        return choose(model.dims, cands, budget, measured, predictor, speed_score,
+                      exclude=self.unbuildable.get(model.served.name))
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
@@ -166,7 +168,7 @@ class DeliveryService:
         def build(folder: Path) -> dict[str, Any]:
             work = folder.parent / f".{folder.name}.work"
             try:
-                manifest = export_to_folder(model.opened, cfg, work, precision)
+                manifest = export_to_folder(model.opened, cfg, work, precision, data=model.served.validation_data)
                 for p in work.iterdir():
                     shutil.move(str(p), folder / p.name)
             finally:
@@ -176,7 +178,12 @@ class DeliveryService:
                     "expected_quality": manifest.get("expected_quality")}
 
         start = time.perf_counter()
-        entry, built = self.cache.get_or_build(key, build)
+        try:
+            entry, built = self.cache.get_or_build(key, build)
+        except MLFSError:
+            # e.g. an int8 model that failed its quality gate: selection stops offering it
+            self.unbuildable.setdefault(model.served.name, set()).add((cfg.key, precision))
+            raise
         if built:
             self.metrics.build_seconds.observe(time.perf_counter() - start)
         return entry

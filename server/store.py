@@ -31,7 +31,7 @@ class ServedModel:
     base: str  # a teacher name or a checkpoint folder
     adapters: Path | None
     description: str = ""
-
+    validation_data: str | None = None  # a prepared dataset name: exports are checked on its dev split
 
 def load_models(root: Path) -> dict[str, ServedModel]:
     path = Path(root) / MODELS_FILE
@@ -42,7 +42,8 @@ def load_models(root: Path) -> dict[str, ServedModel]:
     models = {}
     for item in items:
         adapters = safe_join(Path(root), item["adapters"]) if item.get("adapters") else None
-        models[item["name"]] = ServedModel(item["name"], item["base"], adapters, item.get("description", ""))
+        models[item["name"]] = ServedModel(item["name"], item["base"], adapters, item.get("description", ""),
+                                           item.get("validation_data"))
     return models
 
 
@@ -58,12 +59,25 @@ def prepare_default_store(root: Path) -> None:
         dest = root / "adapters" / "minilm-movie-reviews"
         shutil.copytree(DEFAULT_PALETTE, dest, dirs_exist_ok=True)
         models["minilm-sentiment"] = ServedModel("minilm-sentiment", "minilm", dest,
-                                                 "MiniLM sentiment classifier palette (MLFS, movie reviews)")
+                                                 "MiniLM sentiment classifier palette (MLFS, movie reviews)",
+                                                 _prepared_dataset("movie-reviews"))
     models["minilm"] = ServedModel("minilm", "minilm", None, "MiniLM sentence embeddings, sliced from the pretrained teacher")
     if "smollm2" in prepared_teacher_names():
         models["smollm2"] = ServedModel("smollm2", "smollm2", None, "SmolLM2-135M, sliced from the pretrained teacher")
     write_models(root, models)
     log.info("prepared the default store at %s with %s", root, list(models))
+
+
+def _prepared_dataset(name: str) -> str | None:
+    """Prepare a built-in dataset (seconds, offline) so exports are validated on its dev split; None if it fails."""
+    from slicer.data import prepare_dataset
+
+    try:
+        prepare_dataset(name)
+    except MLFSError as err:
+        log.warning("could not prepare %s (%s); exports of this model are validated on calibration text", name, err)
+        return None
+    return name
 
 
 def prepared_teacher_names() -> set[str]:
@@ -76,7 +90,7 @@ def prepared_teacher_names() -> set[str]:
 def write_models(root: Path, models: dict[str, ServedModel]) -> None:
     """Rewrite models.json atomically (temporary file, fsync, rename)."""
     resolved = root.resolve()
-    items = [{"name": m.name, "base": m.base, "description": m.description,
+    items = [{"name": m.name, "base": m.base, "description": m.description, "validation_data": m.validation_data,
               "adapters": None if m.adapters is None else str(m.adapters.resolve().relative_to(resolved))}
              for m in models.values()]
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MODELS_FILE}.")

@@ -113,7 +113,10 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
 
     task = "classification" if family == "encoder" else "causal-lm"
     _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
-    dev.ids, dev.labels = dev.ids[:limit], dev.labels[:limit] if dev.labels else None
+    # Evenly spaced, not a prefix: prepared splits may be sorted by label.
+    keep = range(0, len(dev.ids), max(1, len(dev.ids) // limit))[:limit]
+    dev.ids = [dev.ids[i] for i in keep]
+    dev.labels = [dev.labels[i] for i in keep] if dev.labels else None
     return eval_batches(dev, 32)
 
 

@@ -106,3 +106,12 @@ def test_profiles_builtin_and_from_file(tmp_path):
     f.write_text("- {name: '../x', threads: 1, memory_mb: 1}\n")
     with pytest.raises(ProfileError, match="name"):
         load_profiles(f)
+
+
+
+def test_excluded_builds_are_not_chosen(minilm, palette):
+    configs, table = palette
+    cands = candidates_from_palette(minilm, table, configs)
+    best = choose(minilm, cands, Budget(precision="int8"))
+    second = choose(minilm, cands, Budget(precision="int8"), exclude={(best.config.key, "int8")})
+    assert second.config.key != best.config.key and second.precision == "int8"

@@ -151,3 +151,19 @@ def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path)
     assert 0 < result.median_ms <= result.p90_ms
     with pytest.raises(ValueError, match="runs"):
         measure_latency(tmp_path / "dec" / "model.onnx", runs=0)
+
+
+def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back(server, monkeypatch):
+    from slicer import export
+
+    def rejecting(*args, **kwargs):
+        return {"accepted": False, "criterion": "none passed: argmax agreement >= 99%"}
+
+    monkeypatch.setattr(export, "int8_quality", rejecting)
+    body = {"model": "tiny", "budget": {"precision": "int8", "max_memory_mb": 1000, "seq_len": 40}}
+    r = httpx.post(f"{server}/v1/resolve", json=body, timeout=300)
+    assert r.status_code == 422 and "cannot be built" in r.text and "argmax agreement" in r.text
+    # the same budget with precision auto still resolves, to fp32
+    body["budget"]["precision"] = "auto"
+    r = httpx.post(f"{server}/v1/resolve", json=body, timeout=300)
+    assert r.status_code == 200 and r.json()["precision"] == "fp32"
