@@ -114,7 +114,8 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
     task = "classification" if family == "encoder" else "causal-lm"
     _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
     # Evenly spaced, not a prefix: prepared splits may be sorted by label.
-    keep = range(0, len(dev.ids), max(1, len(dev.ids) // limit))[:limit]
+    n = len(dev.ids)
+    keep = sorted({round(i * (n - 1) / max(1, limit - 1)) for i in range(min(limit, n))})
     dev.ids = [dev.ids[i] for i in keep]
     dev.labels = [dev.labels[i] for i in keep] if dev.labels else None
     return eval_batches(dev, 32)

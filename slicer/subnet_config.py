@@ -11,6 +11,7 @@ means the maximum.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -54,6 +55,16 @@ class ParamCount:
     @property
     def non_embedding(self) -> int:
         return self.total - self.embedding
+
+
+@functools.lru_cache(maxsize=8192)  # selection asks for the same few dozen configs on every request
+def _param_count(cfg: SubnetConfig, dims: ModelDims) -> ParamCount:
+    total = embedding = 0
+    for name, shape in parameter_shapes(dims, cfg).items():
+        n = math.prod(shape)
+        total += n
+        embedding += n if is_embedding(name) else 0
+    return ParamCount(total, embedding)
 
 
 @dataclass(frozen=True)
@@ -151,7 +162,7 @@ class SubnetConfig:
         ints = {k: tuple(_int(k, v) for v in data[k]) for k in ("layers", "heads", "ffn")}
         return cls(ints["layers"], ints["heads"], ints["ffn"], _int("hidden", data["hidden"]))
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         """Stable, filesystem-safe identity of this config (same config, same key, on every machine)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
@@ -171,12 +182,7 @@ class SubnetConfig:
 
     # ----- size without building ----------------------------------------------------------------------------
     def param_count(self, dims: ModelDims) -> ParamCount:
-        total = embedding = 0
-        for name, shape in parameter_shapes(dims, self).items():
-            n = math.prod(shape)
-            total += n
-            embedding += n if is_embedding(name) else 0
-        return ParamCount(total, embedding)
+        return _param_count(self, dims)
 
     def weight_bytes(self, dims: ModelDims, precision: str = "fp32") -> int:
         if precision not in BYTES_PER_PARAM:
