@@ -162,6 +162,10 @@ def _entry(svc: DeliveryService, artifact_id: str):
     return entry
 
 
+class ArtifactFile(FileResponse):
+    chunk_size = 1 << 20  # Starlette's 64 KiB chunks cost a thread hop each: half the throughput of a static server
+
+
 def _file(svc: DeliveryService, artifact_id: str, name: str) -> FileResponse:
     entry = _entry(svc, artifact_id)
     try:
@@ -171,7 +175,7 @@ def _file(svc: DeliveryService, artifact_id: str, name: str) -> FileResponse:
     info = entry.record.files[name]
     svc.cache.served(artifact_id)
     svc.metrics.bytes_served.inc(info["size"])
-    return FileResponse(path, filename=name, headers={"ETag": f'"{info["sha256"]}"', "Accept-Ranges": "bytes"})
+    return ArtifactFile(path, filename=name, headers={"ETag": f'"{info["sha256"]}"', "Accept-Ranges": "bytes"})
 
 
 @v1.get("/artifacts/{artifact_id}")
