@@ -8,6 +8,7 @@ running; more are refused (the caller retries).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shutil
@@ -151,10 +152,13 @@ class DeliveryService:
             raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
         if speed_score is None:
             speed_score = self.profiles[profile].speed_score if profile else 1.0
+        failed = self.unbuildable.get(model.served.name, set())
+        if budget.precision == "auto" and any(p == "int8" for _, p in failed):
+            # one int8 build of this model failed its quality gate: the others would too, each after a full build
+            budget = dataclasses.replace(budget, precision="fp32")
         measured, predictor = self.predictor(model, budget, profile)
         cands = candidates_from_palette(model.dims, model.palette, model.configs())
-        return choose(model.dims, cands, budget, measured, predictor, speed_score,
-                      exclude=self.unbuildable.get(model.served.name))
+        return choose(model.dims, cands, budget, measured, predictor, speed_score, exclude=failed)
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)

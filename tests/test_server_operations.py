@@ -153,17 +153,23 @@ def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path)
         measure_latency(tmp_path / "dec" / "model.onnx", runs=0)
 
 
-def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back(server, monkeypatch):
+def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back_to_fp32(server, store, monkeypatch):
+    from server.selection import memory_mb
     from slicer import export
+    from slicer.storage import read_dims
 
     def rejecting(*args, **kwargs):
         return {"accepted": False, "criterion": "none passed: argmax agreement >= 99%"}
 
     monkeypatch.setattr(export, "int8_quality", rejecting)
-    body = {"model": "tiny", "budget": {"precision": "int8", "max_memory_mb": 1000, "seq_len": 40}}
+    # a budget only the int8 maxnet fits at the top: auto tries int8 first
+    dims = read_dims(store / "tiny-bert")
+    full = SubnetConfig.maximal(dims)
+    limit = (memory_mb(dims, full, "int8", 40, 1) + memory_mb(dims, full, "fp32", 40, 1)) / 2
+    body = {"model": "tiny", "budget": {"precision": "int8", "max_memory_mb": limit, "seq_len": 40}}
     r = httpx.post(f"{server}/v1/resolve", json=body, timeout=300)
     assert r.status_code == 422 and "cannot be built" in r.text and "argmax agreement" in r.text
-    # the same budget with precision auto still resolves, to fp32
     body["budget"]["precision"] = "auto"
     r = httpx.post(f"{server}/v1/resolve", json=body, timeout=300)
-    assert r.status_code == 200 and r.json()["precision"] == "fp32"
+    assert r.status_code == 200, r.text
+    assert r.json()["precision"] == "fp32" and r.json()["config"] != full.to_dict()
