@@ -46,7 +46,7 @@ from slicer.calibration import load_tokenizer
 from slicer.data import load_dataset_dir
 from slicer.elastic import ElasticRMSNorm
 from slicer.errors import MLFSError
-from slicer.evaluate import PALETTE_FILE, evaluate_config
+from slicer.evaluate import evaluate_config, read_palette
 from slicer.fit import load_examples
 from slicer.losses import causal_lm_loss, classification_loss
 from slicer.model import SlicedTransformer, build_model
@@ -429,9 +429,7 @@ def no_stages_1_2(
 
     configs = [net.max_config] + ([SubnetConfig.parse(read_config_arg(c), dims) for c in config] if config
                                   else [net.space.smallest(dims)])
-    palette = {}
-    if (adapters / PALETTE_FILE).is_file():
-        palette = {r["key"]: r.get("accuracy") for r in json.loads((adapters / PALETTE_FILE).read_text())["configs"]}
+    palette = {r["key"]: r.get("accuracy") for r in (read_palette(adapters) or {"configs": []})["configs"]}
     rows = []
     for cfg in configs:
         count = cfg.param_count(dims)

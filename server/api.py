@@ -32,13 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.errors import ConfigError, MLFSError
+from slicer.evaluate import PALETTE_FILE
 
 from .cache import CacheError
 from .metrics import Metrics
 from .selection import Budget, estimate
 from .service import BuildQueueFull, DeliveryService, NoFit, UnknownModel
 from .settings import Settings
-from .store import PALETTE_FILE
 
 
 class Strict(BaseModel):

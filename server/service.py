@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import shutil
 import time
@@ -20,6 +19,7 @@ from typing import Any
 
 from slicer.adapter_stack import stack_fingerprint
 from slicer.errors import ConfigError, MLFSError
+from slicer.evaluate import read_palette
 from slicer.export import EXPORTER_VERSION
 from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
 from slicer.subnet_config import SubnetConfig
@@ -60,12 +60,8 @@ class LoadedModel:
 
 def load_model(served: ServedModel) -> LoadedModel:
     opened = open_supernet(served.base, served.adapters)
-    palette = fp = None
-    if served.adapters is not None:
-        fp = stack_fingerprint(served.adapters)
-        if (served.adapters / "palette.json").is_file():
-            palette = json.loads((served.adapters / "palette.json").read_text())
-    return LoadedModel(served, opened, fp, palette)
+    fp = stack_fingerprint(served.adapters) if served.adapters is not None else None
+    return LoadedModel(served, opened, fp, read_palette(served.adapters))
 
 
 class DeliveryService:

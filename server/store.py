@@ -14,13 +14,13 @@ from pathlib import Path
 
 from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.errors import ConfigError, MLFSError, TeacherError
+from slicer.evaluate import PALETTE_FILE
 from slicer.paths import safe_join
 from slicer.teachers import list_teachers, prepare_teacher
 
 log = logging.getLogger(__name__)
 MODELS_FILE = "models.json"
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-PALETTE_FILE = "palette.json"
 STACK_FILES = (STACK_META, STACK_WEIGHTS, PALETTE_FILE)  # the only files an uploaded stack may contain
 DEFAULT_PALETTE = Path(__file__).resolve().parents[1] / "palettes" / "minilm-movie-reviews" / "adapters"
 

@@ -89,6 +89,13 @@ def resolve_configs(net: Supernet, spec: str | None) -> list[SubnetConfig]:
     return [SubnetConfig.parse(item, net.dims) for item in items]
 
 
+def read_palette(folder: Path | None) -> dict[str, Any] | None:
+    """A stack's palette table (``palette.json``), or None when the folder has none."""
+    if folder is None or not (Path(folder) / PALETTE_FILE).is_file():
+        return None
+    return json.loads((Path(folder) / PALETTE_FILE).read_text())
+
+
 def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data_fingerprint: str) -> Path:
     metric = "accuracy" if task == "classification" else "loss"
     path = Path(folder) / PALETTE_FILE

@@ -15,6 +15,7 @@ from typing import Any
 from .adapter_stack import load_adapter_stack, read_stack_meta
 from .calibration import calibration_batches
 from .errors import CheckpointError, ConfigError
+from .evaluate import read_palette
 from .importance import compute_reordering
 from .losses import causal_lm_loss
 from .storage import fingerprint, load_base, save_subnet
@@ -123,9 +124,9 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
 
 def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any] | None:
     """The palette table's row for ``cfg`` (accuracy or loss measured at training time), if there is one."""
-    if adapters is None or not (Path(adapters) / "palette.json").is_file():
+    table = read_palette(adapters)
+    if table is None:
         return None
-    table = json.loads((Path(adapters) / "palette.json").read_text())
     row = next((r for r in table["configs"] if r["key"] == cfg.key), None)
     return None if row is None else {table["metric"]: row[table["metric"]], "data_fingerprint": table["data_fingerprint"]}
 
