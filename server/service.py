@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import shutil
 import time
@@ -28,7 +29,7 @@ from .cache import ArtifactCache, Entry, artifact_key
 from .metadata import SQLiteMetadata
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
-from .selection import Budget, Choice, LatencyModel, NoFit, candidates_from_palette, choose, gflops
+from .selection import Budget, Candidate, Choice, LatencyModel, NoFit, candidates_from_palette, choose, gflops
 from .settings import Settings
 from .store import ServedModel, load_models, prepared_teacher_names, register_adapter_stack
 
@@ -54,12 +55,21 @@ class LoadedModel:
     def dims(self):
         return self.opened.supernet.dims
 
+    @functools.cached_property
+    def _configs(self) -> tuple[SubnetConfig, ...]:
+        return tuple(self.opened.supernet.space.enumerate(self.dims))
+
     def configs(self) -> list[SubnetConfig]:
-        return list(self.opened.supernet.space.enumerate(self.dims))
+        return list(self._configs)
+
+    @functools.cached_property
+    def candidates(self) -> list[Candidate]:
+        """Every config with its palette quality: fixed for the model's life, read on every resolve."""
+        return candidates_from_palette(self.dims, self.palette, self._configs)
 
 
-def load_model(served: ServedModel) -> LoadedModel:
-    opened = open_supernet(served.base, served.adapters)
+def load_model(served: ServedModel, opened: OpenSupernet | None = None) -> LoadedModel:
+    opened = opened or open_supernet(served.base, served.adapters)
     fp = stack_fingerprint(served.adapters) if served.adapters is not None else None
     return LoadedModel(served, opened, fp, read_palette(served.adapters))
 
@@ -91,8 +101,8 @@ class DeliveryService:
         """Validate an uploaded adapter stack against its base, add it to the store and serve it."""
         if base not in {m.base for m in self._served.values()} and base not in prepared_teacher_names():
             raise ConfigError(f"unknown base {base!r}: use the base of a served model or a prepared teacher")
-        served = register_adapter_stack(Path(self.settings.store), name, base, files)
-        loaded = load_model(served)
+        served, opened = register_adapter_stack(Path(self.settings.store), name, base, files)
+        loaded = load_model(served, opened)
         self._served[name] = served
         self.models[name] = loaded
         return loaded
@@ -153,8 +163,7 @@ class DeliveryService:
             # one int8 build of this model failed its quality gate: the others would too, each after a full build
             budget = dataclasses.replace(budget, precision="fp32")
         measured, predictor = self.predictor(model, budget, profile)
-        cands = candidates_from_palette(model.dims, model.palette, model.configs())
-        return choose(model.dims, cands, budget, measured, predictor, speed_score, exclude=failed)
+        return choose(model.dims, model.candidates, budget, measured, predictor, speed_score, exclude=failed)
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)

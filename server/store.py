@@ -3,6 +3,7 @@ and metadata. ``models.json`` lists the models; the default store is prepared on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.errors import ConfigError, MLFSError, TeacherError
 from slicer.evaluate import PALETTE_FILE
 from slicer.paths import safe_join
+from slicer.slicing import OpenSupernet, open_supernet
 from slicer.teachers import list_teachers, prepare_teacher
 
 log = logging.getLogger(__name__)
@@ -101,15 +103,15 @@ def write_models(root: Path, models: dict[str, ServedModel]) -> None:
     os.replace(tmp, root / MODELS_FILE)
 
 
-def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Path], description: str = "") -> ServedModel:
+def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Path],
+                           description: str = "") -> tuple[ServedModel, OpenSupernet]:
     """Add an adapter stack to the store as model ``name``; it is opened against ``base`` first.
 
     Only the stack's own files are accepted; the weights must be safetensors (a header is parsed, nothing is
     unpickled) and every tensor must have the shape the base needs. Nothing is added unless all of it holds.
+    Returns the served model and the supernet opened to check it, so the caller need not load it again.
     """
     from safetensors import safe_open
-
-    from slicer.slicing import open_supernet
 
     root = Path(root)
     if not MODEL_NAME.match(name):
@@ -139,7 +141,7 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
             except (ValueError, KeyError, TypeError) as err:
                 raise ConfigError(f"{PALETTE_FILE}: not a palette table ({err})") from None
         try:
-            open_supernet(base, work)  # shapes, base fingerprint, search space: every mismatch raises
+            opened = open_supernet(base, work)  # shapes, base fingerprint, search space: every mismatch raises
         except MLFSError as err:
             raise ConfigError(f"the adapter stack does not fit base {base!r}: {err}") from None
         os.replace(work, dest)
@@ -148,4 +150,4 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
     served = ServedModel(name, base, dest, description)
     write_models(root, {**models, name: served})
     log.info("registered adapter stack %s on %s", name, base)
-    return served
+    return served, dataclasses.replace(opened, adapters_dir=dest)
