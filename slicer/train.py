@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .batching import Examples, batch_indices, collate
 from .errors import CheckpointError, ConfigError
@@ -120,6 +122,7 @@ class Trainer:
         dims = supernet.dims
         self.projection = fixed_projection(settings.d_low, dims.hidden, settings.seed).to(self.device)
         self.anchors = supernet.space.smallest(dims).layers  # FD uses the maxnet layers the minnet keeps
+        self.forward_module: nn.Module = supernet  # DDP over the supernet under torchrun, set per stage
         self.steps_per_epoch = len(data) // settings.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size: {settings.batch_size} is larger than the training set ({len(data)})")
@@ -156,7 +159,19 @@ class Trainer:
         if head is not None:
             for p in head.parameters():
                 p.requires_grad_(stage == 0)  # the paper fine-tunes the task head with the teacher only
-        return [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
+        self.forward_module = self._data_parallel() if self.world > 1 else self.net
+        return named
+
+    def _data_parallel(self) -> nn.Module:
+        """DDP over the supernet, rebuilt per stage: DDP hooks only the parameters trainable when it is built.
+
+        Every subnet's backward is synchronised (an all-reduce is linear, so averaging each subnet's gradient
+        equals averaging their sum). Stage 2 drops layers, so some adapters get no gradient from a subnet:
+        ``find_unused_parameters``. Buffers are constants (rotary tables), so they are not broadcast.
+        """
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
 
     # ----- one step -----------------------------------------------------------------------------------------
     def step(self, stage: int, step: int, params: list[torch.nn.Parameter]) -> StepMetrics:
@@ -174,7 +189,7 @@ class Trainer:
         for j, cfg in enumerate(configs):
             net.set_active(cfg)
             with autocast:
-                out = net(**inputs, output_hidden_states=s.feature_distillation)
+                out = self.forward_module(**inputs, output_hidden_states=s.feature_distillation)
                 task = self.task_loss(out, batch)
                 if j == 0:
                     loss = task  # alpha = 0 for the maxnet
@@ -193,13 +208,6 @@ class Trainer:
                     loss = loss * gradient_scale(n_max, net.active_adapter_numbers(cfg, stages=(stage,)), s.gamma)
             loss.backward()
         net.set_max()
-
-        if self.world > 1:  # average gradients over ranks: the global batch's mean, as DDP computes it
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
         torch.nn.utils.clip_grad_norm_(params, s.clip)
         return StepMetrics(stage, step, 0.0, metrics["loss_max"], metrics.get("loss_min"), metrics.get("task_min"),
                            time.perf_counter() - start, [c.describe() for c in configs])

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
 
 from slicer.adapters import AdapterSettings
 from slicer.batching import Examples
@@ -180,7 +181,9 @@ def _data_parallel_worker(rank: int, world: int, init_file: str, out: str, dims)
     try:
         torch.set_num_threads(1)
         net = make_net(dims)
-        Trainer(net, make_data(dims, equal_length=True), SETTINGS, out).run()
+        trainer = Trainer(net, make_data(dims, equal_length=True), SETTINGS, out)
+        trainer.run()
+        assert isinstance(trainer.forward_module, DistributedDataParallel)
         if rank == 0:
             from safetensors.torch import save_file
 
@@ -191,7 +194,7 @@ def _data_parallel_worker(rank: int, world: int, init_file: str, out: str, dims)
 
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process_with_the_same_global_batch(encoder_dims, tmp_path):
-    """Each rank takes half of every global batch; gradients are averaged over ranks. Equal-length sequences
+    """Each rank takes half of every global batch; DDP averages gradients over ranks. Equal-length sequences
     make every per-rank token mean weigh the same, so the runs agree up to float summation order (1e-5)."""
     from safetensors.torch import load_file
 
