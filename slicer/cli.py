@@ -194,7 +194,7 @@ def train_cmd(
     """Train stage-wise adapters (MLFS stages 0-2) and write the adapter stack, its palette table and a report."""
     from tqdm import tqdm
 
-    from .fit import fit
+    from .fit import fit, init_distributed, is_main_process
     from .search_space import SearchSpace
     from .train import TrainSettings
 
@@ -207,9 +207,13 @@ def train_cmd(
                              temperature=temperature, feature_distillation=fd, seed=seed,
                              checkpoint_every=checkpoint_every)
     space = SearchSpace.from_file(search_space) if search_space else None
+    init_distributed()
+    main_process = is_main_process()  # under torchrun, only rank 0 shows progress and the palette
     bars: dict[int, tqdm] = {}
 
     def on_step(m, total: int) -> None:
+        if not main_process:
+            return
         bar = bars.get(m.stage)
         if bar is None:
             for old in bars.values():
@@ -225,6 +229,8 @@ def train_cmd(
                  resume=resume, on_step=on_step)
     for bar in bars.values():
         bar.close()
+    if not main_process:
+        return
     _print_palette(report["palette"], task)
     out.print(f"adapters    {out_dir / 'adapters'}\nreport      {out_dir / 'report.json'}")
 

@@ -45,6 +45,11 @@ def init_distributed() -> None:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes the stack, evaluates the palette and reports."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -117,7 +122,7 @@ def fit(
     trainer = Trainer(net, train_ex, settings, out, dev)
     log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps())
     result = trainer.run(resume=resume, on_step=on_step)
-    if trainer.rank != 0:
+    if not is_main_process():
         return result
 
     fp = fingerprint(base_dir)

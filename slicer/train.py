@@ -160,18 +160,18 @@ class Trainer:
             for p in head.parameters():
                 p.requires_grad_(stage == 0)  # the paper fine-tunes the task head with the teacher only
         named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        self.forward_module = self._data_parallel() if self.world > 1 else self.net
+        self.forward_module = self._data_parallel(stage) if self.world > 1 else self.net
         return named
 
-    def _data_parallel(self) -> nn.Module:
+    def _data_parallel(self, stage: int) -> nn.Module:
         """DDP over the supernet, rebuilt per stage: DDP hooks only the parameters trainable when it is built.
 
         Every subnet's backward is synchronised (an all-reduce is linear, so averaging each subnet's gradient
-        equals averaging their sum). Stage 2 drops layers, so some adapters get no gradient from a subnet:
-        ``find_unused_parameters``. Buffers are constants (rotary tables), so they are not broadcast.
+        equals averaging their sum). Only stage 2 drops layers, leaving some adapters without a gradient from a
+        subnet: ``find_unused_parameters`` there, not in stages 0-1 where it would cost a graph walk per step.
         """
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=True, broadcast_buffers=False)
+        return DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=stage == 2)
 
     # ----- one step -----------------------------------------------------------------------------------------
     def step(self, stage: int, step: int, params: list[torch.nn.Parameter]) -> StepMetrics:

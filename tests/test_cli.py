@@ -98,3 +98,30 @@ def test_existing_output_folder_is_not_clobbered(tiny_llama, tmp_path):
     r = run_mlfs("slice", "--base", str(tiny_llama), "--config", "{}", "--out", str(out), home=tmp_path)
     assert r.returncode == 2 and "not empty" in r.stderr
     assert (out / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_train_under_torchrun_writes_one_report(tmp_path):
+    """Two gloo processes through the real command line: rank 0 alone writes the stack, metrics and report."""
+    from tiny_store import WORDS, make_store
+
+    base = make_store(tmp_path / "store") / "tiny-bert"
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 32), ("dev", 16)):
+        rows = [{"text": " ".join(WORDS[2 + (k * 7 + i) % 40 + 50 * (k % 2)] for i in range(6)), "label": k % 2}
+                for k in range(n)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "run"
+    env = {**os.environ, "MLFS_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "slicer.cli", "train",
+         "--base", str(base), "--data", str(data), "--task", "classification", "--out", str(out),
+         "--max-steps", "2", "--batch-size", "8", "--device", "cpu"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["palette"] and (out / "adapters" / "palette.json").is_file()
+    steps = [(r["stage"], r["step"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+    assert steps == [(s, k) for s in (0, 1, 2) for k in range(2)]  # one writer, no duplicated rows
+    assert result.stdout.count("adapters    ") == 1
