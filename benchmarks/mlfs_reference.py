@@ -48,7 +48,7 @@ from slicer.elastic import ElasticRMSNorm
 from slicer.errors import MLFSError
 from slicer.evaluate import evaluate_config, read_palette
 from slicer.fit import load_examples
-from slicer.losses import causal_lm_loss, classification_loss
+from slicer.losses import causal_lm_loss, classification_loss, kd_loss
 from slicer.model import SlicedTransformer, build_model
 from slicer.slicing import open_supernet, read_config_arg, reorder_by_importance
 from slicer.storage import load_base
@@ -191,6 +191,23 @@ def accuracy(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: t
 
 
 @torch.no_grad()
+def probe_task_loss(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
+    """Mean cross-entropy of subnet ``cfg`` over fixed batches: a training-loss curve without batch-to-batch noise."""
+    net.set_active(cfg)
+    total = count = 0.0
+    try:
+        for b in batches:
+            b = to_device(b, device)
+            with autocast(device):
+                logits = net(**{k: v for k, v in b.items() if k != "labels"}).logits
+            total += nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
+            count += len(b["labels"])
+    finally:
+        net.set_max()
+    return total / count
+
+
+@torch.no_grad()
 def lm_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
     """Mean next-token loss per token (the formula of slicer.evaluate, for a standalone model)."""
     was_training = model.training
@@ -310,6 +327,7 @@ def full_ft(
     weight_decay: Annotated[float, typer.Option("--weight-decay")] = 0.0,
     clip: Annotated[float, typer.Option("--clip")] = 1.0,
     reorder: Annotated[Reorder, typer.Option("--reorder", help="Importance reordering before slicing (only with --config).")] = Reorder.train,
+    kd_adapters: Annotated[Path | None, typer.Option("--kd-adapters", help="Also distil from this MLFS stack's maxnet: loss (1-a)*task + a*KD, with the stack's alpha and temperature.")] = None,
     eval_batch: Annotated[int, typer.Option("--eval-batch", min=1)] = 64,
     log_every: Annotated[int, typer.Option("--log-every", min=0)] = 25,
     seed: SeedOpt = 0,
@@ -345,6 +363,10 @@ def full_ft(
         p.requires_grad_(True)
     params = [p for p in model.parameters()]
     count = cfg.param_count(dims)
+    loss_fn, kd = classification_loss, None
+    if kd_adapters is not None:
+        kd = {k: stack_settings(stack_meta(kd_adapters))[k] for k in ("alpha", "temperature")}
+        loss_fn = distillation_loss(open_supernet(base, kd_adapters).supernet.to(dev), kd["alpha"], kd["temperature"])
 
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
@@ -364,7 +386,7 @@ def full_ft(
                               "eval_seconds": round(time.perf_counter() - start, 2)})
             console.print(f"  epoch {done // steps_per_epoch}: dev accuracy {acc:.4f}")
 
-    run = full_training(model, params, train, classification_loss, total, lr=lr, warmup=warmup,
+    run = full_training(model, params, train, loss_fn, total, lr=lr, warmup=warmup,
                         weight_decay=weight_decay, clip=clip, batch_size=batch_size, seed=seed, device=dev,
                         log_every=log_every, label="train", on_step_end=after_step)
     for row in per_epoch:
@@ -385,6 +407,7 @@ def full_ft(
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "max_len": max_len, "warmup": warmup,
                 "schedule": "linear warm-up then linear decay to 0", "optimizer": "AdamW", "weight_decay": weight_decay,
                 "clip": clip, "seed": seed, "trainable": "all parameters (embeddings, layers, head)",
+                "kd_adapters": str(kd_adapters) if kd_adapters else None, "kd": kd,
                 "limit_train": limit_train, "limit_dev": limit_dev, "eval_batch": eval_batch}
     results = {"per_epoch": per_epoch, "final_dev_accuracy": per_epoch[-1]["dev_accuracy"],
                "params": {"total_without_head": count.total, "non_embedding_without_head": count.non_embedding,
@@ -394,9 +417,23 @@ def full_ft(
                "train_loss": run["train_loss"]}
     notes = ["Our encoder has no dropout (the stock-transformers reference used BERT's 0.1 dropout).",
              "Classification head: mean-pooled last hidden state -> linear, as the MLFS stack's head."]
-    stem = "full-ft" + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else "")
-    write_result(out_dir, stem, record("full-ft", "fully fine-tuned " + ("slice of the pretrained model" if sliced else "teacher"),
-                                       settings, results, started, dev, bool(limit_train or limit_dev), notes))
+    stem = "full-ft" + ("-kd" if kd else "") + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else "")
+    what = "fully fine-tuned " + ("slice of the pretrained model" if sliced else "teacher")
+    what += f", distilled from the maxnet of {kd_adapters}" if kd else ""
+    write_result(out_dir, stem, record("full-ft", what, settings, results, started, dev, bool(limit_train or limit_dev), notes))
+
+
+def distillation_loss(teacher: Supernet, alpha: float, temperature: float) -> Callable:
+    """(1 - alpha) * task + alpha * KD against ``teacher``'s maxnet (frozen): the MLFS subnet loss without FD."""
+    teacher.set_max()
+    teacher.eval()
+
+    def loss(out, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.no_grad():
+            target = teacher(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return (1 - alpha) * classification_loss(out, batch) + alpha * kd_loss(out.logits, target, temperature)
+
+    return loss
 
 
 # ===== no-stages-1-2 ==========================================================================================
@@ -482,6 +519,8 @@ def gamma_ablation(
     seed: Annotated[int, typer.Option("--seed", help="-1 = the stack's training seed.")] = -1,
     tail: Annotated[float, typer.Option("--tail", help="Fraction of final steps the loss is averaged over.")] = 0.2,
     smooth_window: Annotated[int, typer.Option("--smooth", min=1, help="Moving-average window for the plot.")] = 10,
+    probe_examples: Annotated[int, typer.Option("--probe-examples", min=1, help="Fixed, evenly spaced training examples the minnet's loss is measured on.")] = 512,
+    probe_every: Annotated[int, typer.Option("--probe-every", min=1, help="Measure the probe loss every N steps (and at step 0).")] = 25,
     eval_batch: Annotated[int, typer.Option("--eval-batch", min=1)] = 64,
     log_every: Annotated[int, typer.Option("--log-every", min=0)] = 25,
     limit_train: LimitTrainOpt = 0,
@@ -507,6 +546,7 @@ def gamma_ablation(
     train, dev_ex, info = load_examples(base_dir, data, "classification", trained["max_len"], "encoder")
     train, dev_ex = limit(train, limit_train), limit(dev_ex, limit_dev)
     batches = eval_batches(dev_ex, eval_batch)
+    probe = eval_batches(limit(train, probe_examples), eval_batch)
     steps_per_epoch = len(train) // trained["batch_size"]
     if steps_per_epoch == 0:
         raise typer.BadParameter(f"batch size {trained['batch_size']} is larger than the training set ({len(train)})")
@@ -528,10 +568,17 @@ def gamma_ablation(
             console.print(f"start (A_2 = 0): maxnet {100 * start_acc['maxnet']:.2f}%, minnet {100 * start_acc['minnet']:.2f}%")
         settings = TrainSettings(**{**trained, **overrides, "gamma": g})
         console.print(f"{label}: stage 2 for {steps} steps")
+        probes = {"step": [0], "minnet": [probe_task_loss(net, minnet, probe, dev)],
+                  "maxnet": [probe_task_loss(net, net.max_config, probe, dev)]}
 
-        def on_step(m, total, label=label) -> None:
-            if log_every and ((m.step + 1) % log_every == 0 or m.step + 1 == total):
-                console.print(f"  {label} step {m.step + 1}/{total}  maxnet {m.loss_max:.4f}  minnet task "
+        def on_step(m, total, label=label, probes=probes, net=net, minnet=minnet) -> None:
+            done = m.step + 1
+            if done % probe_every == 0 or done == total:
+                probes["step"].append(done)
+                probes["minnet"].append(probe_task_loss(net, minnet, probe, dev))
+                probes["maxnet"].append(probe_task_loss(net, net.max_config, probe, dev))
+            if log_every and (done % log_every == 0 or done == total):
+                console.print(f"  {label} step {done}/{total}  maxnet {m.loss_max:.4f}  minnet task "
                               f"{m.task_min:.4f}  {m.seconds:.2f} s/step")
 
         with tempfile.TemporaryDirectory(prefix="mlfs-gamma-") as tmp:
@@ -543,6 +590,7 @@ def gamma_ablation(
             "gamma": g, "settings": asdict(settings),
             "task_min": task_min, "loss_min": [m["loss_min"] for m in metrics], "loss_max": loss_max,
             "task_min_tail_mean": tail_mean(task_min, tail), "loss_max_tail_mean": tail_mean(loss_max, tail),
+            "probe": probes,
             "minnet_dev_accuracy": evaluate_config(net, minnet, batches, "classification", dev)["accuracy"],
             "maxnet_dev_accuracy": evaluate_config(net, net.max_config, batches, "classification", dev)["accuracy"],
             "seconds_per_step": seconds_per_step([m["seconds"] for m in metrics]),
@@ -571,13 +619,25 @@ def gamma_ablation(
         cells = [r["task_min"][a:b] for a, b in fifths]
         curve.add_row(label, *[f"{sum(c) / len(c):.4f}" if c else "-" for c in cells])
     console.print(curve)
+    probe_table = Table(title=f"task loss on {len(limit(train, probe_examples))} fixed training examples (probe), by step")
+    probe_table.add_column("run / subnet")
+    first = next(iter(runs.values()))["probe"]["step"]
+    for step in first:
+        probe_table.add_column(str(step), justify="right")
+    for label, r in runs.items():
+        for which in ("minnet", "maxnet"):
+            probe_table.add_row(f"{label} {which}", *[f"{v:.4f}" for v in r["probe"][which]])
+    console.print(probe_table)
 
     stem = "gamma" + (f"_{tag}" if tag else "")
     notes = ["task_min = the smallest subnet's task (cross-entropy) loss on its training batch, before scaling.",
+             "probe = task loss on the same evenly spaced training examples at every probe step (no batch noise).",
              "Both runs: the same stack, A_2 zeroed (B_2 kept), the same seed, batches and sampled subnets."]
     xs = list(range(1, steps + 1))
-    notes.append(plot(out_dir / f"{stem}.png", {lb: (xs[: len(r["task_min"])], smooth(r["task_min"], smooth_window)) for lb, r in runs.items()},
-                      f"minnet task loss, stage 2 from A_2 = 0 (moving average {smooth_window})", "step", "task loss"))
+    notes.append(plot(out_dir / f"{stem}.png", {lb: (r["probe"]["step"], r["probe"]["minnet"]) for lb, r in runs.items()},
+                      f"minnet task loss on fixed training examples, stage 2 from A_2 = 0 (dashed: per batch, moving average {smooth_window})",
+                      "step", "task loss",
+                      dashed={lb: (xs[: len(r["task_min"])], smooth(r["task_min"], smooth_window)) for lb, r in runs.items()}))
     settings = {"adapters": str(adapters), "base": base, "data": data, "steps": steps, "gammas": gamma_values,
                 "tail": tail, "smooth": smooth_window, "limit_train": limit_train, "limit_dev": limit_dev,
                 "train_settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in {**trained, **overrides}.items()},
@@ -589,6 +649,10 @@ def gamma_ablation(
             "lower_minnet_task_loss": min(labels, key=lambda lb: runs[lb]["task_min_tail_mean"]),
             "difference": runs[labels[1]]["task_min_tail_mean"] - runs[labels[0]]["task_min_tail_mean"],
             "difference_is": f"{labels[1]} minus {labels[0]} (tail means)",
+            "probe_final_minnet": {lb: runs[lb]["probe"]["minnet"][-1] for lb in labels},
+            "probe_steps_where_first_is_lower": sum(
+                a < b for a, b in zip(runs[labels[0]]["probe"]["minnet"][1:], runs[labels[1]]["probe"]["minnet"][1:])),
+            "probe_steps_compared": len(runs[labels[0]]["probe"]["minnet"]) - 1,
         }
     write_result(out_dir, stem, record("gamma", "gradient scaling ablation (Fig. 2)", settings, results, started, dev,
                                        bool(limit_train or limit_dev), notes))
