@@ -159,9 +159,7 @@ class Trainer:
         if head is not None:
             for p in head.parameters():
                 p.requires_grad_(stage == 0)  # the paper fine-tunes the task head with the teacher only
-        named = [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
-        self.forward_module = self._data_parallel(stage) if self.world > 1 else self.net
-        return named
+        return [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
 
     def _data_parallel(self, stage: int) -> nn.Module:
         """DDP over the supernet, rebuilt per stage: DDP hooks only the parameters trainable when it is built.
@@ -229,6 +227,7 @@ class Trainer:
                     continue
                 named = self.trainable(stage)
                 params = [p for _, p in named]
+                self.forward_module = self._data_parallel(stage) if self.world > 1 else self.net
                 opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
                 first = 0
                 if position and stage == position["stage"]:
