@@ -190,21 +190,13 @@ def accuracy(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: t
     return correct / total
 
 
-@torch.no_grad()
 def probe_task_loss(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Mean cross-entropy of subnet ``cfg`` over fixed batches: a training-loss curve without batch-to-batch noise."""
-    net.set_active(cfg)
-    total = count = 0.0
+    """Mean cross-entropy of subnet ``cfg`` over fixed batches (a training-loss curve without batch noise);
+    called between training steps, so the supernet goes back to training mode."""
     try:
-        for b in batches:
-            b = to_device(b, device)
-            with autocast(device):
-                logits = net(**{k: v for k, v in b.items() if k != "labels"}).logits
-            total += nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
-            count += len(b["labels"])
+        return evaluate_config(net, cfg, batches, "classification", device)["loss"]
     finally:
-        net.set_max()
-    return total / count
+        net.train()
 
 
 @torch.no_grad()
@@ -619,7 +611,7 @@ def gamma_ablation(
         cells = [r["task_min"][a:b] for a, b in fifths]
         curve.add_row(label, *[f"{sum(c) / len(c):.4f}" if c else "-" for c in cells])
     console.print(curve)
-    probe_table = Table(title=f"task loss on {len(limit(train, probe_examples))} fixed training examples (probe), by step")
+    probe_table = Table(title=f"task loss on {sum(len(b['labels']) for b in probe)} fixed training examples (probe), by step")
     probe_table.add_column("run / subnet")
     first = next(iter(runs.values()))["probe"]["step"]
     for step in first:

@@ -25,16 +25,18 @@ PALETTE_FILE = "palette.json"
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: str,
                    device: torch.device | None = None) -> dict[str, float]:
-    """Accuracy (classification) or token-weighted loss and perplexity (causal LM) of any model of ours."""
+    """Accuracy and mean cross-entropy (classification), or token-weighted loss and perplexity (causal LM)."""
     model.eval()
     if task == "classification":
         correct = total = 0
+        loss_sum = 0.0
         for b in batches:
             b = {k: v.to(device) for k, v in b.items()} if device else b
             logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
             correct += (logits.argmax(-1) == b["labels"]).sum().item()
+            loss_sum += torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
             total += len(b["labels"])
-        return {"accuracy": correct / total}
+        return {"accuracy": correct / total, "loss": loss_sum / total}
     loss_sum = tokens = 0.0
     for b in batches:
         b = {k: v.to(device) for k, v in b.items()} if device else b
