@@ -194,7 +194,7 @@ def train_cmd(
     """Train stage-wise adapters (MLFS stages 0-2) and write the adapter stack, its palette table and a report."""
     from tqdm import tqdm
 
-    from .fit import fit, init_distributed, is_main_process
+    from .fit import fit, is_main_process
     from .search_space import SearchSpace
     from .train import TrainSettings
 
@@ -207,7 +207,6 @@ def train_cmd(
                              temperature=temperature, feature_distillation=fd, seed=seed,
                              checkpoint_every=checkpoint_every)
     space = SearchSpace.from_file(search_space) if search_space else None
-    init_distributed()
     main_process = is_main_process()  # under torchrun, only rank 0 shows progress and the palette
     bars: dict[int, tqdm] = {}
 

@@ -11,6 +11,7 @@ resumed run repeats the uninterrupted run's steps exactly, and data-parallel ran
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -123,6 +124,7 @@ class Trainer:
         self.projection = fixed_projection(settings.d_low, dims.hidden, settings.seed).to(self.device)
         self.anchors = supernet.space.smallest(dims).layers  # FD uses the maxnet layers the minnet keeps
         self.forward_module: nn.Module = supernet  # DDP over the supernet under torchrun, set per stage
+        self.data_parallel_stages: list[int] = []  # stages whose gradients DDP synchronised
         self.steps_per_epoch = len(data) // settings.batch_size
         if self.steps_per_epoch == 0:
             raise ConfigError(f"batch_size: {settings.batch_size} is larger than the training set ({len(data)})")
@@ -170,6 +172,17 @@ class Trainer:
         """
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(self.net, device_ids=ids, find_unused_parameters=stage == 2)
+
+    def _release_data_parallel(self) -> None:
+        """Free the last stage's DDP now, on every rank at the same point and while the process group is alive.
+
+        DDP sits in a reference cycle, so dropping it leaves its reducer (hooks on the shared parameters, pending
+        gloo work, a hold on the group) to whenever the garbage collector runs, even after destroy_process_group:
+        a rank once aborted in CI with "terminate called without an active exception".
+        """
+        if self.forward_module is not self.net:
+            self.forward_module = self.net
+            gc.collect()
 
     # ----- one step -----------------------------------------------------------------------------------------
     def step(self, stage: int, step: int, params: list[torch.nn.Parameter]) -> StepMetrics:
@@ -227,7 +240,10 @@ class Trainer:
                     continue
                 named = self.trainable(stage)
                 params = [p for _, p in named]
-                self.forward_module = self._data_parallel(stage) if self.world > 1 else self.net
+                if self.world > 1:
+                    self._release_data_parallel()
+                    self.forward_module = self._data_parallel(stage)
+                    self.data_parallel_stages.append(stage)
                 opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
                 first = 0
                 if position and stage == position["stage"]:
@@ -251,6 +267,7 @@ class Trainer:
                     if done % s.checkpoint_every == 0 or done == total:
                         self.save_checkpoint(stage, done, opt, named)
         finally:
+            self._release_data_parallel()
             if metrics_log:
                 metrics_log.close()
         return {"seconds": time.perf_counter() - started, "steps_per_stage": total}

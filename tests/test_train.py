@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 
@@ -178,16 +179,21 @@ def test_bad_settings_are_named():
 
 def _data_parallel_worker(rank: int, world: int, init_file: str, out: str, dims) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    gc.disable()  # so only the trainer's own release can free a stage's DDP (checked below)
     try:
         torch.set_num_threads(1)
         net = make_net(dims)
         trainer = Trainer(net, make_data(dims, equal_length=True), SETTINGS, out)
         trainer.run()
-        assert isinstance(trainer.forward_module, DistributedDataParallel)
+        assert trainer.data_parallel_stages == list(SETTINGS.stages)
+        # Every stage's DDP is freed before the group is torn down, not left to the garbage collector.
+        assert trainer.forward_module is net
+        assert not [o for o in gc.get_objects() if isinstance(o, DistributedDataParallel)]
         if rank == 0:
             from safetensors.torch import save_file
 
             save_file({k: v.contiguous() for k, v in net.adapter_state().items()}, f"{out}/final.safetensors")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
