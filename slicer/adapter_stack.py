@@ -111,7 +111,7 @@ def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint:
         wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
         detail = f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {[(k, got[k], expected[k]) for k in wrong[:3]]}"
         raise AdapterMismatchError(f"adapters in {folder} do not fit this base: {detail}")
-    reordering = Reordering.from_tensors(reorder, base.dims.num_layers) if reorder else None
+    reordering = Reordering.from_tensors(reorder, base.dims) if reorder else None
     space = SearchSpace.from_dict(meta["search_space"]).validate(base.dims)
     if reordering is not None:
         reordering.apply(base)

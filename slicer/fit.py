@@ -126,7 +126,7 @@ def fit(
         # Reorder on the training text itself (the first examples), and keep the permutation for --resume.
         reordering = None
         if resume and (out / REORDERING_FILE).is_file():
-            reordering = Reordering.from_tensors(load_file(str(out / REORDERING_FILE)), model.dims.num_layers)
+            reordering = Reordering.from_tensors(load_file(str(out / REORDERING_FILE)), model.dims)
             reordering.apply(model)
         elif reorder:
             # Evenly spaced examples: prepared files can be sorted (movie-reviews is, by label).

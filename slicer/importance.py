@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import ConfigError
+from .dims import ModelDims
+from .errors import CheckpointError, ConfigError
 from .model import ModelOutput, SlicedTransformer
 
 METHODS = ("taylor", "activation", "magnitude")
@@ -70,9 +71,24 @@ class Reordering:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], num_layers: int) -> Reordering:
-        return cls([tensors[f"attn_units.{i}"].long() for i in range(num_layers)],
-                   [tensors[f"ffn.{i}"].long() for i in range(num_layers)], tensors.get("hidden"))
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], dims: ModelDims) -> Reordering:
+        """Read a saved reordering, checking that every order is a permutation of the model's units: a repeated
+        index would silently duplicate a head or a neuron, one out of range would fail deep inside ``apply``."""
+        sizes = {f"attn_units.{i}": dims.num_kv_heads for i in range(dims.num_layers)}
+        sizes.update({f"ffn.{i}": dims.ffn for i in range(dims.num_layers)})
+        if "hidden" in tensors:
+            sizes["hidden"] = dims.hidden
+        if set(tensors) != set(sizes):
+            missing, extra = sorted(set(sizes) - set(tensors)), sorted(set(tensors) - set(sizes))
+            raise CheckpointError(f"reordering: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, size in sizes.items():
+            t = tensors[name]
+            if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1 or \
+                    not torch.equal(torch.sort(t.long()).values, torch.arange(size)):
+                raise CheckpointError(f"reordering: {name} is not a permutation of 0..{size - 1}")
+        return cls([tensors[f"attn_units.{i}"].long() for i in range(dims.num_layers)],
+                   [tensors[f"ffn.{i}"].long() for i in range(dims.num_layers)],
+                   tensors["hidden"].long() if "hidden" in tensors else None)
 
 
 def _permute(state: dict[str, torch.Tensor], name: str, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:

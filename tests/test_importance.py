@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from slicer.dims import ModelDims
-from slicer.errors import ConfigError
+from slicer.errors import CheckpointError, ConfigError
 from slicer.importance import METHODS, Reordering, compute_reordering
 from slicer.losses import causal_lm_loss
 from slicer.model import build_model
@@ -159,9 +159,23 @@ def test_without_batches_magnitude_is_used(tiny_dims):
 def test_reordering_tensors_round_trip(decoder_dims):
     model = teacher(decoder_dims)
     r = compute_reordering(model, batches(decoder_dims), "activation", hidden=True)
-    back = Reordering.from_tensors(r.to_tensors(), decoder_dims.num_layers)
+    back = Reordering.from_tensors(r.to_tensors(), decoder_dims)
     assert all(torch.equal(u, v) for u, v in zip(back.attn_units + back.ffn, r.attn_units + r.ffn))
     assert torch.equal(back.hidden, r.hidden)
+
+
+@pytest.mark.parametrize("name, broken", [
+    ("ffn.0", lambda t: torch.zeros_like(t)),  # a repeated neuron: would load silently and change the model
+    ("attn_units.1", lambda t: t + 1),  # out of range
+    ("ffn.2", lambda t: t[:-1]),  # too short
+    ("hidden", lambda t: t.float()),  # not indices
+    ("ffn.9", None),  # a layer the model does not have
+])
+def test_a_saved_reordering_that_is_not_a_permutation_is_refused(decoder_dims, name, broken):
+    tensors = compute_reordering(teacher(decoder_dims), batches(decoder_dims), "activation", hidden=True).to_tensors()
+    tensors[name] = broken(tensors[name]) if broken else torch.arange(decoder_dims.ffn)
+    with pytest.raises(CheckpointError, match=name):
+        Reordering.from_tensors(tensors, decoder_dims)
 
 
 def test_causal_lm_loss_ignores_padding(decoder_dims):

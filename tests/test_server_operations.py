@@ -20,6 +20,7 @@ from server.metadata import SQLiteMetadata
 from slicer.adapter_stack import STACK_META, STACK_WEIGHTS, save_adapter_stack
 from slicer.adapters import AdapterSettings
 from slicer.cli import app
+from slicer.importance import Reordering
 from slicer.slicing import open_supernet
 from slicer.storage import fingerprint, load_base
 from slicer.subnet_config import SubnetConfig
@@ -29,11 +30,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMALL = {"layers": 2, "heads": 2, "ffn": 32}
 
 
-def make_stack(base_dir, out, seed=3):
+def make_stack(base_dir, out, seed=3, reordering=None):
     supernet = Supernet(load_base(base_dir), AdapterSettings(rank=4)).eval()
     randomize_adapters(supernet, seed)
     supernet.set_stage(2)
-    save_adapter_stack(supernet, out, fingerprint(base_dir))
+    save_adapter_stack(supernet, out, fingerprint(base_dir), reordering)
     return out
 
 
@@ -83,6 +84,11 @@ def test_registering_refuses_bad_stacks_and_keeps_the_store_unchanged(server, st
     pickled = pickle.dumps({"weights": [1, 2, 3]})
     r = upload(server, "pickled", foreign, base, weights=pickled)
     assert r.status_code == 422 and "safetensors" in r.text
+    dims = load_base(store / "tiny-bert").dims
+    repeated = Reordering([torch.arange(dims.num_kv_heads) for _ in range(dims.num_layers)],
+                          [torch.zeros(dims.ffn, dtype=torch.long) for _ in range(dims.num_layers)])
+    r = upload(server, "repeated", make_stack(store / "tiny-bert", tmp_path / "repeated", reordering=repeated), base)
+    assert r.status_code == 422 and "not a permutation" in r.text
     good = make_stack(store / "tiny-bert", tmp_path / "good")
     assert upload(server, "Bad Name!", good, base).status_code == 422
     r = upload(server, "elsewhere", good, "/etc")
