@@ -22,6 +22,7 @@ from slicer.adapter_stack import stack_fingerprint
 from slicer.errors import ConfigError, MLFSError
 from slicer.evaluate import read_palette
 from slicer.export import EXPORTER_VERSION
+from slicer.reordering_cache import CACHE_SUBDIR
 from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
 from slicer.subnet_config import SubnetConfig
 
@@ -68,8 +69,8 @@ class LoadedModel:
         return candidates_from_palette(self.dims, self.palette, self._configs)
 
 
-def load_model(served: ServedModel, opened: OpenSupernet | None = None) -> LoadedModel:
-    opened = opened or open_supernet(served.base, served.adapters)
+def load_model(served: ServedModel, opened: OpenSupernet | None = None, reordering_cache: Path | None = None) -> LoadedModel:
+    opened = opened or open_supernet(served.base, served.adapters, reordering_cache=reordering_cache)
     fp = stack_fingerprint(served.adapters) if served.adapters is not None else None
     return LoadedModel(served, opened, fp, read_palette(served.adapters))
 
@@ -93,7 +94,8 @@ class DeliveryService:
         for name in names if names is not None else list(self._served):
             if name not in self._served:
                 raise UnknownModel(f"unknown model {name!r}; the store serves {sorted(self._served)}")
-            self.models[name] = load_model(self._served[name])
+            # A base served without adapters is ranked once, then its order is read from the store.
+            self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
             log.info("serving %s (%s)", name, self._served[name].base)
         self.ready = True
 

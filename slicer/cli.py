@@ -111,6 +111,7 @@ def slice_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Extract a standalone subnet (adapters merged) and save it as safetensors + config + tokenizer."""
+    from .reordering_cache import default_reordering_cache
     from .slicing import open_supernet, read_config_arg, slice_to_folder
     from .storage import check_output_folder, read_dims
     from .subnet_config import SubnetConfig
@@ -120,7 +121,7 @@ def slice_cmd(
     cfg = SubnetConfig.parse(read_config_arg(config), read_dims(resolve_base(base)))
     check_output_folder(out_dir, overwrite)
     with err.status(f"loading {base}" + (" and its adapters" if adapters else "")):
-        opened = open_supernet(base, adapters, reorder=reorder)
+        opened = open_supernet(base, adapters, reorder=reorder, reordering_cache=default_reordering_cache())
     with err.status("extracting and saving"):
         meta = slice_to_folder(opened, cfg, out_dir, overwrite=overwrite)
     out.print(f"subnet      {cfg.describe()}  key {meta['config_key']}")
@@ -142,6 +143,7 @@ def export_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
 ) -> None:
     """Slice, merge, export to ONNX, validate against PyTorch (and quantise) one subnet: a deployable artifact."""
+    from .reordering_cache import default_reordering_cache
     from .slicing import export_to_folder, open_supernet, read_config_arg
     from .storage import check_output_folder, read_dims
     from .subnet_config import SubnetConfig
@@ -152,7 +154,7 @@ def export_cmd(
     cfg = SubnetConfig.parse(read_config_arg(config), read_dims(resolve_base(base)))
     check_output_folder(out_dir, overwrite)
     with err.status(f"loading {base}" + (" and its adapters" if adapters else "")):
-        opened = open_supernet(base, adapters, reorder=reorder)
+        opened = open_supernet(base, adapters, reorder=reorder, reordering_cache=default_reordering_cache())
     with err.status("slicing, exporting and validating (the exporter takes a while)"):
         m = export_to_folder(opened, cfg, out_dir, precision, data)
     out.print(f"artifact    {cfg.describe()}  key {cfg.key}  {precision}")

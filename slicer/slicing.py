@@ -18,6 +18,7 @@ from .errors import CheckpointError, ConfigError
 from .evaluate import read_palette
 from .importance import compute_reordering
 from .losses import causal_lm_loss
+from .reordering_cache import ReorderingCache
 from .storage import fingerprint, load_base, save_subnet
 from .subnet_config import SubnetConfig
 from .supernet import Supernet
@@ -35,8 +36,11 @@ class OpenSupernet:
     reordered: bool
 
 
-def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder: bool = True) -> OpenSupernet:
-    """Load a base; attach its adapter stack (which carries its own reordering), or reorder it by importance."""
+def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder: bool = True,
+                  reordering_cache: str | Path | None = None) -> OpenSupernet:
+    """Load a base; attach its adapter stack (which carries its own reordering), or reorder it by importance.
+
+    ``reordering_cache``: a folder where the importance order is kept, so the next open skips the ranking."""
     base_dir = resolve_base(base)
     model = load_base(base_dir)
     fp = fingerprint(base_dir)
@@ -44,11 +48,12 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
         supernet = load_adapter_stack(model, Path(adapters), fp)
         return OpenSupernet(supernet, base_dir, fp, Path(adapters), reordered=bool(read_stack_meta(adapters)["reordered"]))
     if reorder:
-        reorder_by_importance(model, base_dir)
+        cache = ReorderingCache(reordering_cache, fp) if reordering_cache is not None else None
+        reorder_by_importance(model, base_dir, cache=cache)
     return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)
 
 
-def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = None):
+def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = None, cache: ReorderingCache | None = None):
     """Rank units on real text (given batches, else stdlib prose or code) and permute the model in place.
 
     Without a tokenizer (and no batches) the ranking falls back to weight magnitude.
@@ -63,9 +68,14 @@ def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = No
     batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
     if family == "decoder" and batches:
         # The decoder has its own objective, so rank by |activation x gradient| of the LM loss.
-        reordering = compute_reordering(model, batches, "taylor", causal_lm_loss)
+        method, loss = "taylor", causal_lm_loss
     else:
-        reordering = compute_reordering(model, batches, "activation" if batches else "magnitude")
+        method, loss = ("activation" if batches else "magnitude"), None
+
+    def compute():
+        return compute_reordering(model, batches, method, loss)
+
+    reordering = cache.get_or_compute(model.dims, method, batches, compute) if cache is not None else compute()
     reordering.apply(model)
     return reordering
 

@@ -45,6 +45,7 @@ def test_two_budgets_give_two_configs_and_the_artifact_is_exact(server, store):
     with torch.no_grad():
         ref = subnet(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).pooled.numpy()
     assert np.abs(got - ref).max() < 1e-4
+    assert len(list((store / "reorderings").glob("*.safetensors"))) == 1  # the next start reads the order back
     manifest = httpx.get(server + b["manifest_url"]).json()
     assert manifest["files"]["model.onnx"]["sha256"] == b["sha256"]
 
