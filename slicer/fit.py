@@ -134,7 +134,8 @@ def fit(
             picks = [k * len(train_ex) // n for k in range(n)]
             batches = [collate(train_ex, picks[i : i + 8]) for i in range(0, n, 8)]
             reordering = reorder_by_importance(model, base_dir, batches)
-            save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
+            if is_main_process():  # every rank ranks the same units; one writes them
+                save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
 
         torch.manual_seed(settings.seed)
         if settings.task == "classification":

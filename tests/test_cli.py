@@ -121,7 +121,7 @@ def test_train_under_torchrun_writes_one_report(tmp_path):
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
-    assert report["palette"] and (out / "adapters" / "palette.json").is_file()
+    assert report["palette"] and (out / "adapters" / "palette.json").is_file() and (out / "reordering.safetensors").is_file()
     steps = [(r["stage"], r["step"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert steps == [(s, k) for s in (0, 1, 2) for k in range(2)]  # one writer, no duplicated rows
     assert result.stdout.count("adapters    ") == 1
