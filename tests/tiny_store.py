@@ -38,10 +38,13 @@ def make_store(root: Path, layers: int = 4, seed: int = 0) -> Path:
 
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
-    """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """uvicorn in a thread on a free loopback port (or ``port=``, to restart a server where clients expect it);
+    yields the base URL once /readyz answers."""
+    port = settings.pop("port", None)
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     options = {"operator_token": TOKEN, "build_wait_s": 120, "cache_budget_mb": 100, "max_body_bytes": 4096, **settings}
     srv = uvicorn.Server(uvicorn.Config(create_app(Settings(store=store, port=port, **options)), host="127.0.0.1",
                                         port=port, log_level="warning"))
