@@ -215,8 +215,14 @@ class Client:
     def load(self) -> CachedArtifact:
         """Make sure a model is loaded (the first call does this on its own); returns it."""
         with self._swap_lock:
-            if self._slot is None:
-                self.swap_to(self.choose(self.memory_budget_mb(), reason="first load"), "first load")
+            for attempt in (1, 2):
+                if self._slot is not None:
+                    break
+                try:
+                    self.swap_to(self.choose(self.memory_budget_mb(), reason="first load"), "first load")
+                except IntegrityError:
+                    if attempt == 2:
+                        raise  # the cache dropped the bad copy: the second attempt downloads it afresh
         assert self._slot is not None
         return self._slot.row
 

@@ -22,7 +22,6 @@ from slicer.paths import sha256_file  # torch-free: the standard library only
 from .errors import IntegrityError, NoFitError, ServerError, UnreachableError
 
 log = logging.getLogger(__name__)
-CHUNK = 1 << 20
 Progress = Callable[[str, int, int], None]  # (file name, bytes so far, total bytes)
 
 
@@ -161,7 +160,7 @@ class ServerAPI:
                     etag_file.write_text(r.headers.get("etag", f'"{sha256}"'))
                     done = offset
                     with part.open(mode) as f:
-                        for chunk in r.iter_bytes(CHUNK):
+                        for chunk in r.iter_bytes():  # as received: a buffered chunk would be lost on a cut
                             f.write(chunk)
                             done += len(chunk)
                             if progress is not None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk import CacheError, CachedArtifact, DeviceCache, IntegrityError, Probe, SimulatedProbe
+from client_sdk import CachedArtifact, CacheError, DeviceCache, IntegrityError, Probe, SimulatedProbe
 from client_sdk.probe import read_cgroup
 
 ROOT = Path(__file__).resolve().parents[2]
