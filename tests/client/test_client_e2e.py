@@ -171,3 +171,36 @@ def test_telemetry_needs_the_device_token_when_the_server_sets_one(cls_store, tm
         assert err.value.status == 401
         good.close()
         bad.close()
+
+
+def device(*args, cache_dir):
+    """``mlfs-device`` in a subprocess (as a console script would run it)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "MLFS_DEVICE_CACHE": str(cache_dir)}
+    return subprocess.run([sys.executable, "-m", "client_sdk.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_the_device_command_predicts_lists_and_clears_its_cache_and_fails_in_one_line(cls_server, sizes, tmp_path):
+    big, tight_mb, small = sizes
+    r = device("predict", "--server", cls_server, "--model", MODEL, "--precision", "fp32", "w1 w2 w3", "w4",
+               cache_dir=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2 and lines[0].split("\t")[0] in ("negative", "positive")
+    assert big["artifact_id"][:12] in lines[0] and lines[0].endswith("w1 w2 w3")
+    r = device("predict", "--server", cls_server, "--model", MODEL, "--precision", "fp32", "--memory-mb", str(tight_mb),
+               "w1", cache_dir=tmp_path)
+    assert r.returncode == 0 and small["artifact_id"][:12] in r.stdout
+    listing = device("cache", "list", cache_dir=tmp_path)
+    assert big["artifact_id"][:12] in listing.stdout and small["artifact_id"][:12] in listing.stdout
+    assert "removed 2 artifact(s)" in device("cache", "clear", cache_dir=tmp_path).stdout
+    bad = device("predict", "--server", "http://127.0.0.1:9", "--model", MODEL, "w1", cache_dir=tmp_path)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: cannot reach the server")
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    missing = device("predict", "--server", cls_server, "--model", "nope", "w1", cache_dir=tmp_path)
+    assert missing.returncode == 1 and "404" in missing.stderr and "unknown model" in missing.stderr
