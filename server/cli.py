@@ -1,6 +1,6 @@
 """``mlfs serve``, ``mlfs warm`` and ``mlfs bench latency``: the delivery server and its operator tasks.
 
-Registered on the main app by ``slicer.cli``; heavy imports happen inside the commands so that ``mlfs --help``
+Registered on the main app by ``slicer.cli.main``; heavy imports happen inside the commands so that ``mlfs --help``
 stays fast. Server-side errors are re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
 """
 
@@ -54,11 +54,9 @@ def serve_cmd(
 @contextmanager
 def _service(store: Path | None, config: Path | None, model: str) -> Iterator[tuple]:
     """The store's service with one model loaded; server errors become ConfigError."""
-    from .cache import CacheError
+    from .errors import ServerError
     from .metrics import Metrics
-    from .profiles import ProfileError
-    from .selection import NoFit
-    from .service import DeliveryService, UnknownModel
+    from .service import DeliveryService
     from .settings import Settings
     from .store import prepare_default_store
 
@@ -72,7 +70,7 @@ def _service(store: Path | None, config: Path | None, model: str) -> Iterator[tu
             yield svc, svc.model(model)
         finally:
             svc.close()
-    except (NoFit, UnknownModel, ProfileError, CacheError) as e:
+    except ServerError as e:
         raise ConfigError(str(e)) from None
 
 
@@ -138,7 +136,7 @@ def bench_latency_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
-    from slicer.subnet_config import SubnetConfig
+    from slicer.spec.subnet_config import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 # ----- tiny model dims (unit tests build models from these; no checkpoints, no network) -----------------------
 import pytest as _pytest
 
-from slicer.dims import ModelDims as _ModelDims
+from slicer.spec.dims import ModelDims as _ModelDims
 
 
 def tiny_encoder_dims() -> _ModelDims:
@@ -51,8 +51,8 @@ from pathlib import Path as _Path  # noqa: E402
 def prepared_teacher() -> _Callable[[str], _Path]:
     """``prepared(name) -> folder``: the teacher's checkpoint folder in the data home ($MLFS_HOME or
     ~/.cache/mlfs), prepared on first use (smollm2 takes about a minute once, then is instant)."""
+    from slicer.formats.teachers import prepare_teacher
     from slicer.paths import data_home
-    from slicer.teachers import prepare_teacher
 
     home = data_home()  # fixed for the session, whatever a test later does to $MLFS_HOME
     folders: dict[str, _Path] = {}
@@ -74,21 +74,3 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-# ----- the delivery server (module scope: each test module gets its own store and uvicorn) -------------------
-@_pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A store serving a tiny random BERT as model ``tiny``."""
-    from tiny_store import make_store
-
-    return make_store(tmp_path_factory.mktemp("store"))
-
-
-@_pytest.fixture(scope="module")
-def server(store):
-    """The base URL of a real uvicorn server on a loopback port over ``store``."""
-    from tiny_store import running_server
-
-    with running_server(store) as url:
-        yield url
