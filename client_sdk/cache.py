@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slicer.paths import file_lock, sha256_file  # torch-free: the standard library only
+from slicer.paths import file_lock, replace_directory, sha256_file  # torch-free: the standard library only
 
 from .errors import CacheError, IntegrityError
 
@@ -135,9 +135,7 @@ class DeviceCache:
                 os.fsync(f.fileno())
         final = self.folder(row.artifact_id)
         with self._lock, self._index_lock():
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staged, final)
+            replace_directory(staged, final)
             index = self._read()
             row.size_bytes = sum(p.stat().st_size for p in final.iterdir())
             index[row.artifact_id] = row

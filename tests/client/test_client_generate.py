@@ -8,9 +8,9 @@ from tiny_store import WORDS
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from client_sdk import ModelError, ModelHandle
-from slicer import export
-from slicer.model import build_model
-from slicer.subnet_config import SubnetConfig
+from slicer.nn.factory import build_model
+from slicer.onnx import export
+from slicer.spec.subnet_config import SubnetConfig
 
 
 def torch_greedy(model, ids: list[int], steps: int, eos: set[int] = frozenset()) -> list[int]:
@@ -65,9 +65,9 @@ def test_greedy_generate_equals_pytorch_and_sampling_is_seeded(tiny_decoder):
 
 @pytest.mark.slow
 def test_generate_on_a_smollm2_slice_equals_the_pytorch_subnets_greedy_output(prepared_teacher, tmp_path):
+    from slicer.formats.storage import fingerprint, load_base
+    from slicer.nn.supernet import Supernet
     from slicer.slicing import OpenSupernet, export_to_folder
-    from slicer.storage import fingerprint, load_base
-    from slicer.supernet import Supernet
 
     folder = prepared_teacher("smollm2")
     net = Supernet(load_base(folder))

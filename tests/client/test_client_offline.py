@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import socket
 
-from conftest import make_classifier_store
+from cls_store import make_classifier_store
 from faults import FaultyTransport
 from tiny_store import running_server
 
