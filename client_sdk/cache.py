@@ -125,8 +125,9 @@ class DeviceCache:
                 del self._held[artifact_id]
 
     # ----- install / verify ---------------------------------------------------------------------------------
-    def install(self, row: CachedArtifact) -> Path:
-        """Move the staged, verified files into place with one rename and index them; then evict to budget."""
+    def install(self, row: CachedArtifact) -> list[str]:
+        """Move the staged, verified files into place with one rename and index them; then evict to budget.
+        Returns the ids evicted to make room."""
         staged = self.staging(row.artifact_id)
         manifest = read_manifest(staged)
         verify_files(staged, manifest)
@@ -140,8 +141,7 @@ class DeviceCache:
             row.size_bytes = sum(p.stat().st_size for p in final.iterdir())
             index[row.artifact_id] = row
             self._write(index)
-        self.evict(keep={row.artifact_id})
-        return final
+        return self.evict(keep={row.artifact_id})
 
     def verified_manifest(self, artifact_id: str) -> dict[str, Any]:
         """The manifest, after every file it lists was checked; a bad artifact is removed and IntegrityError raised."""

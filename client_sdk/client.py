@@ -17,6 +17,7 @@ Calls wait for one model load, never for a download.
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import statistics
 import threading
@@ -33,7 +34,7 @@ import numpy as np
 
 from .budget import Budget
 from .cache import CachedArtifact, DeviceCache, verify_files
-from .errors import CacheError, ClientError, IntegrityError, NoFitError, UnreachableError
+from .errors import CacheError, ClientError, IntegrityError, ModelError, NoFitError, UnreachableError
 from .events import Event, EventBus
 from .latency import synthetic_inputs
 from .model import Generation, ModelHandle, Prediction
@@ -145,8 +146,6 @@ class Client:
         row = self.cache.get(res.artifact_id)
         if row is not None:
             return row
-        import json
-
         start = time.perf_counter()
         self.cache.hold(res.artifact_id)  # not evicted while staging, nor by another install meanwhile
         try:
@@ -168,9 +167,12 @@ class Client:
                 self.api.fetch(res.artifact_id, name, target, info["size"], info["sha256"], self.progress)
             row = CachedArtifact(res.artifact_id, self.model_name, self.api.base_url, res.config, res.precision,
                                  res.memory_mb, res.latency_ms, res.quality, 0)
-            self.cache.install(row)
+            evicted = self.cache.install(row)
         finally:
             self.cache.release(res.artifact_id)
+        for artifact_id in evicted:
+            self.events.emit(Event("evicted", "over the device cache's disk budget (least recently used)",
+                                   from_id=artifact_id))
         self.events.emit(Event("downloaded", f"{_describe(res.config)} {res.precision}, {row.size_bytes} bytes verified",
                                to_id=res.artifact_id, timings={"download_s": time.perf_counter() - start}))
         return row
@@ -356,6 +358,9 @@ class Client:
         seq_len = seq_len or self.budget.seq_len
         profile = profile or self.probe().profile
         with self._lease() as slot:
+            if seq_len > slot.handle.max_positions:
+                raise ModelError(f"seq_len {seq_len} exceeds the model's {slot.handle.max_positions} positions; "
+                                 "pass a smaller one")
             session = slot.handle.session
             feeds = synthetic_inputs(session, seq_len, batch_size)
             for _ in range(warmup):

@@ -53,7 +53,9 @@ class ModelHandle:
         self.threads, self.batch_size = threads, batch_size
         dims = manifest.get("dims", {})
         device = manifest.get("device") or {}
-        self.max_len = int(device.get("max_seq_len") or dims.get("max_positions") or 512)
+        self.max_positions = int(dims.get("max_positions") or 512)  # what the graph can take
+        # inputs are cut at the length the model was trained (and its quality measured) at
+        self.max_len = min(int(device.get("max_seq_len") or self.max_positions), self.max_positions)
         special = device.get("tokenizer") or {}
         self.add_special_tokens = bool(special.get("add_special_tokens", self.family == "encoder"))
         self.pad_id = special.get("pad_token_id", dims.get("pad_token_id")) or 0
@@ -126,9 +128,9 @@ class ModelHandle:
         ids = self.tokenizer.encode(prompt, add_special_tokens=self.add_special_tokens).ids
         if not ids:
             raise ModelError("the prompt is empty after tokenisation")
-        if len(ids) + max_new_tokens > self.max_len:
+        if len(ids) + max_new_tokens > self.max_positions:
             raise ModelError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                             f"{self.max_len} positions")
+                             f"{self.max_positions} positions")
         rng = np.random.default_rng(seed)
         past = {}
         for inp in self.session.get_inputs():
