@@ -74,7 +74,7 @@ def first_predict_vs_download(url: str, model: str, big: dict[str, Any], rounds:
     """Fresh device caches, interleaved with plain downloads of the same artifact's files."""
     manifest = httpx.get(f"{url}{big['manifest_url']}").json()
     names = list(manifest["files"])
-    first, plain = [], []
+    first, plain, parts = [], [], []
     for _ in range(rounds):
         with tempfile.TemporaryDirectory() as cache:
             start = time.perf_counter()
@@ -82,6 +82,8 @@ def first_predict_vs_download(url: str, model: str, big: dict[str, Any], rounds:
                             budget=Budget(precision="fp32"))
             client.predict([TEXT])
             first.append(time.perf_counter() - start)
+            steps = {k: round(v, 3) for e in client.events.history for k, v in e.timings.items() if k != "decision_to_swap_s"}
+            parts.append(steps)
             client.close()
         start = time.perf_counter()
         with httpx.Client(base_url=url) as http:
@@ -90,6 +92,7 @@ def first_predict_vs_download(url: str, model: str, big: dict[str, Any], rounds:
                 http.get(f"/v1/artifacts/{big['artifact_id']}/files/{name}").raise_for_status()
         plain.append(time.perf_counter() - start)
     return {"first_predict_s": [round(x, 3) for x in first], "download_only_s": [round(x, 3) for x in plain],
+            "first_predict_steps_s": parts,
             "median_ratio": round(statistics.median(first) / statistics.median(plain), 2),
             "artifact_bytes": sum(f["size"] for f in manifest["files"].values())}
 

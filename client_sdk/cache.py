@@ -125,12 +125,14 @@ class DeviceCache:
                 del self._held[artifact_id]
 
     # ----- install / verify ---------------------------------------------------------------------------------
-    def install(self, row: CachedArtifact) -> list[str]:
-        """Move the staged, verified files into place with one rename and index them; then evict to budget.
+    def install(self, row: CachedArtifact, verified: bool = False) -> list[str]:
+        """Move the staged files into place with one rename and index them; then evict to budget. The files
+        are checked against the manifest first unless the caller just did (``verified``: hashed on download).
         Returns the ids evicted to make room."""
         staged = self.staging(row.artifact_id)
         manifest = read_manifest(staged)
-        verify_files(staged, manifest)
+        if not verified:
+            verify_files(staged, manifest)
         for p in staged.iterdir():
             with p.open("rb") as f:
                 os.fsync(f.fileno())

@@ -167,7 +167,7 @@ class Client:
                 self.api.fetch(res.artifact_id, name, target, info["size"], info["sha256"], self.progress)
             row = CachedArtifact(res.artifact_id, self.model_name, self.api.base_url, res.config, res.precision,
                                  res.memory_mb, res.latency_ms, res.quality, 0)
-            evicted = self.cache.install(row)
+            evicted = self.cache.install(row, verified=True)  # every file was hashed as it arrived
         finally:
             self.cache.release(res.artifact_id)
         for artifact_id in evicted:

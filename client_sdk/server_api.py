@@ -17,8 +17,6 @@ from typing import Any
 
 import httpx
 
-from slicer.paths import sha256_file  # torch-free: the standard library only
-
 from .errors import IntegrityError, NoFitError, ServerError, UnreachableError
 
 log = logging.getLogger(__name__)
@@ -158,10 +156,16 @@ class ServerAPI:
                         self._raise_for(r, f"download {name}")
                         raise ServerError(f"download {name}: unexpected {r.status_code} to a range request", r.status_code)
                     etag_file.write_text(r.headers.get("etag", f'"{sha256}"'))
+                    digest = hashlib.sha256()
+                    if mode == "ab":  # the kept prefix counts too
+                        with part.open("rb") as kept:
+                            for block in iter(lambda: kept.read(1 << 20), b""):
+                                digest.update(block)
                     done = offset
                     with part.open(mode) as f:
                         for chunk in r.iter_bytes():  # as received: a buffered chunk would be lost on a cut
                             f.write(chunk)
+                            digest.update(chunk)  # hashed on the way in: no second pass over the file
                             done += len(chunk)
                             if progress is not None:
                                 progress(name, done, size)
@@ -179,7 +183,7 @@ class ServerAPI:
                 if failures >= self.backoff.attempts:
                     raise UnreachableError(f"download {name}: the server keeps ending the file at {got} of {size} bytes")
                 continue
-            if got != size or sha256_file(part) != sha256:
+            if got != size or digest.hexdigest() != sha256:
                 integrity_failures += 1
                 part.unlink()
                 etag_file.unlink(missing_ok=True)
