@@ -208,8 +208,9 @@ class Client:
     def _threads(self) -> int:
         return self.threads or max(1, self.probe().cpu_count)
 
-    def _open(self, row: CachedArtifact) -> ModelHandle:
-        manifest = self.cache.verified_manifest(row.artifact_id)  # a tampered or truncated file stops here
+    def _open(self, row: CachedArtifact, manifest: dict[str, Any] | None = None) -> ModelHandle:
+        if manifest is None:
+            manifest = self.cache.verified_manifest(row.artifact_id)  # a tampered or truncated file stops here
         handle = ModelHandle(self.cache.folder(row.artifact_id), manifest, row.artifact_id, self._threads())
         handle.smoke()
         return handle
@@ -284,6 +285,7 @@ class Client:
 
     def _sequential(self, old: _Slot, row: CachedArtifact) -> ModelHandle:
         """Both models do not fit: hold new calls, drain the old model, release it, load the new one."""
+        manifest = self.cache.verified_manifest(row.artifact_id)  # hashed before calls are held: they wait only for the load
         with self._cond:
             self._gate_open = False
             while old.refs:
@@ -291,15 +293,17 @@ class Client:
             old.retired = True
             self._free(old, release=False)  # keep it held: it is the fallback if the new one fails
         gc.collect()
+        new = None
         try:
-            handle = self._open(row)
+            handle = self._open(row, manifest)
             new = _Slot(row, handle)
         except Exception:
             new = _Slot(old.row, self._open(old.row))  # back to the old model; it is still on disk
             raise
         finally:
             with self._cond:
-                self._slot = new
+                if new is not None:
+                    self._slot = new
                 self._gate_open = True
                 self._cond.notify_all()
         self.cache.release(old.row.artifact_id)
@@ -318,7 +322,8 @@ class Client:
             while not self._gate_open:
                 self._cond.wait()
             slot = self._slot
-            assert slot is not None and slot.handle is not None
+            if slot is None or slot.handle is None:
+                raise ClientError("no model is loaded (the client was closed, or a swap and its fallback both failed)")
             slot.refs += 1
         start = time.perf_counter()
         try:
