@@ -204,3 +204,22 @@ def test_the_device_command_predicts_lists_and_clears_its_cache_and_fails_in_one
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
     missing = device("predict", "--server", cls_server, "--model", "nope", "w1", cache_dir=tmp_path)
     assert missing.returncode == 1 and "404" in missing.stderr and "unknown model" in missing.stderr
+
+
+def test_a_model_tampered_in_the_cache_is_refused_at_swap_time_and_the_old_one_keeps_serving(cls_server, sizes, tmp_path):
+    big, tight_mb, small = sizes
+    client = Client(cls_server, MODEL, probe=SimulatedProbe(1000), cache_dir=tmp_path, count_loaded_model=False,
+                    budget=Budget(precision="fp32"), swap_strategy="sequential")
+    client.load()
+    assert client.switch(tight_mb).to_id == small["artifact_id"]
+    assert client.switch(Budget(precision="fp32")).to_id == big["artifact_id"]
+    model = client.cache.folder(small["artifact_id"]) / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01  # same size, one bit
+    model.write_bytes(bytes(data))
+    assert client.switch(tight_mb) is None  # refused: the old model stays
+    assert client.events.of("swap_failed")[-1].to_id == small["artifact_id"]
+    assert client.current.artifact_id == big["artifact_id"]
+    assert client.predict(["w1"])[0].artifact_id == big["artifact_id"]
+    assert client.switch(tight_mb).to_id == small["artifact_id"]  # fetched again, verified, swapped
+    client.close()
