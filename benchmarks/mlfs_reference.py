@@ -42,8 +42,8 @@ from torch import nn
 
 from slicer.data.batching import Examples, batch_indices, collate, eval_batches, tokenize_stream
 from slicer.data.calibration import load_tokenizer
-from slicer.data.datasets import load_dataset_dir
 from slicer.data.examples import load_examples
+from slicer.data.readers import load_dataset_dir
 from slicer.errors import MLFSError
 from slicer.formats.adapter_stack import STACK_META
 from slicer.formats.storage import load_base
@@ -53,8 +53,9 @@ from slicer.nn.factory import build_model
 from slicer.nn.model import SlicedTransformer
 from slicer.nn.supernet import Supernet
 from slicer.slicing import open_supernet, read_config_arg
+from slicer.spec.palette import read_palette
 from slicer.spec.subnet_config import SubnetConfig
-from slicer.train.evaluate import evaluate_config, read_palette
+from slicer.train.evaluate import evaluate_config
 from slicer.train.losses import causal_lm_loss, classification_loss, kd_loss
 from slicer.train.reorder import reorder_by_importance
 from slicer.train.trainer import Trainer, TrainSettings

@@ -120,8 +120,7 @@ def finish(name: str, what: str, settings: dict, results: dict, started: float, 
 @app.command("build")
 def build(model: ModelOpt = "minilm-sentiment", out_dir: OutOpt = RESULTS) -> None:
     """Cold builds of three shapes, fp32 and int8: where the seconds go."""
-    from slicer.errors import ExportError
-    from slicer.spec.subnet_config import SubnetConfig
+    from slicer import ExportError, SubnetConfig
 
     started = time.perf_counter()
     rows = []

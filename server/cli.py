@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slicer.errors import ConfigError
+from slicer import ConfigError
 
 out = Console()
 err = Console(stderr=True)
@@ -138,7 +138,7 @@ def bench_latency_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
-    from slicer.spec.subnet_config import SubnetConfig
+    from slicer import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 

@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slicer.spec.dims import ModelDims
-from slicer.spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
+from slicer import BYTES_PER_PARAM, ModelDims, SubnetConfig
 
 RUNTIME_BASE_MB = 25.0  # onnxruntime session overhead, measured order of magnitude for these graphs
 

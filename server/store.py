@@ -13,12 +13,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slicer.errors import ConfigError, MLFSError, TeacherError
-from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.formats.teachers import list_teachers, prepare_teacher
-from slicer.paths import safe_join
-from slicer.slicing import OpenSupernet, open_supernet
-from slicer.train.evaluate import PALETTE_FILE
+from slicer import (
+    PALETTE_FILE,
+    STACK_META,
+    STACK_WEIGHTS,
+    ConfigError,
+    MLFSError,
+    OpenSupernet,
+    TeacherError,
+    list_teachers,
+    open_supernet,
+    prepare_teacher,
+    safe_join,
+)
 
 log = logging.getLogger(__name__)
 MODELS_FILE = "models.json"
@@ -72,7 +79,7 @@ def prepare_default_store(root: Path) -> None:
 
 def _prepared_dataset(name: str) -> str | None:
     """Prepare a built-in dataset (seconds, offline) so exports are validated on its dev split; None if it fails."""
-    from slicer.data.datasets import prepare_dataset
+    from slicer import prepare_dataset
 
     try:
         prepare_dataset(name)

@@ -19,8 +19,8 @@ from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
 from .nn.supernet import Supernet
+from .spec.palette import read_palette
 from .spec.subnet_config import SubnetConfig
-from .train.evaluate import read_palette
 from .train.reorder import reorder_by_importance
 
 log = logging.getLogger(__name__)

@@ -258,7 +258,8 @@ def eval_cmd(
     from ..data.examples import load_examples
     from ..formats.adapter_stack import read_stack_meta
     from ..slicing import open_supernet
-    from ..train.evaluate import evaluate_palette, resolve_configs, write_palette
+    from ..spec.palette import write_palette
+    from ..train.evaluate import evaluate_palette, resolve_configs
 
     task = read_stack_meta(adapters).get("task")
     if task not in ("classification", "causal-lm"):

@@ -8,7 +8,7 @@ from typing import Any
 
 from .batching import Examples, tokenize_pairs, tokenize_stream
 from .calibration import load_tokenizer
-from .datasets import load_dataset_dir
+from .readers import load_dataset_dir
 
 
 def load_examples(base_dir: Path, data_dir: str | Path, task: str, max_len: int, family: str) -> tuple[Examples, Examples, dict[str, Any]]:

@@ -18,8 +18,7 @@ from ..data.batching import Examples, eval_batches
 from ..errors import ConfigError
 from ..nn.supernet import Supernet
 from ..spec.subnet_config import SubnetConfig
-
-PALETTE_FILE = "palette.json"
+from ..spec.vocab import CLASSIFICATION
 
 
 @torch.no_grad()
@@ -27,7 +26,7 @@ def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]
                    device: torch.device | None = None) -> dict[str, float]:
     """Accuracy and mean cross-entropy (classification), or token-weighted loss and perplexity (causal LM)."""
     model.eval()
-    if task == "classification":
+    if task == CLASSIFICATION:
         correct = total = 0
         loss_sum = 0.0
         for b in batches:
@@ -89,18 +88,3 @@ def resolve_configs(net: Supernet, spec: str | None) -> list[SubnetConfig]:
     if not isinstance(items, list) or not items:
         raise ConfigError(f"--configs {path}: expected a non-empty JSON list of configs")
     return [SubnetConfig.parse(item, net.dims) for item in items]
-
-
-def read_palette(folder: Path | None) -> dict[str, Any] | None:
-    """A stack's palette table (``palette.json``), or None when the folder has none."""
-    if folder is None or not (Path(folder) / PALETTE_FILE).is_file():
-        return None
-    return json.loads((Path(folder) / PALETTE_FILE).read_text())
-
-
-def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data_fingerprint: str) -> Path:
-    metric = "accuracy" if task == "classification" else "loss"
-    path = Path(folder) / PALETTE_FILE
-    path.write_text(json.dumps({"task": task, "metric": metric, "data_fingerprint": data_fingerprint,
-                                "configs": rows}, indent=2))
-    return path

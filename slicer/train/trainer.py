@@ -33,6 +33,7 @@ from ..data.batching import Examples, batch_indices, collate
 from ..errors import CheckpointError, ConfigError
 from ..nn.supernet import Supernet
 from ..spec.subnet_config import SubnetConfig
+from ..spec.vocab import CAUSAL_LM, CLASSIFICATION, TASKS, Task
 from .losses import (
     causal_lm_loss,
     classification_loss,
@@ -44,7 +45,6 @@ from .losses import (
 )
 
 log = logging.getLogger(__name__)
-TASKS = ("classification", "causal-lm")
 CHECKPOINT = "checkpoint"
 
 
@@ -52,7 +52,7 @@ CHECKPOINT = "checkpoint"
 class TrainSettings:
     """Defaults follow the paper (r = 8, alpha = 0.9, beta = 0.1, gamma = 2); every one is a flag."""
 
-    task: str = "classification"
+    task: Task = CLASSIFICATION
     stages: tuple[int, ...] = (0, 1, 2)
     epochs: float = 1.0  # per stage
     max_steps: int = 0  # per stage; 0 = no cap
@@ -102,7 +102,7 @@ class StepMetrics:
 
 
 def task_loss_fn(task: str) -> Callable:
-    return classification_loss if task == "classification" else causal_lm_loss
+    return classification_loss if task == CLASSIFICATION else causal_lm_loss
 
 
 def _world() -> tuple[int, int]:
@@ -208,7 +208,7 @@ class Trainer:
                     teacher_states = [h.detach() for h in out.hidden_states] if out.hidden_states else None
                     metrics["loss_max"] = task.item()
                 else:
-                    kd_mask = mask if s.task == "causal-lm" else None
+                    kd_mask = mask if s.task == CAUSAL_LM else None
                     distill = kd_loss(out.logits, teacher_logits, s.temperature, kd_mask)
                     if s.feature_distillation:
                         pairs = feature_layer_pairs(cfg.layers, self.anchors)
