@@ -92,3 +92,33 @@ def server(store):
 
     with running_server(store) as url:
         yield url
+
+
+# ----- import isolation: run Python with some packages "not installed" ---------------------------------------
+_BLOCKER = """
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+@_pytest.fixture(scope="session")
+def python_without():
+    """``run(code, blocked, *argv) -> CompletedProcess``: ``python -c code`` in a subprocess (repository root on
+    the path) where importing any top-level package named in ``blocked`` fails as if it were not installed."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(_Path(__file__).resolve().parent.parent)
+
+    def run(code: str, blocked: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        return subprocess.run([sys.executable, "-c", _BLOCKER.format(blocked=set(blocked)) + code, *argv],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=root)
+
+    return run

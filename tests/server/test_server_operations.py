@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from client_sdk.latency import measure_latency, synthetic_inputs
 from server.metadata import SQLiteMetadata
-from slicer.cli.main import app
+from server.cli import app
 from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS, save_adapter_stack
 from slicer.formats.storage import fingerprint, load_base
 from slicer.nn.adapters import AdapterSettings
