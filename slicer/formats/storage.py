@@ -6,11 +6,9 @@ renamed into place, so a failed save leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..nn.factory import build_model
 from ..nn.model import SlicedTransformer
+from ..paths import atomic_directory
 from ..spec.dims import ModelDims
 from ..spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 from .checkpoint import (
@@ -128,10 +127,7 @@ def save_subnet(
         "provenance": provenance or {},
         "transformers_checkpoint": None,
     }
-    tmp = out.with_name(f".{out.name}.incomplete-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         meta["tokenizer_files"] = copy_tokenizer(tokenizer_from, tmp)
@@ -144,12 +140,6 @@ def save_subnet(
             copy_tokenizer(tokenizer_from, hf_dir)
             meta["transformers_checkpoint"] = HF_SUBDIR
         (tmp / SUBNET_META).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
     log.info("saved subnet %s to %s", cfg.describe(), out)
     return meta
 

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,6 +31,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.batching import Examples, batch_indices, collate
 from ..errors import CheckpointError, ConfigError
 from ..nn.supernet import Supernet
+from ..paths import atomic_directory
 from ..spec.subnet_config import SubnetConfig
 from ..spec.vocab import CAUSAL_LM, CLASSIFICATION, TASKS, Task
 from .losses import (
@@ -276,9 +276,6 @@ class Trainer:
     def save_checkpoint(self, stage: int, step: int, opt: torch.optim.Optimizer, named) -> None:
         if self.rank != 0:
             return
-        folder = self.out / CHECKPOINT
-        tmp = self.out / f".{CHECKPOINT}.incomplete"
-        tmp.mkdir(parents=True, exist_ok=True)
         tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in {**self.net.adapter_state(), **self.net.head_state()}.items()}
         for name, p in named:
             state = opt.state.get(p, {})
@@ -286,12 +283,10 @@ class Trainer:
                 if key in state:
                     tensors[f"opt.{name}.{key}"] = state[key].detach().contiguous().cpu()
         steps = {name: float(opt.state[p]["step"]) for name, p in named if p in opt.state}
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "position.json").write_text(json.dumps({"stage": stage, "step": step, "opt_steps": steps,
-                                                       "settings": asdict(self.s)}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        with atomic_directory(self.out / CHECKPOINT) as tmp:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "position.json").write_text(json.dumps({"stage": stage, "step": step, "opt_steps": steps,
+                                                           "settings": asdict(self.s)}))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         folder = self.out / CHECKPOINT
