@@ -1,4 +1,5 @@
-"""Reference points for the MLFS results of issue 3 (DESIGN.md §1): what MLFS is compared against.
+"""Reference points for the MLFS results (the method of Kundu et al., NAACL 2024 Industry, arXiv 2404.01353):
+what MLFS is compared against.
 
 Subcommands (each prints a table and writes ``benchmarks/results/<subcommand>[_<tag>].json``, plus a PNG
 where a curve is asked for and matplotlib is installed):
@@ -64,7 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DECODER_CONFIG = '{"layers": 10, "heads": 6, "ffn": 768}'
 REORDER_CALIBRATION_EXAMPLES = 32  # what slicer.train.fit uses: the first 32 training examples, in batches of 8
 
-app = typer.Typer(help="MLFS reference benchmarks (issue 3): full fine-tuning, no stages 1-2, gamma, decoder.",
+app = typer.Typer(help="MLFS reference benchmarks: full fine-tuning, no stages 1-2, gamma, decoder.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables in logs, too
 

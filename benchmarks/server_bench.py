@@ -1,4 +1,4 @@
-"""Delivery-server benchmarks (issue 4), each printed as ratios measured side by side in one run.
+"""Delivery-server benchmarks, each printed as ratios measured side by side in one run.
 
 - ``build``     cold artifact builds, broken down into slice, merge, export, validate and quantise.
 - ``resolve``   warm ``POST /v1/resolve`` latency (p50/p99) and throughput at 1-64 concurrent clients, against
