@@ -8,7 +8,14 @@ import pytest
 
 from slicer.errors import ConfigError
 from slicer.spec import shapes
-from slicer.spec.palette import PALETTE_FILE, metric_of, quality_name, read_palette, row_quality, write_palette
+from slicer.spec.palette import (
+    PALETTE_FILE,
+    metric_of,
+    quality_name,
+    read_palette,
+    row_quality,
+    write_palette,
+)
 from slicer.spec.subnet_config import SubnetConfig
 
 
