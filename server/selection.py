@@ -11,13 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slicer import BYTES_PER_PARAM, ModelDims, SubnetConfig
+from slicer import BYTES_PER_PARAM, ModelDims, SubnetConfig, row_quality
+
+from .errors import NoFit
 
 RUNTIME_BASE_MB = 25.0  # onnxruntime session overhead, measured order of magnitude for these graphs
-
-
-class NoFit(Exception):
-    """Nothing in the palette fits; the message names the smallest option and what it needs."""
 
 
 @dataclass(frozen=True)
@@ -143,6 +141,5 @@ def candidates_from_palette(dims: ModelDims, palette: dict[str, Any] | None, con
     out = []
     for cfg in configs:
         row = rows.get(cfg.key)
-        quality = None if row is None else (row["accuracy"] if metric == "accuracy" else -row["loss"])
-        out.append(Candidate(cfg, quality, cfg.param_count(dims).total))
+        out.append(Candidate(cfg, row_quality(row, metric), cfg.param_count(dims).total))
     return out

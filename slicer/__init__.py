@@ -20,7 +20,7 @@ _API: dict[str, str] = {
     "ModelDims": ".spec.dims", "SubnetConfig": ".spec.subnet_config", "BYTES_PER_PARAM": ".spec.subnet_config",
     "SearchSpace": ".spec.search_space", "Family": ".spec.vocab", "Task": ".spec.vocab", "FAMILIES": ".spec.vocab",
     "TASKS": ".spec.vocab", "PALETTE_FILE": ".spec.palette", "read_palette": ".spec.palette",
-    "write_palette": ".spec.palette", "row_quality": ".spec.palette", "quality_name": ".spec.palette",
+    "write_palette": ".spec.palette", "row_quality": ".spec.palette", "quality_metric": ".spec.palette",
     # paths (torch-free)
     "data_home": ".paths", "safe_join": ".paths", "sha256_file": ".paths", "file_lock": ".paths",
     "atomic_directory": ".paths",

@@ -6,7 +6,8 @@ A row holds ``key``, ``config``, ``shape``, ``params_total``, ``params_non_embed
 names the column that ranks rows: ``accuracy`` (higher is better) or ``loss`` (lower is better).
 
 *Quality* is the one number every response shows: higher is always better, so it is the accuracy, or the
-negative loss for language models (:func:`row_quality`, named by :func:`quality_name`).
+negative loss for language models (:func:`row_quality`, named ``accuracy`` or ``neg_loss`` by
+:func:`quality_metric`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .vocab import TASKS
 
 PALETTE_FILE = "palette.json"
 METRIC_OF_TASK = {"classification": "accuracy", "causal-lm": "loss"}
-QUALITY_NAMES = {"accuracy": "accuracy", "loss": "negative loss"}
+QUALITY_METRICS = {"accuracy": "accuracy", "loss": "neg_loss"}  # table metric -> what quality is
 
 
 def metric_of(task: str) -> str:
@@ -33,15 +34,15 @@ def metric_of(task: str) -> str:
 
 def row_quality(row: Mapping[str, Any] | None, metric: str | None) -> float | None:
     """A palette row's quality, higher is better: its accuracy, or minus its loss; None without a row/metric."""
-    if row is None or metric not in QUALITY_NAMES or row.get(metric) is None:
+    if row is None or metric not in QUALITY_METRICS or row.get(metric) is None:
         return None
     value = float(row[metric])
     return value if metric == "accuracy" else -value
 
 
-def quality_name(metric: str | None) -> str | None:
-    """What :func:`row_quality` returns for a table ranked by ``metric``: "accuracy" or "negative loss"."""
-    return QUALITY_NAMES.get(metric or "")
+def quality_metric(metric: str | None) -> str | None:
+    """What :func:`row_quality` returns for a table ranked by ``metric``: ``accuracy`` or ``neg_loss``."""
+    return QUALITY_METRICS.get(metric or "")
 
 
 def read_palette(folder: Path | None) -> dict[str, Any] | None:

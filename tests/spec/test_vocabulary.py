@@ -11,7 +11,7 @@ from slicer.spec import shapes
 from slicer.spec.palette import (
     PALETTE_FILE,
     metric_of,
-    quality_name,
+    quality_metric,
     read_palette,
     row_quality,
     write_palette,
@@ -61,7 +61,7 @@ def test_quality_is_higher_is_better_for_both_tasks():
     assert row_quality({"loss": 2.5, "perplexity": 12.2}, "loss") == -2.5
     assert row_quality({"loss": 2.0}, "loss") > row_quality({"loss": 3.0}, "loss")  # lower loss ranks higher
     assert row_quality(None, "loss") is None and row_quality({"loss": 1.0}, None) is None
-    assert quality_name("accuracy") == "accuracy" and quality_name("loss") == "negative loss"
+    assert quality_metric("accuracy") == "accuracy" and quality_metric("loss") == "neg_loss"
     with pytest.raises(ConfigError, match="causal-lm"):
         metric_of("regression")
 
