@@ -76,6 +76,16 @@ def single_thread():
     torch.set_num_threads(before)
 
 
+# ----- a tiny store (helpers.store): a random BERT checkpoint + tokenizer served as model ``tiny`` ------------
+@_pytest.fixture(scope="session")
+def make_store():
+    """``make_store(root, layers=4, seed=0) -> root``: ``root/tiny-bert`` (a Hugging Face checkpoint and
+    tokenizer) and a ``models.json`` serving it as model ``tiny``."""
+    from helpers.store import make_store
+
+    return make_store
+
+
 # ----- import isolation: run Python with some packages "not installed" ---------------------------------------
 _BLOCKER = """
 import sys

@@ -101,9 +101,9 @@ def test_existing_output_folder_is_not_clobbered(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_under_torchrun_writes_one_report(tmp_path):
+def test_train_under_torchrun_writes_one_report(tmp_path, make_store):
     """Two gloo processes through the real command line: rank 0 alone writes the stack, metrics and report."""
-    from tiny_store import WORDS, make_store
+    from helpers.store import WORDS
 
     base = make_store(tmp_path / "store") / "tiny-bert"
     data = tmp_path / "data"

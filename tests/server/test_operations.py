@@ -11,8 +11,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from model_inputs import randomize_adapters
-from tiny_store import TOKEN, make_store
+from helpers.models import randomize_adapters
+from helpers.store import TOKEN, make_store
 from typer.testing import CliRunner
 
 from client_sdk.latency import measure_latency, synthetic_inputs

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 import torch
-from tiny_store import running_server, save_tokenizer
+from helpers.store import running_server, save_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slicer.formats.adapter_stack import save_adapter_stack
