@@ -21,7 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import MLFSError
-from ..spec.vocab import CLASSIFICATION, TASKS
+from ..spec.vocab import CLASSIFICATION, TASKS, Task
 from .data import data_app
 
 HELP = "MLFS Edge: slice one pretrained transformer into a palette of smaller models."
@@ -238,7 +238,7 @@ def train_cmd(
     out.print(f"adapters    {out_dir / 'adapters'}\nreport      {out_dir / 'report.json'}")
 
 
-def _print_palette(rows: list[dict], task: str) -> None:
+def _print_palette(rows: list[dict], task: Task) -> None:
     metric = "accuracy" if task == CLASSIFICATION else "loss"
     table = Table("shape", "key", "params", "non-embedding", metric)
     for r in rows:

@@ -38,6 +38,7 @@ from typing import Any
 
 from ..errors import BadRow, ConfigError, DataError, describe_bad_rows
 from ..paths import atomic_directory, data_home, file_lock, remove_stale_partials, sha256_file
+from ..spec.vocab import Task
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ class DatasetSpec:
     files and returns the metadata that ``dataset.json`` records (files and their hashes are added after)."""
 
     name: str
-    task: str
+    task: Task
     description: str
     splits: tuple[str, str]  # file names: training, evaluation
     build: Callable[[Path, Path | None], dict]  # (dest, data home)
@@ -85,7 +86,7 @@ class DatasetSpec:
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
-    task: str
+    task: Task
     prepared: bool
     path: Path
     description: str = ""

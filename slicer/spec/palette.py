@@ -18,14 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .vocab import TASKS
+from .vocab import TASKS, Task
 
 PALETTE_FILE = "palette.json"
 METRIC_OF_TASK = {"classification": "accuracy", "causal-lm": "loss"}
 QUALITY_METRICS = {"accuracy": "accuracy", "loss": "neg_loss"}  # table metric -> what quality is
 
 
-def metric_of(task: str) -> str:
+def metric_of(task: Task) -> str:
     """The metric that ranks a task's palette: ``accuracy`` (classification) or ``loss`` (causal LM)."""
     if task not in TASKS:
         raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
@@ -60,7 +60,7 @@ def read_palette(folder: Path | None) -> dict[str, Any] | None:
     return table
 
 
-def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data_fingerprint: str) -> Path:
+def write_palette(folder: Path, rows: list[dict[str, Any]], task: Task, data_fingerprint: str) -> Path:
     """Write the table (task, metric, fingerprint of the evaluation data, rows); returns its path."""
     path = Path(folder) / PALETTE_FILE
     path.write_text(json.dumps({"task": task, "metric": metric_of(task), "data_fingerprint": data_fingerprint,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .dims import ModelDims
+from .vocab import ENCODER
 
 
 class SubnetConfig(Protocol):
@@ -96,7 +97,7 @@ def decoder_shapes(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Shape]:
 
 def parameter_shapes(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Shape]:
     """Every parameter of the model ``(dims, cfg)``, by state-dict name, in module order."""
-    return encoder_shapes(dims, cfg) if dims.family == "encoder" else decoder_shapes(dims, cfg)
+    return encoder_shapes(dims, cfg) if dims.family == ENCODER else decoder_shapes(dims, cfg)
 
 
 def is_embedding(name: str) -> bool:

@@ -18,11 +18,11 @@ from ..data.batching import Examples, eval_batches
 from ..errors import ConfigError
 from ..nn.supernet import Supernet
 from ..spec.subnet_config import SubnetConfig
-from ..spec.vocab import CLASSIFICATION
+from ..spec.vocab import CLASSIFICATION, Task
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: str,
+def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: Task,
                    device: torch.device | None = None) -> dict[str, float]:
     """Accuracy and mean cross-entropy (classification), or token-weighted loss and perplexity (causal LM)."""
     model.eval()
@@ -48,7 +48,7 @@ def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: str,
+def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: Task,
                     device: torch.device | None = None) -> dict[str, float]:
     """The supernet at ``cfg`` computes exactly the extracted subnet (tested), so no model is built per config."""
     net.set_active(cfg)
@@ -58,7 +58,7 @@ def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, to
         net.set_max()
 
 
-def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examples, task: str,
+def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examples, task: Task,
                      batch_size: int = 64, device: torch.device | None = None,
                      on_config: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """One row per config: key, config, label, parameter counts and the task metric."""

@@ -101,7 +101,7 @@ class StepMetrics:
     configs: list[str] = field(default_factory=list)
 
 
-def task_loss_fn(task: str) -> Callable:
+def task_loss_fn(task: Task) -> Callable:
     return classification_loss if task == CLASSIFICATION else causal_lm_loss
 
 
