@@ -1,6 +1,6 @@
 """``mlfs data``: prepare the real datasets offline, list them, and check the user's own data files.
 
-Registered on the main app with ``app.add_typer(data_app, name="data")``; errors propagate to ``slicer.cli.main.main``,
+Registered on the slicer commands with ``add_typer(data_app, name="data")``; errors propagate to ``slicer.cli.main.run``,
 which prints them as one ``error:`` line.
 """
 
