@@ -7,14 +7,14 @@ import pytest
 
 @pytest.fixture(scope="module")
 def cls_store(tmp_path_factory):
-    from cls_store import make_classifier_store
+    from helpers.classifier_store import make_classifier_store
 
     return make_classifier_store(tmp_path_factory.mktemp("cls-store"))
 
 
 @pytest.fixture(scope="module")
 def cls_server(cls_store):
-    from tiny_store import running_server
+    from helpers.store import running_server
 
     with running_server(cls_store, build_wait_s=120) as url:
         yield url

@@ -8,7 +8,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from faults import FaultyTransport
+from helpers.faults import FaultyTransport
 
 from client_sdk import Backoff, Budget, Client, ModelHandle, SimulatedProbe, SwapPolicy
 from server.settings import Settings
@@ -156,7 +156,7 @@ def test_a_benchmark_report_moves_the_servers_latency_estimate(cls_server, sizes
 
 @pytest.mark.skipif("device_token" not in Settings.model_fields, reason="the server has no device token setting yet")
 def test_telemetry_needs_the_device_token_when_the_server_sets_one(cls_store, tmp_path):
-    from tiny_store import running_server
+    from helpers.store import running_server
 
     from client_sdk import ServerError
 

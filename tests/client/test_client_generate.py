@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_store import WORDS
+from helpers.store import WORDS
 from tokenizers import Tokenizer, models, pre_tokenizers
 
 from client_sdk import ModelError, ModelHandle

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from cls_store import make_classifier_store
-from faults import FaultyTransport
-from tiny_store import running_server
+from helpers.classifier_store import make_classifier_store
+from helpers.faults import FaultyTransport
+from helpers.store import running_server
 
 from client_sdk import Backoff, Budget, Client, SimulatedProbe, SwapPolicy
 

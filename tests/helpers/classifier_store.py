@@ -7,10 +7,10 @@ import json
 
 
 def make_classifier_store(root):
-    """tiny_store's BERT plus an adapter stack with a two-label head, served as ``tiny-cls``."""
+    """helpers.store's BERT plus an adapter stack with a two-label head, served as ``tiny-cls``."""
     import torch
-    from tiny_store import make_store
 
+    from helpers.store import make_store
     from slicer.formats.adapter_stack import save_adapter_stack
     from slicer.formats.storage import fingerprint, load_base
     from slicer.nn.supernet import Supernet
