@@ -15,13 +15,12 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
+from .budget import Budget
 from .errors import ClientError, UnreachableError
-from .events import Event
-
-if TYPE_CHECKING:
-    from .client import Client
+from .events import Event, EventBus
+from .probe import DeviceReport, ProbeFn
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +37,26 @@ class SwapPolicy:
     offline_retry_max_s: float = 60.0
 
 
+class Swappable(Protocol):
+    """What the monitor uses of a ``Client`` (tests pass a stand-in)."""
+
+    probe: ProbeFn
+    budget: Budget
+    events: EventBus
+    offline: bool
+    last_swap_at: float
+
+    @property
+    def current(self) -> Any: ...
+    def load(self) -> Any: ...
+    def memory_budget_mb(self, report: DeviceReport | None = None) -> float: ...
+    def recent_latency_ms(self) -> float | None: ...
+    def choose(self, memory_mb: float, budget: Budget | None = None, reason: str = "") -> Any: ...
+    def swap_to(self, row: Any, reason: str, started: float | None = None) -> Event | None: ...
+
+
 class Monitor:
-    def __init__(self, client: Client, policy: SwapPolicy = SwapPolicy()) -> None:
+    def __init__(self, client: Swappable, policy: SwapPolicy = SwapPolicy()) -> None:
         self.client, self.policy = client, policy
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
