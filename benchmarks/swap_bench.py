@@ -49,8 +49,8 @@ def serving(store: Path, model: str) -> Iterator[str]:
     path.write_text(json.dumps({"models": [m for m in json.loads(path.read_text())["models"] if m["name"] == model]}))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    mlfs = str(Path(sys.executable).with_name("mlfs"))
-    with process([mlfs, "serve", "--store", str(store), "--port", str(port)], f"{url}/readyz",
+    # python -m server.cli: the same command as `mlfs`, without depending on how the console script was installed
+    with process([sys.executable, "-m", "server.cli", "serve", "--store", str(store), "--port", str(port)], f"{url}/readyz",
                  env={"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "1800"}, timeout=900):
         yield url
 
