@@ -29,7 +29,7 @@ def palette(minilm):
 
 @pytest.fixture
 def minilm():
-    from conftest import minilm_dims
+    from helpers.dims import minilm_dims
 
     return minilm_dims()
 
