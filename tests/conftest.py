@@ -4,9 +4,15 @@ from __future__ import annotations
 
 # ----- tiny model dims (unit tests build models from these; no checkpoints, no network) -----------------------
 import pytest as _pytest
-from helpers.dims import tiny_decoder_dims, tiny_encoder_dims
+from helpers.dims import minilm_dims, tiny_decoder_dims, tiny_encoder_dims
 
 from slicer.spec.dims import ModelDims as _ModelDims
+
+
+@_pytest.fixture(scope="session")
+def minilm() -> _ModelDims:
+    """all-MiniLM-L6-v2's architecture (no weights needed for counting)."""
+    return minilm_dims()
 
 
 @_pytest.fixture(scope="session")
