@@ -92,10 +92,15 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
     if data is None:
         return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
     from .data.batching import eval_batches
-    from .data.examples import load_examples
+    from .data.datasets import ReadOptions
+    from .data.examples import load_eval_examples
+    from .formats.adapter_stack import read_stack_meta
 
     task = "classification" if family == "encoder" else "causal-lm"
-    _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
+    trained_on = (read_stack_meta(opened.adapters_dir).get("data") or {}) if opened.adapters_dir else {}
+    # Only the dev split is read, its labels numbered as the model was trained.
+    dev, _ = load_eval_examples(opened.base_dir, data, task, max_len, family, trained_on.get("label_names"),
+                                ReadOptions.from_dict(trained_on.get("read")))
     # Evenly spaced, not a prefix: prepared splits may be sorted by label.
     n = len(dev.ids)
     keep = sorted({round(i * (n - 1) / max(1, limit - 1)) for i in range(min(limit, n))})

@@ -256,9 +256,7 @@ def _ends_inside_quote(raw: str, delimiter: str) -> bool:
             state = "quote" if ch == '"' else "quoted"
         elif ch == delimiter or ch in "\r\n":
             state = "start"
-        elif state == "start":
-            state = "quoted" if ch == '"' else "unquoted"
-        elif state == "quote":
+        elif state == "start" or state == "quote":
             state = "quoted" if ch == '"' else "unquoted"
     return state == "quoted"
 

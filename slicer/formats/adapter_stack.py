@@ -21,6 +21,7 @@ from ..nn.adapters import AdapterSettings
 from ..nn.importance import Reordering
 from ..nn.model import SlicedTransformer
 from ..nn.supernet import Supernet, adapter_shapes
+from ..paths import new_file_mode
 from ..spec.search_space import SearchSpace
 from .checkpoint import read_json, read_safetensors
 
@@ -62,6 +63,7 @@ def save_adapter_stack(
     tmp.mkdir(parents=True)
     try:
         save_file(tensors, str(tmp / STACK_WEIGHTS))
+        new_file_mode(tmp / STACK_WEIGHTS)  # safetensors leaves 0600
         (tmp / STACK_META).write_text(json.dumps(meta, indent=2))
         if out.exists():
             shutil.rmtree(out)

@@ -21,12 +21,13 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..nn.factory import build_model
 from ..nn.model import SlicedTransformer
+from ..paths import new_file_mode
 from ..spec.dims import ModelDims
 from ..spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 from .checkpoint import (
     check_state,
     dims_from_hf_config,
-    hf_config_for,
+    hf_config_or_reason,
     hf_to_ours,
     ours_to_hf,
     read_json,
@@ -135,7 +136,7 @@ def save_subnet(
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         meta["tokenizer_files"] = copy_tokenizer(tokenizer_from, tmp)
-        hf_config = hf_config_for(dims, cfg)
+        hf_config, meta["transformers_skipped"] = hf_config_or_reason(dims, cfg)
         if hf_config is not None:
             hf_dir = tmp / HF_SUBDIR
             hf_dir.mkdir()
@@ -144,6 +145,8 @@ def save_subnet(
             copy_tokenizer(tokenizer_from, hf_dir)
             meta["transformers_checkpoint"] = HF_SUBDIR
         (tmp / SUBNET_META).write_text(json.dumps(meta, indent=2))
+        for weights in tmp.rglob("*.safetensors"):
+            new_file_mode(weights)  # safetensors writes 0600; a saved model is as readable as any file
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

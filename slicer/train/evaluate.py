@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -76,19 +77,36 @@ def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examp
 
 
 def resolve_configs(net: Supernet, spec: str | None) -> list[SubnetConfig]:
-    """``grid`` (default): every uniform config of the search space; else a JSON file with a list of configs."""
+    """``grid`` (default): every uniform config of the search space; a number N: N of them, evenly spaced by
+    size from the smallest to the largest (both always kept); else a JSON file with a list of configs."""
+    grid = list(net.space.enumerate(net.dims))
     if spec in (None, "grid"):
-        return list(net.space.enumerate(net.dims))
+        return grid
+    if spec.isdigit():
+        return spread(grid, int(spec), net.dims)
     path = Path(spec)
     if not path.is_file():
-        raise ConfigError(f"--configs: {spec!r} is neither 'grid' nor an existing JSON file")
+        raise ConfigError(f"configs: {spec!r} is neither 'grid', a number of configs nor an existing JSON file")
     try:
         items = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ConfigError(f"--configs {path}: not valid JSON ({err})") from None
+        raise ConfigError(f"configs {path}: not valid JSON ({err})") from None
     if not isinstance(items, list) or not items:
-        raise ConfigError(f"--configs {path}: expected a non-empty JSON list of configs")
+        raise ConfigError(f"configs {path}: expected a non-empty JSON list of configs")
     return [SubnetConfig.parse(item, net.dims) for item in items]
+
+
+def spread(configs: list[SubnetConfig], n: int, dims: Any) -> list[SubnetConfig]:
+    """``n`` configs evenly spaced by parameter count, smallest and largest included."""
+    if n < 1:
+        raise ConfigError(f"configs: {n} configs asked for; give at least 1 (or 'grid' for all)")
+    ordered = sorted(configs, key=lambda c: c.param_count(dims).total)
+    if n >= len(ordered):
+        return ordered
+    if n == 1:
+        return [ordered[-1]]
+    picks = sorted({round(i * (len(ordered) - 1) / (n - 1)) for i in range(n)})
+    return [ordered[i] for i in picks]
 
 
 def read_palette(folder: Path | None) -> dict[str, Any] | None:
@@ -98,9 +116,41 @@ def read_palette(folder: Path | None) -> dict[str, Any] | None:
     return json.loads((Path(folder) / PALETTE_FILE).read_text())
 
 
-def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data_fingerprint: str) -> Path:
+def palette_data_fingerprint(table: dict[str, Any]) -> str | None:
+    """The fingerprint of the evaluation data a palette's numbers come from (older tables: ``data_fingerprint``)."""
+    data = table.get("data")
+    if isinstance(data, dict) and data.get("fingerprint"):
+        return str(data["fingerprint"])
+    return table.get("data_fingerprint")
+
+
+def palette_table(rows: list[dict[str, Any]], task: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The palette JSON: the metric per config and where the numbers come from (``data``: name, split, file,
+    fingerprint, examples)."""
     metric = "accuracy" if task == "classification" else "loss"
+    return {"task": task, "metric": metric, "data": data, "data_fingerprint": data["fingerprint"], "configs": rows}
+
+
+def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data: dict[str, Any],
+                  merge: bool = False) -> Path:
+    """Write ``palette.json`` in ``folder``. With ``merge`` an existing table keeps its other rows (re-evaluated
+    configs are replaced, new ones added), and is refused if its numbers come from other data or another task:
+    one table never mixes data sets."""
     path = Path(folder) / PALETTE_FILE
-    path.write_text(json.dumps({"task": task, "metric": metric, "data_fingerprint": data_fingerprint,
-                                "configs": rows}, indent=2))
+    if merge and path.is_file():
+        old = json.loads(path.read_text())
+        old_fp = palette_data_fingerprint(old)
+        if old.get("task") != task or old_fp != data["fingerprint"]:
+            where = old.get("data") or {}
+            raise ConfigError(
+                f"{path} holds {old.get('task')} numbers for other data ({where.get('name', 'unknown data')} "
+                f"{where.get('split', '')}, fingerprint {str(old_fp)[:12]}...), these are for {data['name']} "
+                f"{data['split']} ({data['fingerprint'][:12]}...); a palette never mixes data sets: write this "
+                "table elsewhere with --out FILE")
+        fresh = {r["key"]: r for r in rows}
+        kept = [fresh.pop(r["key"], r) for r in old.get("configs", [])]
+        rows = kept + list(fresh.values())
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(palette_table(rows, task, data), indent=2))
+    os.replace(tmp, path)
     return path
