@@ -14,11 +14,9 @@ from typing import Any
 from slicer.spec.dims import ModelDims
 from slicer.spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 
+from .errors import NoFit
+
 RUNTIME_BASE_MB = 25.0  # onnxruntime session overhead, measured order of magnitude for these graphs
-
-
-class NoFit(Exception):
-    """Nothing in the palette fits; the message names the smallest option and what it needs."""
 
 
 @dataclass(frozen=True)
