@@ -14,7 +14,7 @@ from typing import Any
 
 from .data.calibration import calibration_batches
 from .errors import ConfigError
-from .formats.adapter_stack import load_adapter_stack, read_stack_meta
+from .formats.adapter_stack import load_adapter_stack, read_stack_meta, stack_fingerprint
 from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
@@ -122,6 +122,9 @@ def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, precisi
                      data: str | Path | None = None) -> dict[str, Any]:
     """Slice, merge, export, validate (and quantise) one config into an artifact folder; returns its manifest."""
     from .onnx.export import build_artifact
+    from .onnx.quiet import quiet_build_logs
+
+    quiet_build_logs()
 
     cfg = SubnetConfig.parse(config, opened.supernet.dims)
     timings = {}
@@ -130,7 +133,8 @@ def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, precisi
     timings["slice_merge_s"] = time.perf_counter() - start
     extra = {
         "base_fingerprint": opened.base_fingerprint,
-        "adapters": str(opened.adapters_dir) if opened.adapters_dir else None,
+        # the stack by content, never by path: a manifest is served to devices and must not expose server folders
+        "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
         "slice_timings": timings,
     }
