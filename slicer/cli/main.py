@@ -314,7 +314,13 @@ def eval_cmd(
     from ..data.examples import load_eval_examples
     from ..formats.adapter_stack import read_stack_meta
     from ..slicing import open_supernet
-    from ..train.evaluate import evaluate_palette, palette_table, resolve_configs, write_palette
+    from ..train.evaluate import (
+        check_mergeable,
+        evaluate_palette,
+        palette_table,
+        resolve_configs,
+        write_palette,
+    )
 
     meta = read_stack_meta(adapters)
     task = meta.get("task")
@@ -330,6 +336,8 @@ def eval_cmd(
                                    trained_on.get("label_names"), read)
     out.print(f"data        {info['name']} {info['split']} ({info['file']}, {info['examples']:,} examples, "
               f"fingerprint {info['fingerprint'][:12]})")
+    if save:
+        check_mergeable(adapters, task, info)  # refuse before minutes of evaluation, not after
     with tqdm(total=len(cfgs), desc=f"evaluating {len(cfgs)} configs on {len(dev)} examples", file=sys.stderr) as bar:
         rows = evaluate_palette(opened.supernet, cfgs, dev, task, on_config=lambda _row: bar.update(1))
     _print_palette(rows, task)

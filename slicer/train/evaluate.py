@@ -131,6 +131,24 @@ def palette_table(rows: list[dict[str, Any]], task: str, data: dict[str, Any]) -
     return {"task": task, "metric": metric, "data": data, "data_fingerprint": data["fingerprint"], "configs": rows}
 
 
+def check_mergeable(folder: Path, task: str, data: dict[str, Any]) -> dict[str, Any] | None:
+    """The existing table in ``folder`` (None if there is none), or ConfigError when rows for ``data`` may not be
+    merged into it (its numbers come from other data or another task). Callers check before evaluating."""
+    path = Path(folder) / PALETTE_FILE
+    if not path.is_file():
+        return None
+    old = json.loads(path.read_text())
+    old_fp = palette_data_fingerprint(old)
+    if old.get("task") != task or old_fp != data["fingerprint"]:
+        where = old.get("data") or {}
+        raise ConfigError(
+            f"{path} holds {old.get('task')} numbers for other data ({where.get('name', 'unknown data')} "
+            f"{where.get('split', '')}, fingerprint {str(old_fp)[:12]}...), these would be for {data['name']} "
+            f"{data['split']} ({data['fingerprint'][:12]}...); a palette never mixes data sets: write this "
+            "table elsewhere with --out FILE")
+    return old
+
+
 def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data: dict[str, Any],
                   merge: bool = False) -> Path:
     """Write ``palette.json`` in ``folder``. With ``merge`` an existing table keeps its other rows (re-evaluated
@@ -138,15 +156,7 @@ def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data: dic
     one table never mixes data sets."""
     path = Path(folder) / PALETTE_FILE
     if merge and path.is_file():
-        old = json.loads(path.read_text())
-        old_fp = palette_data_fingerprint(old)
-        if old.get("task") != task or old_fp != data["fingerprint"]:
-            where = old.get("data") or {}
-            raise ConfigError(
-                f"{path} holds {old.get('task')} numbers for other data ({where.get('name', 'unknown data')} "
-                f"{where.get('split', '')}, fingerprint {str(old_fp)[:12]}...), these are for {data['name']} "
-                f"{data['split']} ({data['fingerprint'][:12]}...); a palette never mixes data sets: write this "
-                "table elsewhere with --out FILE")
+        old = check_mergeable(folder, task, data)
         fresh = {r["key"]: r for r in rows}
         kept = [fresh.pop(r["key"], r) for r in old.get("configs", [])]
         rows = kept + list(fresh.values())
