@@ -27,6 +27,11 @@ def minilm_dims() -> _ModelDims:
 
 
 @_pytest.fixture(scope="session")
+def minilm() -> _ModelDims:
+    return minilm_dims()
+
+
+@_pytest.fixture(scope="session")
 def encoder_dims() -> _ModelDims:
     return tiny_encoder_dims()
 
