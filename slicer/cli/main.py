@@ -336,6 +336,10 @@ def eval_cmd(
                                    trained_on.get("label_names"), read)
     out.print(f"data        {info['name']} {info['split']} ({info['file']}, {info['examples']:,} examples, "
               f"fingerprint {info['fingerprint'][:12]})")
+    if task == "classification":
+        out.print(f"read        text {', '.join(read.text_columns)}, label {read.label_column}"
+                  + (", labels case-folded" if read.fold_label_case else "")
+                  + ("" if text_column or label_column else " (as training read its data; --text-column/--label-column change it)"))
     if save:
         check_mergeable(adapters, task, info)  # refuse before minutes of evaluation, not after
     with tqdm(total=len(cfgs), desc=f"evaluating {len(cfgs)} configs on {len(dev)} examples", file=sys.stderr) as bar:

@@ -421,7 +421,11 @@ def load_classification(path: str | Path, text_columns: str | Iterable[str] = ("
     bad.sort(key=lambda b: b.line)
     total = len(rows) + len(bad)
     if bad and not skip_bad:
-        raise DataError(_describe_bad(path, bad, total) + "\n(fix them, or skip them with --skip-bad)", bad)
+        hint = "fix them, or skip them with --skip-bad"
+        if not rows and all(b.reason.startswith(("missing column", "missing label column")) for b in bad):
+            hint = f"no row has the column(s) {', '.join(map(repr, (*cols, label_column)))}: name yours with " \
+                   "--text-column and --label-column"
+        raise DataError(_describe_bad(path, bad, total) + f"\n({hint})", bad)
     if bad:
         logger.warning("skipping %s", _describe_bad(path, bad, total))
     if not rows:

@@ -89,3 +89,10 @@ def test_dataset_dir_passes_columns_skip_bad_and_folding(tmp_path):
     assert train.labels == [1, 0] and dev.labels == [1, 0]
     with pytest.raises(DataError, match="no column 'nope'"):
         load_dataset_dir(tmp_path, "classification", text_columns="nope", label_column="sentiment")
+
+
+def test_a_file_without_the_named_columns_says_which_flags_name_them(tmp_path):
+    f = tmp_path / "other.jsonl"
+    f.write_text('{"sentence": "a", "y": 1}\n{"sentence": "b", "y": 0}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"no row has the column\(s\) 'tweet', 'label': name yours with --text-column"):
+        load_classification(f, text_columns="tweet")
