@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slicer.cli.common import make_console
 from slicer.errors import ConfigError
 
-out = Console()
-err = Console(stderr=True)
+out = make_console()
+err = make_console(stderr=True)
 bench_app = typer.Typer(help="Measure latency tables that model selection uses.", no_args_is_help=True)
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")]
@@ -57,10 +57,7 @@ def serve_cmd(
     else:
         err.print("operator token: from MLFS_OPERATOR_TOKEN / settings")
     # The server's own progress (store preparation, each model loading, ready) beside uvicorn's lines.
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
     for name in ("server", "slicer"):
-        logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).setLevel(logging.INFO)
     err.print(f"binding http://{settings.host}:{settings.port} now; /readyz answers 503 with progress until the "
               "models are loaded")

@@ -56,7 +56,11 @@ def main_options(
 ) -> None:
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True)
+    # Rich's log layout pads each line to the console width: plain lines when stderr is a pipe or a file.
+    handler = RichHandler(console=err, show_path=False) if err.is_terminal else logging.StreamHandler()
+    if not err.is_terminal:
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, format="%(message)s" if err.is_terminal else None, handlers=[handler], force=True)
 
 
 def _fmt_params(n: int | None) -> str:

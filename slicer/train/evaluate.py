@@ -149,11 +149,14 @@ def check_mergeable(folder: Path, task: str, data: dict[str, Any]) -> dict[str, 
     return old
 
 
-def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data: dict[str, Any],
+def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data: dict[str, Any] | str,
                   merge: bool = False) -> Path:
-    """Write ``palette.json`` in ``folder``. With ``merge`` an existing table keeps its other rows (re-evaluated
-    configs are replaced, new ones added), and is refused if its numbers come from other data or another task:
-    one table never mixes data sets."""
+    """Write ``palette.json`` in ``folder``. ``data`` says where the numbers come from (name, split, file,
+    fingerprint, examples; a bare string is a fingerprint alone). With ``merge`` an existing table keeps its other
+    rows (re-evaluated configs are replaced, new ones added), and is refused if its numbers come from other data
+    or another task: one table never mixes data sets."""
+    if isinstance(data, str):
+        data = {"name": None, "split": None, "file": None, "fingerprint": data, "examples": None}
     path = Path(folder) / PALETTE_FILE
     if merge and path.is_file():
         old = check_mergeable(folder, task, data)
