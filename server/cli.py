@@ -1,7 +1,9 @@
-"""``mlfs serve``, ``mlfs warm`` and ``mlfs bench latency``: the delivery server and its operator tasks.
+"""The ``mlfs`` program: the slicer's commands (``slicer.cli``) plus the delivery server's ``serve``, ``warm`` and
+``bench latency``, composed here, above both libraries.
 
-Registered on the main app by ``slicer.cli.main``; heavy imports happen inside the commands so that ``mlfs --help``
-stays fast. Server-side errors are re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
+Heavy imports happen inside the commands, so ``mlfs --help`` stays fast and the slicer's commands work in an
+install without the server extra, where the server's commands say which extra to install. Server-side errors are
+re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -15,12 +17,26 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from slicer import ConfigError
 from slicer.cli.common import make_console
-from slicer.errors import ConfigError
+from slicer.cli.main import root_app, run
+
+SERVER_EXTRA = "mlfs-edge[server]"
 
 out = make_console()
 err = make_console(stderr=True)
 bench_app = typer.Typer(help="Measure latency tables that model selection uses.", no_args_is_help=True)
+
+
+def _need_server_extra(command: str) -> None:
+    """Fail with one line naming the extra to install when the server's dependencies are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import torch  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"`mlfs {command}` needs the server extra, which is not installed here (no module "
+                          f"{e.name!r}): pip install '{SERVER_EXTRA}'") from None
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")]
 SettingsOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (flags > environment > file).")]
@@ -41,6 +57,7 @@ def serve_cmd(
     an operator token is generated into the store (0600) on first start and reused after."""
     import logging
 
+    _need_server_extra("serve")
     import uvicorn
     from pydantic import SecretStr
 
@@ -107,6 +124,7 @@ def warm_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Pre-build and pin artifacts in the store's cache: explicit subnets, or the best config per profile/budget."""
+    _need_server_extra("warm")
     from .selection import Budget
 
     if precision not in ("fp32", "int8", "auto"):
@@ -149,7 +167,8 @@ def bench_latency_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
-    from slicer.spec.subnet_config import SubnetConfig
+    _need_server_extra("bench latency")
+    from slicer import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 
@@ -171,3 +190,18 @@ def bench_latency_cmd(
             measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, on_row=row_done)
         out.print(table)
         out.print(f"stored {len(cfgs)} measurements for profile {profile} in {Path(svc.settings.store) / 'meta.sqlite'}")
+
+
+app = root_app()
+app.command("serve")(serve_cmd)
+app.command("warm")(warm_cmd)
+app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    """The ``mlfs`` console script."""
+    run(app)
+
+
+if __name__ == "__main__":
+    main()

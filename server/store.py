@@ -18,12 +18,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.errors import ConfigError, MLFSError, TeacherError
-from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.formats.teachers import list_teachers, prepare_teacher
-from slicer.paths import atomic_directory, safe_join
-from slicer.slicing import OpenSupernet, open_supernet
-from slicer.train.evaluate import PALETTE_FILE
+from slicer import (
+    PALETTE_FILE,
+    STACK_META,
+    STACK_WEIGHTS,
+    ConfigError,
+    MLFSError,
+    OpenSupernet,
+    TeacherError,
+    atomic_directory,
+    list_teachers,
+    open_supernet,
+    prepare_teacher,
+    read_palette,
+    safe_join,
+)
 
 from .errors import AlreadyExists, UnknownModel
 
@@ -82,7 +91,7 @@ def prepare_default_store(root: Path) -> None:
 
 def _prepared_dataset(name: str) -> str | None:
     """Prepare a built-in dataset (seconds, offline) so exports are validated on its dev split; None if it fails."""
-    from slicer.data.datasets import prepare_dataset
+    from slicer import prepare_dataset
 
     try:
         prepare_dataset(name)
@@ -151,7 +160,8 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
         raise ConfigError(f"an adapter stack is {STACK_META} + {STACK_WEIGHTS} (+ {PALETTE_FILE}); "
                           f"missing {sorted(missing)}, not allowed {sorted(unknown)}")
     dest = safe_join(root, f"adapters/{name}")
-    with atomic_directory(dest, fsync=False) as work:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(dest) as work:
         for fname, src in files.items():
             shutil.copyfile(src, work / fname)
         try:
@@ -160,10 +170,7 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
         except Exception as err:  # the safetensors parser raises several types for a bad header
             raise ConfigError(f"{STACK_WEIGHTS} is not a valid safetensors file ({err})") from None
         if PALETTE_FILE in files:
-            try:
-                json.loads((work / PALETTE_FILE).read_text())["configs"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ConfigError(f"{PALETTE_FILE}: not a palette table ({err})") from None
+            read_palette(work)  # raises ConfigError unless it is a palette table
         try:
             opened = open_supernet(base, work)  # shapes, base fingerprint, search space: every mismatch raises
         except MLFSError as err:
@@ -232,9 +239,9 @@ def check_palette(adapters: Path | None, validation: str | Path | None) -> dict[
     """Whether a stack's ``palette.json`` numbers come from its validation data: ``verified`` True (same data
     fingerprint), False (other data, or no validation data to check against; ``reason`` says which), or None
     (no palette). The validation split is read as the stack's training read its data."""
-    from slicer.data.datasets import ClassificationData, ReadOptions, load_eval_split
+    from slicer.data.readers import ClassificationData, ReadOptions, load_eval_split
     from slicer.formats.adapter_stack import read_stack_meta
-    from slicer.train.evaluate import palette_data_fingerprint, read_palette
+    from slicer.spec.palette import palette_data_fingerprint, read_palette
 
     palette = read_palette(adapters) if adapters is not None else None
     if palette is None:

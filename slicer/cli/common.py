@@ -36,7 +36,7 @@ ThreadsOpt = Annotated[int | None, typer.Option(
 def read_options(text_column: list[str] | None, label_column: str | None, skip_bad: bool, fold_label_case: bool,
                  recorded: dict[str, Any] | None = None):
     """The flags as :class:`ReadOptions`; flags not given fall back to ``recorded`` (what training used)."""
-    from ..data.datasets import ReadOptions
+    from ..data.readers import ReadOptions
 
     base = ReadOptions.from_dict(recorded)
     return ReadOptions(text_columns=tuple(text_column) if text_column else base.text_columns,

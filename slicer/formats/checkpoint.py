@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from ..errors import CheckpointError, ConfigError
 from ..spec.dims import ModelDims
 from ..spec.subnet_config import SubnetConfig
+from ..spec.vocab import ENCODER, Family
 
 BERT_KEYS = [
     ("embeddings.word_embeddings.weight", "embeddings.word.weight"),
@@ -71,8 +72,8 @@ def _translate(key: str, table: list[tuple[str, str]], reverse: bool = False) ->
     return None
 
 
-def key_map(family: str) -> list[tuple[str, str]]:
-    return BERT_KEYS if family == "encoder" else LLAMA_KEYS
+def key_map(family: Family) -> list[tuple[str, str]]:
+    return BERT_KEYS if family == ENCODER else LLAMA_KEYS
 
 
 # ----- configs ------------------------------------------------------------------------------------------------
@@ -128,7 +129,7 @@ def hf_config_or_reason(dims: ModelDims, cfg: SubnetConfig) -> tuple[dict[str, A
     if not cfg.is_uniform:
         return None, "its layers have different widths; stock transformers configs need the same width in every layer"
     n, heads, ffn, h = len(cfg.layers), cfg.heads[0], cfg.ffn[0], cfg.hidden
-    if dims.family == "encoder":
+    if dims.family == ENCODER:
         # Stock BERT heads pool the first token; ours pools the mean, so a headed subnet has no stock twin.
         if dims.num_labels:
             return None, "it has a classification head over mean pooling; stock BERT heads pool the first token"
@@ -197,7 +198,7 @@ def hf_to_ours(tensors: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, t
     return out
 
 
-def ours_to_hf(tensors: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def ours_to_hf(tensors: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
     table = key_map(family)
     return {_translate(k, table, reverse=True): v for k, v in tensors.items()}
 

@@ -18,8 +18,8 @@ import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from ..data.batching import Examples, collate, eval_batches
-from ..data.datasets import ReadOptions
 from ..data.examples import load_examples
+from ..data.readers import ReadOptions
 from ..errors import ConfigError
 from ..formats.adapter_stack import save_adapter_stack
 from ..formats.storage import fingerprint, load_base
@@ -27,13 +27,14 @@ from ..formats.teachers import resolve_base
 from ..nn.adapters import AdapterSettings
 from ..nn.importance import Reordering
 from ..nn.supernet import Supernet
+from ..spec.palette import write_palette
 from ..spec.search_space import SearchSpace
-from .evaluate import evaluate_config, evaluate_palette, resolve_configs, write_palette
+from ..spec.vocab import CLASSIFICATION, FAMILY_OF_TASK
+from .evaluate import evaluate_config, evaluate_palette, resolve_configs
 from .reorder import reorder_by_importance
 from .trainer import StepMetrics, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-FAMILY_OF_TASK = {"classification": "encoder", "causal-lm": "decoder"}
 ADAPTERS_SUBDIR = "adapters"
 REORDERING_FILE = "reordering.safetensors"
 CALIBRATION_EXAMPLES = 32
@@ -134,7 +135,7 @@ def fit(
                 save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
 
         torch.manual_seed(settings.seed)
-        if settings.task == "classification":
+        if settings.task == CLASSIFICATION:
             model.add_classification_head(len(data_info["label_names"]))
         space = space or SearchSpace.default(model.dims)
         net = Supernet(model, AdapterSettings(rank=rank), space)

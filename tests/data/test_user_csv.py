@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from slicer.data.datasets import DataError, load_classification, load_dataset_dir
+from slicer.data.readers import DataError, load_classification, load_dataset_dir
 
 # U+0085 (NEL), U+2028/U+2029 (line/paragraph separator), \x0b, \x0c, \x1c: str.splitlines breaks on them all,
 # an editor and Python's csv module do not.

