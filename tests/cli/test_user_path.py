@@ -34,7 +34,7 @@ def write_csv(path: Path, rows: list[list[str]], bom: bool = False) -> Path:
 def tweets(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny BERT, and a data folder of CSVs with user-named columns, mixed-case labels, multi-line quoted
     fields and U+2028 inside texts."""
-    from tiny_store import WORDS, make_store
+    from helpers.store import WORDS, make_store
 
     root = tmp_path_factory.mktemp("user")
     base = make_store(root / "store") / "tiny-bert"

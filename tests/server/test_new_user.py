@@ -14,8 +14,8 @@ import time
 import httpx
 import pytest
 import uvicorn
+from helpers.store import TOKEN, make_store, running_server
 from test_operations import AUTH, make_stack
-from tiny_store import TOKEN, make_store, running_server
 
 from server.api import create_app
 from server.settings import Settings
