@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ...errors import NotReady
+from ...errors import DatabaseUnavailable, NotReady
 from ..errors import responses
 from ..schemas import Health, Ready
 
@@ -23,7 +25,11 @@ async def readyz(request: Request):
     svc = getattr(request.app.state, "service", None)
     if svc is None or not svc.ready:
         raise NotReady("loading models")
-    return Ready(status="ready", models=sorted(svc.models))
+    try:
+        await asyncio.to_thread(svc.meta.ping)  # a replica without its database can neither resolve nor build
+    except DatabaseUnavailable as err:
+        raise NotReady(f"not ready: {err}") from None
+    return Ready(status="ready", models=sorted(svc.models), database=svc.meta.dialect)
 
 
 @router.get("/metrics", response_class=PlainTextResponse,
