@@ -12,7 +12,14 @@ import pytest
 
 from server.coordination import PostgresClaims
 from server.errors import DatabaseUnavailable, LeaseLost
-from server.metadata import MIGRATIONS, SCHEMA_VERSION, ArtifactRecord, PostgresMetadata, SQLiteMetadata, open_metadata
+from server.metadata import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    ArtifactRecord,
+    PostgresMetadata,
+    SQLiteMetadata,
+    open_metadata,
+)
 from slicer.errors import ConfigError
 
 KEY = "a" * 64
@@ -41,7 +48,7 @@ def test_both_databases_keep_artifacts_pins_hits_and_latency_alike(meta):
     meta.set_pinned(KEY, True)
     got = meta.get_artifact(KEY)
     assert got.hits == 1 and got.pinned
-    assert [r.key for r in meta.list_artifacts()][0] == KEY  # most recently used first
+    assert next(r.key for r in meta.list_artifacts()) == KEY  # most recently used first
     meta.put_artifact(record(OTHER, size=99))  # replaces
     assert meta.get_artifact(OTHER).size == 99
     meta.delete_artifact(OTHER)
@@ -73,7 +80,7 @@ def test_eviction_marks_are_cancelled_by_use_and_deleted_only_after_the_grace_pe
     assert meta.get_artifact(KEY) is None and not meta.revive(KEY)  # a late user learns it is gone
 
 
-V1_SQLITE = """
+V1_SQLITE = f"""
 CREATE TABLE artifacts (
     key TEXT PRIMARY KEY, size INTEGER NOT NULL, files TEXT NOT NULL, info TEXT NOT NULL,
     pinned INTEGER NOT NULL DEFAULT 0, hits INTEGER NOT NULL DEFAULT 0,
@@ -83,9 +90,9 @@ CREATE TABLE latency (
     profile TEXT NOT NULL, config_key TEXT NOT NULL, precision TEXT NOT NULL, seq_len INTEGER NOT NULL,
     batch INTEGER NOT NULL, ms REAL NOT NULL, source TEXT NOT NULL, measured REAL NOT NULL
 );
-INSERT INTO artifacts VALUES ('%s', 7, '{}', '{"precision": "int8"}', 1, 3, 1.0, 2.0, 0.5);
+INSERT INTO artifacts VALUES ('{KEY}', 7, '{{}}', '{{"precision": "int8"}}', 1, 3, 1.0, 2.0, 0.5);
 INSERT INTO latency VALUES ('p', 'cfg', 'fp32', 128, 1, 5.0, 'bench', 1.0);
-""" % KEY
+"""
 
 
 def test_sqlite_store_from_before_versioning_is_migrated_in_place(tmp_path):
@@ -127,7 +134,7 @@ def test_replicas_starting_at_once_migrate_once(pg_url):
     def start():
         try:
             versions.append(PostgresMetadata(pg_url).schema_version())
-        except Exception as err:  # noqa: BLE001 - collected and asserted below
+        except Exception as err:
             errors.append(err)
 
     threads = [threading.Thread(target=start) for _ in range(6)]
