@@ -12,9 +12,10 @@ a file lock on one host, a lease row in PostgreSQL across replicas), and evictio
 metadata: an entry is first marked, and its row and files are deleted only if nobody used it for
 ``evict_grace_s`` (any use revives it) and only while holding its build claim (so a rebuild of the same key is
 never deleted). What the file system must give: an atomic rename within the cache folder, visible to every
-replica once done (any local file system; NFSv4/CephFS/EFS with close-to-open consistency), and files that
-stay readable for at least the grace period after their entry is chosen for eviction (on NFS an unlinked file
-another host still reads is gone, hence the grace period rather than relying on POSIX unlink semantics).
+replica once done (a local file system; CephFS; NFS mounted with ``lookupcache=positive`` so a new name is not
+hidden by a cached "no such file"), and files that stay readable for at least the grace period after their
+entry is chosen for eviction (on NFS an unlinked file another host still reads is gone, hence the grace period
+rather than relying on POSIX unlink semantics).
 """
 
 from __future__ import annotations

@@ -192,3 +192,52 @@ def test_a_claim_is_held_while_renewed_and_taken_over_after_its_holder_stops(pg_
     assert b.holders() == {}  # a's late release deleted nothing of b's either
     with a.try_claim(KEY) as again:
         assert again is not None
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+def test_a_build_that_loses_its_claim_publishes_nothing(pg_url, tmp_path):
+    from pg_cluster import CuttableProxy
+
+    from server.cache import ArtifactCache
+
+    proxy = CuttableProxy(_port(pg_url))
+    meta = PostgresMetadata(proxy.url(pg_url), connect_timeout_s=1)
+    cache = ArtifactCache(tmp_path / "cache", meta, 10**6, claims=PostgresClaims(meta, lease_s=0.6, poll_s=0.05))
+    other = PostgresClaims(PostgresMetadata(pg_url), lease_s=0.6, owner="replica-b")
+
+    def build(folder):
+        (folder / "model.onnx").write_bytes(b"graph")
+        proxy.cut()  # this replica loses the database mid-build
+        deadline = time.monotonic() + 10
+        while other.acquire(KEY) is None:  # the claim expires and another replica takes it
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        proxy.restore()
+        return {"precision": "fp32"}
+
+    with pytest.raises(LeaseLost):
+        cache.get_or_build(KEY, build)
+    assert not (tmp_path / "cache" / KEY).exists() and meta.get_artifact(KEY) is None
+    assert [p.name for p in (tmp_path / "cache").iterdir() if p.name != ".locks"] == []
+
+
+def test_a_replica_that_loses_the_database_says_so_and_recovers(pg_url, tmp_path):
+    import httpx
+    from pg_cluster import CuttableProxy
+    from tiny_store import make_store, running_server
+
+    proxy = CuttableProxy(_port(pg_url))
+    store = make_store(tmp_path / "store")
+    with running_server(store, database_url=proxy.url(pg_url), db_connect_timeout_s=1) as url:
+        assert httpx.get(f"{url}/readyz").json()["database"] == "postgresql"
+        proxy.cut()
+        r = httpx.get(f"{url}/readyz")
+        assert r.status_code == 503 and "metadata database unreachable" in r.json()["detail"], r.text
+        r = httpx.post(f"{url}/v1/resolve", json={"model": "tiny", "budget": {"max_memory_mb": 1000}}, timeout=60)
+        assert r.status_code == 503 and "unreachable" in r.json()["detail"] and r.headers["Retry-After"], r.text
+        proxy.restore()
+        assert httpx.get(f"{url}/readyz").status_code == 200  # reconnects by itself
