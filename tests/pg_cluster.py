@@ -124,6 +124,8 @@ class CuttableProxy:
                     s.shutdown(socket.SHUT_RDWR)
 
     def cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept(); close() alone would not
         self._listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
