@@ -147,16 +147,20 @@ class ArtifactCache:
         tmp.mkdir()
         start = time.perf_counter()
         try:
-            info = build(tmp)
-            files = {}
-            for p in sorted(tmp.iterdir()):
-                if not p.is_file():
-                    raise CacheError(f"build left a non-file {p.name!r} in the artifact")
-                with p.open("rb") as f:
-                    os.fsync(f.fileno())
-                files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-            if not files:
-                raise CacheError("build produced no files")
+            try:
+                info = build(tmp)
+                files = {}
+                for p in sorted(tmp.iterdir()):
+                    if not p.is_file():
+                        raise CacheError(f"build left a non-file {p.name!r} in the artifact")
+                    with p.open("rb") as f:
+                        os.fsync(f.fileno())
+                    files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+                if not files:
+                    raise CacheError("build produced no files")
+            except Exception:
+                lease.confirm()  # a builder whose claim (and work folder) went to a successor fails as LeaseLost
+                raise
             lease.confirm()  # a builder whose claim expired (and was maybe taken over) publishes nothing
             final = self.root / key
             shutil.rmtree(final, ignore_errors=True)

@@ -141,6 +141,10 @@ class PostgresLease:
         self._thread.start()
 
     def _renew(self) -> None:
+        late = time.monotonic() - self._renewed
+        if late > self._claims.lease_s / 2:  # e.g. a build step that holds the GIL: raise lease_s if this recurs
+            log.warning("build claim on %s renewed %.1f s after the last renewal (lease %g s)", self.key[:12], late,
+                        self._claims.lease_s)
         if self._claims.renew(self.key, self.generation):
             self._renewed = time.monotonic()
         else:

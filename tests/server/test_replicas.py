@@ -21,7 +21,7 @@ import pytest
 from tiny_store import TOKEN, make_store
 
 REPO = Path(__file__).resolve().parents[2]
-LEASE_S = 1.5
+LEASE_S = 5.0  # short for the kill test, long enough that a starved builder on a busy machine keeps its claim
 BUILD_DELAY_S = 2.0  # every build waits this long first (replica_serve.py): room to overlap it and to kill it
 GRACE_S = 2.0
 

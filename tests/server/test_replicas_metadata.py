@@ -3,6 +3,7 @@ replicas (leases that are renewed, expire and are taken over). PostgreSQL is a r
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import threading
 import time
@@ -217,10 +218,17 @@ def test_a_build_that_loses_its_claim_publishes_nothing(pg_url, tmp_path):
             time.sleep(0.05)
         time.sleep(0.5)
         proxy.restore()
+        if crash:  # the successor removed our work folder (remove_stale_partials): the build's next write fails
+            shutil.rmtree(folder)
+            (folder / "manifest.json").write_text("{}")
         return {"precision": "fp32"}
 
+    crash = False
     with pytest.raises(LeaseLost):
-        cache.get_or_build(KEY, build)
+        cache.get_or_build(KEY, build)  # finished after losing the claim: not published
+    crash = True
+    with pytest.raises(LeaseLost, match="lost its claim"):
+        cache.get_or_build(KEY, build)  # crashed because it lost it: LeaseLost (503), not a raw FileNotFoundError
     assert not (tmp_path / "cache" / KEY).exists() and meta.get_artifact(KEY) is None
     assert [p.name for p in (tmp_path / "cache").iterdir() if p.name != ".locks"] == []
 
