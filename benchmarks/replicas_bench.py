@@ -46,7 +46,7 @@ def database(url: str | None):
     if url:
         yield url
         return
-    import pg_cluster
+    from helpers import postgres as pg_cluster
 
     if pg_cluster.missing():
         raise typer.BadParameter(f"give --database-url: {pg_cluster.missing()}")
@@ -60,8 +60,8 @@ class Replica:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "MLFS_DATABASE_URL": database_url, "MLFS_OPERATOR_TOKEN": TOKEN,
                "MLFS_BUILD_WAIT_S": "600", "MLFS_LEASE_S": str(LEASE_S), "MLFS_CLAIM_POLL_S": "0.2"}
-        mlfs = str(Path(sys.executable).with_name("mlfs"))
-        self.proc = subprocess.Popen([mlfs, "serve", "--store", str(store), "--port", str(self.port)], env=env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--store", str(store), "--port",
+                                      str(self.port)], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait(self, timeout: float = 600) -> None:

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.paths import remove_stale_partials, sha256_file
+from slicer import sha256_file
+from slicer.paths import remove_stale_partials
 
 from .coordination import Claims, Lease, LocalClaims
 from .errors import CacheError, InvalidArtifactId, MissingArtifactFile

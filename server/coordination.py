@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-from slicer.paths import file_lock
+from slicer import file_lock
 
 from .errors import DatabaseUnavailable, LeaseLost
 from .metadata import PostgresMetadata

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from slicer.errors import ConfigError
+from slicer import ConfigError
 
 from .errors import DatabaseUnavailable
 

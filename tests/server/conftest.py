@@ -7,17 +7,15 @@ import pytest
 
 # Module scope: each test module gets its own store and uvicorn.
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, make_store):
     """A store serving a tiny random BERT as model ``tiny``."""
-    from tiny_store import make_store
-
     return make_store(tmp_path_factory.mktemp("store"))
 
 
 @pytest.fixture(scope="module")
 def server(store):
     """The base URL of a real uvicorn server on a loopback port over ``store``."""
-    from tiny_store import running_server
+    from helpers.store import running_server
 
     with running_server(store) as url:
         yield url
@@ -26,18 +24,18 @@ def server(store):
 @pytest.fixture(scope="session")
 def pg_admin():
     """A throwaway PostgreSQL 15 cluster for the session (as the ``postgres`` user); skipped without its binaries."""
-    import pg_cluster
+    from helpers import postgres
 
-    reason = pg_cluster.missing()
+    reason = postgres.missing()
     if reason:
         pytest.skip(reason)
-    with pg_cluster.cluster() as url:
+    with postgres.cluster() as url:
         yield url
 
 
 @pytest.fixture
 def pg_url(pg_admin):
     """The URL of a new, empty database in the session's cluster."""
-    from pg_cluster import fresh_database
+    from helpers.postgres import fresh_database
 
     return fresh_database(pg_admin)

@@ -25,7 +25,7 @@ def _delayed_build(self, key, build, lease):
 
 if __name__ == "__main__":
     ArtifactCache._build = _delayed_build
-    from slicer.cli import main
+    from server.cli import main
 
     sys.argv = ["mlfs", *sys.argv[1:]]
     main()

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from tiny_store import TOKEN, make_store
+from helpers.store import TOKEN, make_store
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_S = 5.0  # short for the kill test, long enough that a starved builder on a busy machine keeps its claim
@@ -72,7 +72,7 @@ class Replica:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, pg_admin):
-    from pg_cluster import fresh_database
+    from helpers.postgres import fresh_database
 
     root = tmp_path_factory.mktemp("replicas")
     store = make_store(root / "store")

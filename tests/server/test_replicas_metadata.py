@@ -110,7 +110,7 @@ def test_sqlite_store_from_before_versioning_is_migrated_in_place(tmp_path):
 
 
 def test_postgres_from_empty_and_from_the_previous_version(pg_url, pg_admin):
-    from pg_cluster import fresh_database
+    from helpers.postgres import fresh_database
 
     assert PostgresMetadata(pg_url).schema_version() == SCHEMA_VERSION
     assert PostgresMetadata(pg_url).schema_version() == SCHEMA_VERSION  # opening again changes nothing
@@ -200,7 +200,7 @@ def _port(url: str) -> int:
 
 
 def test_a_build_that_loses_its_claim_publishes_nothing(pg_url, tmp_path):
-    from pg_cluster import CuttableProxy
+    from helpers.postgres import CuttableProxy
 
     from server.cache import ArtifactCache
 
@@ -235,8 +235,8 @@ def test_a_build_that_loses_its_claim_publishes_nothing(pg_url, tmp_path):
 
 def test_a_replica_that_loses_the_database_says_so_and_recovers(pg_url, tmp_path):
     import httpx
-    from pg_cluster import CuttableProxy
-    from tiny_store import make_store, running_server
+    from helpers.postgres import CuttableProxy
+    from helpers.store import make_store, running_server
 
     proxy = CuttableProxy(_port(pg_url))
     store = make_store(tmp_path / "store")
