@@ -179,11 +179,11 @@ def test_eviction_by_one_never_makes_another_serve_a_missing_or_partial_file(clu
 def test_a_replica_killed_mid_build_is_taken_over_after_its_lease(cluster):
     store, url, replicas = cluster
     victim, survivors = replicas[0], replicas[1:]
-    r = httpx.post(f"{survivors[0].url}/v1/resolve", json=body(1000), timeout=60)
-    if r.status_code == 200:  # left by an earlier test: drop it so it must be built again
-        httpx.delete(f"{survivors[0].url}/v1/cache/{r.json()['artifact_id']}", headers={"Authorization": f"Bearer {TOKEN}"})
     before = sum(r.builds() for r in survivors)
     r = httpx.post(f"{victim.url}/v1/resolve", json=body(1000), timeout=60)
+    if r.status_code == 200:  # left by an earlier test: drop it so the victim must build it again
+        httpx.delete(f"{victim.url}/v1/cache/{r.json()['artifact_id']}", headers={"Authorization": f"Bearer {TOKEN}"})
+        r = httpx.post(f"{victim.url}/v1/resolve", json=body(1000), timeout=60)
     assert r.status_code == 202, r.text
     key = r.json()["artifact_id"]
     with psycopg.connect(url, autocommit=True) as conn:
