@@ -124,9 +124,17 @@ def _try_file_lock(path: Path) -> Iterator[bool]:
             yield False
             return
         try:
-            yield True
+            # a holder that removes its lock file on release may have unlinked this one: then it locks nothing
+            yield _names(path, f.fileno())
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _names(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 class PostgresLease:

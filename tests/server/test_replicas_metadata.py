@@ -249,3 +249,33 @@ def test_a_replica_that_loses_the_database_says_so_and_recovers(pg_url, tmp_path
         assert r.status_code == 503 and "unreachable" in r.json()["detail"] and r.headers["Retry-After"], r.text
         proxy.restore()
         assert httpx.get(f"{url}/readyz").status_code == 200  # reconnects by itself
+
+
+def test_local_claims_see_other_processes_and_spare_a_live_builders_work_folder(tmp_path):
+    """SQLite mode: a key another process is building cannot be claimed, and a starting cache removes only the work
+    folders of keys nobody holds (it used to judge by process id, which means nothing across hosts)."""
+    import subprocess
+    import sys
+
+    from server.cache import ArtifactCache
+    from server.coordination import LocalClaims
+
+    root = tmp_path / "cache"
+    (root / ".locks").mkdir(parents=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time\nf = open(sys.argv[1], 'a')\nfcntl.flock(f, fcntl.LOCK_EX)\n"
+         "print('held', flush=True)\ntime.sleep(60)", str(root / ".locks" / KEY)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        claims = LocalClaims(root / ".locks")
+        with claims.try_claim(KEY) as got:
+            assert got is None
+        with claims.try_claim(OTHER) as got:
+            assert got is not None
+        (root / f".{KEY}.incomplete-999999-1").mkdir()  # being built by the holder
+        (root / f".{OTHER}.incomplete-999999-1").mkdir()  # left by a builder that died
+        ArtifactCache(root, SQLiteMetadata(tmp_path / "meta.sqlite"), 10**6)
+        assert sorted(p.name for p in root.iterdir() if p.name != ".locks") == [f".{KEY}.incomplete-999999-1"]
+    finally:
+        holder.kill()
+        holder.wait()
