@@ -255,7 +255,7 @@ class PostgresMetadata(_SQLMetadata):
                     self._apply_migrations(run, row[0] if row else 0)
             except self._psycopg.OperationalError as err:
                 self._drop_connection()
-                raise DatabaseUnavailable(f"metadata database unreachable: {_one_line(err)}") from None
+                raise _unavailable(err) from None
 
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
@@ -265,7 +265,7 @@ class PostgresMetadata(_SQLMetadata):
                 return cur.fetchall() if cur.description else []
             except self._psycopg.OperationalError as err:  # connection lost, refused, timed out
                 self._drop_connection()
-                raise DatabaseUnavailable(f"metadata database unreachable: {_one_line(err)}") from None
+                raise _unavailable(err) from None
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -278,8 +278,10 @@ class PostgresMetadata(_SQLMetadata):
             self._drop_connection()
 
 
-def _one_line(err: Exception) -> str:
-    return " ".join(str(err).split())[:300]
+def _unavailable(err: Exception) -> DatabaseUnavailable:
+    """The error for callers (it reaches HTTP responses: no host, port or user in it); the details are logged."""
+    log.warning("metadata database unreachable: %s", " ".join(str(err).split())[:300])
+    return DatabaseUnavailable("metadata database unreachable; retry later (the server log has the details)")
 
 
 def open_metadata(store: Path, database_url: str | None, **options) -> _SQLMetadata:

@@ -247,6 +247,7 @@ def test_a_replica_that_loses_the_database_says_so_and_recovers(pg_url, tmp_path
         assert r.status_code == 503 and "metadata database unreachable" in r.json()["detail"], r.text
         r = httpx.post(f"{url}/v1/resolve", json={"model": "tiny", "budget": {"max_memory_mb": 1000}}, timeout=60)
         assert r.status_code == 503 and "unreachable" in r.json()["detail"] and r.headers["Retry-After"], r.text
+        assert str(proxy.port) not in r.text and "127.0.0.1" not in r.text  # where the database is stays private
         proxy.restore()
         assert httpx.get(f"{url}/readyz").status_code == 200  # reconnects by itself
 
