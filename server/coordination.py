@@ -263,6 +263,9 @@ def open_shared_state(store: Path, settings) -> tuple[object, Claims | None, flo
     url = settings.database_url.get_secret_value() if settings.database_url is not None else None
     if not url:
         return open_metadata(store, None), None, 0.0
-    meta = open_metadata(store, url, connect_timeout_s=settings.db_connect_timeout_s,
-                         statement_timeout_s=settings.db_statement_timeout_s)
-    return meta, PostgresClaims(meta, settings.lease_s, settings.claim_poll_s), settings.evict_grace_s
+    timeouts = {"connect_timeout_s": settings.db_connect_timeout_s, "statement_timeout_s": settings.db_statement_timeout_s}
+    meta = open_metadata(store, url, **timeouts)
+    # Claims get a connection of their own: renewals must not queue behind a burst of resolves on the shared one
+    # (a busy replica lost its leases that way, renewed 6 s late with a 5 s lease, on a heavily loaded machine).
+    claims = PostgresClaims(PostgresMetadata(url, migrate=False, **timeouts), settings.lease_s, settings.claim_poll_s)
+    return meta, claims, settings.evict_grace_s

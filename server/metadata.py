@@ -224,7 +224,8 @@ class PostgresMetadata(_SQLMetadata):
     NOW = "extract(epoch from clock_timestamp())::double precision"
     MIGRATION_LOCK = 0x6D6C6673  # pg_advisory_xact_lock id ("mlfs"): replicas starting at once migrate one by one
 
-    def __init__(self, url: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = 10.0) -> None:
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = 10.0,
+                 migrate: bool = True) -> None:
         import psycopg
 
         self._psycopg = psycopg
@@ -236,7 +237,8 @@ class PostgresMetadata(_SQLMetadata):
         self._conn = None
         self._lock = threading.Lock()
         self.round_trips = 0  # statements sent (a benchmark counts them per resolve)
-        self._migrate()
+        if migrate:
+            self._migrate()
 
     def _connection(self):
         if self._conn is None or self._conn.closed or self._conn.broken:

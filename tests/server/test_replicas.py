@@ -103,7 +103,7 @@ def resolve_until_ready(url: str, budget_mb: float, timeout_s: float = 600) -> t
                 return r.json(), waits
             assert r.status_code == 202, r.text
             waits += 1
-            time.sleep(0.5)
+            time.sleep(1.0)
     raise AssertionError(f"no artifact from {url} after {timeout_s} s")
 
 
