@@ -251,7 +251,7 @@ class PostgresClaims:
             lock.release()
 
     def close(self) -> None:
-        pass
+        self.meta.close()
 
 
 def open_shared_state(store: Path, settings) -> tuple[object, Claims | None, float]:

@@ -137,6 +137,7 @@ class DeliveryService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.cache.claims.close()
         self.meta.close()
 
     def model(self, name: str) -> LoadedModel:
