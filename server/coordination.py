@@ -34,12 +34,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from slicer import file_lock
 
 from .errors import DatabaseUnavailable, LeaseLost
-from .metadata import PostgresMetadata
+from .metadata import MetadataStore, PostgresMetadata, open_metadata
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -254,12 +257,10 @@ class PostgresClaims:
         self.meta.close()
 
 
-def open_shared_state(store: Path, settings) -> tuple[object, Claims | None, float]:
+def open_shared_state(store: Path, settings: Settings) -> tuple[MetadataStore, Claims | None, float]:
     """The metadata store, build claims and eviction grace a server on ``store`` uses under ``settings``:
     PostgreSQL with lease claims and the configured grace when ``database_url`` is set; else the store's SQLite
     file, the cache's own file locks (None) and immediate eviction (one host: POSIX keeps open files readable)."""
-    from .metadata import open_metadata
-
     url = settings.database_url.get_secret_value() if settings.database_url is not None else None
     if not url:
         return open_metadata(store, None), None, 0.0

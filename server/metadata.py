@@ -42,6 +42,8 @@ class ArtifactRecord:
 
 
 class MetadataStore(Protocol):
+    dialect: str  # "sqlite" or "postgresql"
+
     def put_artifact(self, record: ArtifactRecord) -> None: ...
     def get_artifact(self, key: str) -> ArtifactRecord | None: ...
     def list_artifacts(self) -> list[ArtifactRecord]: ...
@@ -286,7 +288,7 @@ def _unavailable(err: Exception) -> DatabaseUnavailable:
     return DatabaseUnavailable("metadata database unreachable; retry later (the server log has the details)")
 
 
-def open_metadata(store: Path, database_url: str | None, **options) -> _SQLMetadata:
+def open_metadata(store: Path, database_url: str | None, **options) -> MetadataStore:
     """PostgreSQL when ``database_url`` is a ``postgresql://`` URL, else the store's own SQLite file."""
     if not database_url:
         return SQLiteMetadata(Path(store) / "meta.sqlite")
