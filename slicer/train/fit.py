@@ -93,8 +93,11 @@ def fit(
     device: str = "auto",
     resume: bool = False,
     on_step: Callable[[StepMetrics, int], None] | None = None,
+    adapters: AdapterSettings | None = None,
 ) -> dict[str, Any]:
+    """``adapters`` (rank, stage ranks, vector/head deltas) wins over ``rank`` when given."""
     out = Path(out)
+    adapters = adapters or AdapterSettings(rank=rank)
     with distributed_training():
         if not resume and (out / "checkpoint").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -124,11 +127,11 @@ def fit(
         if settings.task == "classification":
             model.add_classification_head(len(data_info["label_names"]))
         space = space or SearchSpace.default(model.dims)
-        net = Supernet(model, AdapterSettings(rank=rank), space)
+        net = Supernet(model, adapters, space)
         dev = pick_device(device)
         net.to(dev)
         trainer = Trainer(net, train_ex, settings, out, dev)
-        log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps())
+        log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps(settings.stages[0]))
         result = trainer.run(resume=resume, on_step=on_step)
     if not is_main_process():
         return result
@@ -140,10 +143,12 @@ def fit(
     rows = evaluate_palette(net, space.enumerate(net.dims), dev_ex, settings.task)
     write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["fingerprint"])
     report = {
-        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": rank, "reordered": reordering is not None,
+        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": adapters.rank,
+        "adapters": {"stage_ranks": list(adapters.ranks), "vector_deltas": adapters.vectors, "head_deltas": adapters.head}, "reordered": reordering is not None,
         "search_space": space.to_dict(), "settings": asdict(settings), "data": data_info,
         "train_seconds": result["seconds"], "eval_seconds": time.perf_counter() - started,
-        "steps_per_stage": result["steps_per_stage"], "device": str(dev),
+        "steps_per_stage": result["steps_per_stage"],
+        "steps_by_stage": result["steps_by_stage"], "device": str(dev),
         "versions": {"torch": torch.__version__, "python": platform.python_version()}, "palette": rows,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
