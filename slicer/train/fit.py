@@ -138,9 +138,9 @@ def fit(
 
     fp = fingerprint(base_dir)
     extra = {"task": settings.task, "data": data_info, "train_settings": asdict(settings)}
-    save_adapter_stack(net.cpu(), out / ADAPTERS_SUBDIR, fp, reordering, extra)
+    save_adapter_stack(net, out / ADAPTERS_SUBDIR, fp, reordering, extra)  # tensors are copied to the CPU
     started = time.perf_counter()
-    rows = evaluate_palette(net, space.enumerate(net.dims), dev_ex, settings.task)
+    rows = evaluate_palette(net, space.enumerate(net.dims), dev_ex, settings.task, device=dev)  # fp32, where it trained
     write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["fingerprint"])
     report = {
         "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": adapters.rank,
