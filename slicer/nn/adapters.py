@@ -66,6 +66,12 @@ class AdapterSettings:
         return self if self.targets else dataclasses.replace(self, targets=DEFAULT_TARGETS[family])
 
 
+def recommended(rank: int = 8) -> AdapterSettings:
+    """The default method (issue 17's ablation, benchmarks/README.md): rank r for stages 0-1 and 4r for stage 2,
+    vector and head deltas. ``AdapterSettings()`` itself stays the paper's low-rank-only method."""
+    return AdapterSettings(rank=rank, stage_ranks=(rank, rank, 4 * rank), vectors=True, head=True)
+
+
 class LowRankStack(nn.Module):
     """Pairs (A_s, B_s) for each stage; only the current stage is trainable."""
 

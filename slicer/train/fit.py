@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..formats.adapter_stack import save_adapter_stack
 from ..formats.storage import fingerprint, load_base
 from ..formats.teachers import resolve_base
-from ..nn.adapters import AdapterSettings
+from ..nn.adapters import AdapterSettings, recommended
 from ..nn.importance import Reordering
 from ..nn.supernet import Supernet
 from ..spec.search_space import SearchSpace
@@ -95,9 +95,10 @@ def fit(
     on_step: Callable[[StepMetrics, int], None] | None = None,
     adapters: AdapterSettings | None = None,
 ) -> dict[str, Any]:
-    """``adapters`` (rank, stage ranks, vector/head deltas) wins over ``rank`` when given."""
+    """``adapters`` (rank, stage ranks, vector/head deltas) wins over ``rank`` when given; the default is the
+    recommended method at rank ``rank`` (``slicer.nn.adapters.recommended``)."""
     out = Path(out)
-    adapters = adapters or AdapterSettings(rank=rank)
+    adapters = adapters or recommended(rank)
     with distributed_training():
         if not resume and (out / "checkpoint").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
