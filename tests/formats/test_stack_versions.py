@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_inputs import padded_batch, randomize_adapters
+from helpers.models import padded_batch, randomize_adapters
 
 from slicer.errors import CheckpointError
 from slicer.formats.adapter_stack import STACK_FORMAT, STACK_META, load_adapter_stack, save_adapter_stack

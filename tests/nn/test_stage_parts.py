@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from model_inputs import output, padded_batch, randomize_adapters
+from helpers.models import output, padded_batch, randomize_adapters
 
 from slicer.errors import ConfigError, MergeError
 from slicer.nn.adapters import AdapterSettings
