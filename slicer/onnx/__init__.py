@@ -1,0 +1,1 @@
+"""ONNX artifacts: the direct graph builder, export, validation and quantisation."""

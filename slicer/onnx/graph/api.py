@@ -1,0 +1,62 @@
+"""Entry points of the direct graph builder: interface names, building, and writing a graph to disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ...dims import ModelDims
+from ...errors import ExportError
+from ...shapes import parameter_shapes
+from ...subnet_config import SubnetConfig
+from .decoder import build_decoder
+from .encoder import build_encoder
+from .ops import GraphWriter
+
+GRAPH_MODES = ("fused", "plain")  # fused: onnxruntime contrib operators; plain: standard opset-18 only
+
+
+def graph_names(dims: ModelDims, cfg: SubnetConfig) -> tuple[list[str], list[str]]:
+    """The graph's input and output names, in order (the interface every artifact of the family has)."""
+    if dims.family == "encoder":
+        return ["input_ids", "attention_mask", "token_type_ids"], ["embeddings"] + (["logits"] if dims.num_labels else [])
+    n = len(cfg.layers)
+    past = [f"past.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    present = [f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")]
+    return ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present]
+
+
+def check_weights(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray]) -> None:
+    """The weights are exactly the subnet's tensors (slicer/shapes.py), finite: anything else is a caller's bug."""
+    expected = parameter_shapes(dims, cfg)
+    missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or extra:
+        raise ExportError(f"graph builder: weights do not match the config: missing {missing[:5]}, unexpected {extra[:5]}")
+    for name, shape in expected.items():
+        if tuple(weights[name].shape) != shape:
+            raise ExportError(f"graph builder: {name} has shape {tuple(weights[name].shape)}, the config needs {shape}")
+        if not np.isfinite(weights[name]).all():
+            raise ExportError(f"graph builder: {name} holds non-finite values")
+
+
+def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], mode: str = "fused") -> onnx.ModelProto:
+    """The subnet's ONNX graph from its sliced, merged weights (names as in slicer/shapes.py)."""
+    if mode not in GRAPH_MODES:
+        raise ExportError(f"graph mode: {mode!r} is not one of {list(GRAPH_MODES)}")
+    check_weights(dims, cfg, weights)
+    g = GraphWriter()
+    build = build_encoder if dims.family == "encoder" else build_decoder
+    build(g, dims, cfg, weights, fused=mode == "fused")
+    return g.model(f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})")
+
+
+def write_graph(model: onnx.ModelProto, path: Path) -> None:
+    """One self-contained file, flushed to disk (the artifact is renamed into the cache right after)."""
+    data = model.SerializeToString()
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
