@@ -7,6 +7,6 @@ operators, any runtime) or ``"fused"`` (onnxruntime's contrib operators where th
 
 from __future__ import annotations
 
-from .api import GRAPH_MODES, build_graph, graph_names
+from .api import GRAPH_MODES, build_graph, graph_names, write_graph
 
-__all__ = ["GRAPH_MODES", "build_graph", "graph_names"]
+__all__ = ["GRAPH_MODES", "build_graph", "graph_names", "write_graph"]

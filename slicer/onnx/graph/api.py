@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 from ...dims import ModelDims
 from ...errors import ExportError
@@ -42,21 +40,20 @@ def check_weights(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndar
             raise ExportError(f"graph builder: {name} holds non-finite values")
 
 
-def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], mode: str = "fused") -> onnx.ModelProto:
-    """The subnet's ONNX graph from its sliced, merged weights (names as in slicer/shapes.py)."""
+def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], mode: str = "fused") -> GraphWriter:
+    """The subnet's ONNX graph from its sliced, merged weights (names as in slicer/shapes.py).
+
+    ``.write(path)`` streams it to a file, ``.model()`` gives the ``onnx.ModelProto``."""
     if mode not in GRAPH_MODES:
         raise ExportError(f"graph mode: {mode!r} is not one of {list(GRAPH_MODES)}")
     check_weights(dims, cfg, weights)
     g = GraphWriter()
     build = build_encoder if dims.family == "encoder" else build_decoder
     build(g, dims, cfg, weights, fused=mode == "fused")
-    return g.model(f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})")
+    return g
 
 
-def write_graph(model: onnx.ModelProto, path: Path) -> None:
-    """One self-contained file, flushed to disk (the artifact is renamed into the cache right after)."""
-    data = model.SerializeToString()
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+def write_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], path: Path,
+                mode: str = "fused") -> None:
+    """Build the subnet's graph and stream it into ``path`` (one self-contained file, fsynced)."""
+    build_graph(dims, cfg, weights, mode).write(Path(path), f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})")

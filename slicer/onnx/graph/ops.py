@@ -1,13 +1,16 @@
 """GraphWriter: the few graph-building verbs both families share (linear, norms, activations, reshapes).
 
 One writer builds one graph: it names every value, keeps initializers and small constants (deduplicated), and
-finally wraps everything in an ``onnx.ModelProto``. Plain mode uses standard opset-18 operators only; the
+finally either wraps everything in an ``onnx.ModelProto`` or streams it to a file (``write``: the weights go
+from their numpy buffers straight to disk, no protobuf copies, which is most of a build's graph time). Plain mode uses standard opset-18 operators only; the
 ``com.microsoft`` helpers are onnxruntime contrib operators (fused mode).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +26,7 @@ MASK_VALUE = float(np.finfo(np.float32).min)  # what PyTorch adds for masked pos
 class GraphWriter:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
-        self.initializers: list[onnx.TensorProto] = []
+        self.initializers: list[tuple[str, np.ndarray]] = []
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self._consts: dict[tuple, str] = {}
@@ -37,7 +40,7 @@ class GraphWriter:
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """A float32 initializer (copied into the graph, contiguous)."""
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array, dtype=np.float32), name))
+        self.initializers.append((name, np.ascontiguousarray(array, dtype="<f4")))
         return name
 
     def const(self, values: Any, dtype: type = np.int64, shape: tuple[int, ...] | None = None) -> str:
@@ -48,7 +51,7 @@ class GraphWriter:
         key = (array.dtype.str, array.shape, array.tobytes())
         if key not in self._consts:
             name = self._name("const")
-            self.initializers.append(numpy_helper.from_array(array, name))
+            self.initializers.append((name, array))
             self._consts[key] = name
         return self._consts[key]
 
@@ -116,9 +119,44 @@ class GraphWriter:
         return self.op("Squeeze", [vector, self.const([0])])
 
     # ----- the model --------------------------------------------------------------------------------------------
-    def model(self, doc: str) -> onnx.ModelProto:
-        graph = helper.make_graph(self.nodes, "mlfs_subnet", self.inputs, self.outputs, self.initializers)
+    def model(self, doc: str = "", weights: bool = True) -> onnx.ModelProto:
+        """The whole model in memory (``weights=False``: without initializers, the skeleton ``write`` streams)."""
+        inits = [numpy_helper.from_array(a, n) for n, a in self.initializers] if weights else []
+        graph = helper.make_graph(self.nodes, "mlfs_subnet", self.inputs, self.outputs, inits)
         opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS, 1)] if self.uses_contrib else [])
         model = helper.make_model(graph, opset_imports=opsets, producer_name="mlfs-direct", doc_string=doc)
         model.ir_version = 10  # what today's exporter writes; onnxruntime 1.30+ reads it
         return model
+
+    def write(self, path: Path, doc: str = "") -> None:
+        """Stream the model into one self-contained file, flushed to disk.
+
+        Protobuf merges repeated occurrences of a message field, so the file is the serialised skeleton followed
+        by one ``ModelProto.graph`` fragment per initializer, whose raw data is written from the array's own buffer.
+        """
+        with open(path, "wb") as f:
+            f.write(self.model(doc, weights=False).SerializeToString())
+            for name, array in self.initializers:
+                head = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
+                                        dims=array.shape).SerializeToString()
+                raw = _len_field(_RAW_DATA, array.nbytes)
+                tensor = len(head) + len(raw) + array.nbytes
+                init = _len_field(_INITIALIZER, tensor)
+                f.write(_len_field(_GRAPH, len(init) + tensor) + init + head + raw)
+                f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+            f.flush()
+            os.fsync(f.fileno())
+
+
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+
+
+def _len_field(number: int, length: int) -> bytes:
+    """A length-delimited protobuf field's tag and length, before its payload."""
+    out = bytearray()
+    for value in (number << 3 | 2, length):
+        while value > 0x7F:
+            out.append(value & 0x7F | 0x80)
+            value >>= 7
+        out.append(value)
+    return bytes(out)
