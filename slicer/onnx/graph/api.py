@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,6 @@ def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarra
 
 
 def write_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], path: Path,
-                mode: str = "fused") -> None:
-    """Build the subnet's graph and stream it into ``path`` (one self-contained file, fsynced)."""
-    build_graph(dims, cfg, weights, mode).write(Path(path), f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})")
+                mode: str = "fused") -> dict[str, Any]:
+    """Build the subnet's graph and stream it into ``path`` (one self-contained file, fsynced); its sha256 and size."""
+    return build_graph(dims, cfg, weights, mode).write(Path(path), f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})")

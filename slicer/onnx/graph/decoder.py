@@ -58,9 +58,9 @@ def build_decoder(g: GraphWriter, dims: ModelDims, cfg: SubnetConfig, w: Weights
         p, kv = f"layers.{n}.", heads // group
         h, x = _pre_norm(g, x, residual_pending, w[p + "attn_norm.weight"], dims.norm_eps, p + "attn_norm", fused)
         q_w = w[p + "attn.q.weight"] / np.float32(math.sqrt(hd))  # 1/sqrt(hd) folded in (RoPE is linear)
-        q, k, v = g.op("Split", [g.linear(h, g.weight(p + "attn.qkv.weight_t", np.concatenate(
-            [q_w, w[p + "attn.k.weight"], w[p + "attn.v.weight"]]).T)), g.const([heads * hd, kv * hd, kv * hd])],
-            axis=-1, outputs=3)
+        w_qkv = np.concatenate([q_w, w[p + "attn.k.weight"], w[p + "attn.v.weight"]]).T  # (h, (heads + 2 kv) hd)
+        qkv = g.linear(h, g.weight(p + "attn.qkv.weight_t", w_qkv), None, p + "attn.qkv")
+        q, k, v = g.op("Split", [qkv, g.const([heads * hd, kv * hd, kv * hd])], axis=-1, outputs=3)
         q = rotary(g.transpose(g.reshape(q, [0, 0, heads, hd]), [0, 2, 1, 3]))  # (B, heads, T, hd)
         k = rotary(g.transpose(g.reshape(k, [0, 0, kv, hd]), [0, 2, 1, 3]))  # (B, kv, T, hd)
         v = g.transpose(g.reshape(v, [0, 0, kv, hd]), [0, 2, 1, 3])

@@ -51,7 +51,7 @@ def build_encoder(g: GraphWriter, dims: ModelDims, cfg: SubnetConfig, w: Weights
             ctx = g.op("Attention", [x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv),
                                      mask_index], domain=MS, num_heads=heads, qkv_hidden_sizes=[a, a, a], scale=1.0)
         else:
-            qkv = g.linear(x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv))
+            qkv = g.linear(x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv), p + "attn.qkv")
             q, k, v = g.op("Split", [qkv, g.const([a, a, a])], axis=-1, outputs=3)  # each (B, T, a)
             q = g.transpose(g.reshape(q, [0, 0, heads, dims.head_dim]), [0, 2, 1, 3])  # (B, heads, T, hd)
             k = g.transpose(g.reshape(k, [0, 0, heads, dims.head_dim]), [0, 2, 3, 1])  # (B, heads, hd, T)

@@ -8,6 +8,7 @@ from their numpy buffers straight to disk, no protobuf copies, which is most of 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -66,20 +67,22 @@ class GraphWriter:
         self.outputs.append(helper.make_tensor_value_info(name, elem_type, shape))
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, outputs: int = 1, domain: str = "",
-           **attrs: Any) -> str | list[str]:
-        """Add one node; returns its output name (or names, when ``outputs`` > 1)."""
+           name: str | None = None, **attrs: Any) -> str | list[str]:
+        """Add one node (named ``name``, else after its first output); returns its output name(s)."""
         names = [out] if out is not None else [self._name(op_type.lower()) for _ in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, domain=domain or None, **attrs))
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=name or names[0], domain=domain or None, **attrs))
         if domain == MS:
             self.uses_contrib = True
         return names[0] if outputs == 1 else names
 
     # ----- layers ---------------------------------------------------------------------------------------------
     def linear(self, x: str, weight: str | np.ndarray, bias: str | np.ndarray | None = None, name: str = "") -> str:
-        """``x @ W.T + b`` as PyTorch's Linear; numpy weights (out, in) are stored transposed, (in, out)."""
+        """``x @ W.T + b`` as PyTorch's Linear; numpy weights (out, in) are stored transposed, (in, out).
+
+        The MatMul node is named ``{name}.matmul`` (quantisation excludes layers by node name)."""
         if isinstance(weight, np.ndarray):
             weight = self.weight(f"{name}.weight_t", weight.T)
-        y = self.op("MatMul", [x, weight])
+        y = self.op("MatMul", [x, weight], name=f"{name}.matmul" if name else None)
         if bias is None:
             return y
         if isinstance(bias, np.ndarray):
@@ -128,24 +131,34 @@ class GraphWriter:
         model.ir_version = 10  # what today's exporter writes; onnxruntime 1.30+ reads it
         return model
 
-    def write(self, path: Path, doc: str = "") -> None:
-        """Stream the model into one self-contained file, flushed to disk.
+    def write(self, path: Path, doc: str = "") -> dict[str, Any]:
+        """Stream the model into one self-contained file, flushed to disk; returns its sha256 and size.
 
         Protobuf merges repeated occurrences of a message field, so the file is the serialised skeleton followed
         by one ``ModelProto.graph`` fragment per initializer, whose raw data is written from the array's own buffer.
+        The file is hashed as it is written, so nobody reads it back to hash it.
         """
+        digest, size = hashlib.sha256(), 0
         with open(path, "wb") as f:
-            f.write(self.model(doc, weights=False).SerializeToString())
+
+            def put(data: bytes | memoryview) -> None:
+                nonlocal size
+                f.write(data)
+                digest.update(data)
+                size += len(data)
+
+            put(self.model(doc, weights=False).SerializeToString())
             for name, array in self.initializers:
                 head = onnx.TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype),
                                         dims=array.shape).SerializeToString()
                 raw = _len_field(_RAW_DATA, array.nbytes)
                 tensor = len(head) + len(raw) + array.nbytes
                 init = _len_field(_INITIALIZER, tensor)
-                f.write(_len_field(_GRAPH, len(init) + tensor) + init + head + raw)
-                f.write(memoryview(np.ascontiguousarray(array)).cast("B"))
+                put(_len_field(_GRAPH, len(init) + tensor) + init + head + raw)
+                put(memoryview(np.ascontiguousarray(array)).cast("B"))
             f.flush()
             os.fsync(f.fileno())
+        return {"sha256": digest.hexdigest(), "size": size}
 
 
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
