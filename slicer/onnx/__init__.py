@@ -1,1 +1,1 @@
-"""ONNX artifacts: the direct graph builder, export, validation and quantisation."""
+"""Artifacts: the direct graph builder, ONNX export (the reference), validation against PyTorch, quantisation."""
