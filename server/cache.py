@@ -1,10 +1,10 @@
 """Content-addressed artifact cache.
 
 An artifact lives in ``root/<key>/`` where the key is a sha256 over everything that determines its bytes
-(base fingerprint, adapter fingerprint, subnet config key, precision, exporter version). Builds write into a
-temporary folder, fsync every file and rename atomically: a reader never sees half an artifact. One build per
-key runs at a time however many ask. An entry's files are re-hashed the first time it is served after start
-and whenever their size or mtime changed; a corrupted entry is dropped (and rebuilt by the next request),
+(base fingerprint, adapter fingerprint, subnet config key, precision, build recipe). Builds write into a
+temporary folder, fsync every file and rename atomically (``atomic_directory``): a reader never sees half an
+artifact; files are hashed once, as they are built. One build per key runs at a time however many ask. An entry's
+files are re-hashed the first time it is served after a start and whenever their size or mtime changed; a corrupted entry is dropped (and rebuilt by the next request),
 never served. Least-recently-used unpinned entries are evicted to keep the cache under its disk budget.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.paths import file_lock, sha256_file
+from slicer.paths import atomic_directory, file_lock, sha256_file
 
 from .metadata import ArtifactRecord, MetadataStore
 
@@ -35,8 +35,10 @@ class CacheError(Exception):
 
 
 def artifact_key(base_fingerprint: str, adapters_fingerprint: str | None, config_key: str, precision: str,
-                 exporter_version: str) -> str:
-    parts = [base_fingerprint, adapters_fingerprint or "-", config_key, precision, exporter_version]
+                 recipe: str) -> str:
+    """The one place an artifact's id is computed: everything that determines its bytes (``recipe``: the build
+    recipe's version, builder and graph mode, ``slicer.onnx.build.BuildOptions.recipe``)."""
+    parts = [base_fingerprint, adapters_fingerprint or "-", config_key, precision, recipe]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -141,31 +143,30 @@ class ArtifactCache:
         return file_lock(locks / key)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
-        tmp = self.root / f".{key}.incomplete-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        """One pass: ``build`` writes into the work folder that ``atomic_directory`` renames to ``root/<key>``.
+
+        Files whose hash ``build`` reports under ``info["files"]`` (it hashes the graph while writing it) are not
+        read again; the others (the manifest) are hashed here, once.
+        """
         start = time.perf_counter()
-        try:
+        with atomic_directory(self.root / key) as tmp:
             info = build(tmp)
+            reported = info.pop("files", None) or {}
             files = {}
             for p in sorted(tmp.iterdir()):
                 if not p.is_file():
                     raise CacheError(f"build left a non-file {p.name!r} in the artifact")
-                with p.open("rb") as f:
-                    os.fsync(f.fileno())
-                files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+                size = p.stat().st_size
+                known = reported.get(p.name)
+                files[p.name] = dict(known) if known and known["size"] == size else {"sha256": sha256_file(p), "size": size}
             if not files:
                 raise CacheError("build produced no files")
-            final = self.root / key
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        final = self.root / key
         record = ArtifactRecord(key, sum(f["size"] for f in files.values()), files, info,
                                 build_seconds=time.perf_counter() - start)
         self.meta.put_artifact(record)
-        self._verified.pop(key, None)
+        # These bytes were hashed as they were written: the first serve need not read them again.
+        self._verified[key] = {name: _stat(final / name) for name in files}
         self.evict(keep=key)
         return Entry(key, final, record)
 
@@ -210,9 +211,6 @@ def _alive(pid: int) -> bool:
     return pid != os.getpid()  # a leftover with our own id is from an earlier process that had it (containers)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns

@@ -11,7 +11,6 @@ import asyncio
 import dataclasses
 import functools
 import logging
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,8 +20,9 @@ from typing import Any
 from slicer.errors import ConfigError, MLFSError
 from slicer.formats.adapter_stack import stack_fingerprint
 from slicer.formats.reordering_cache import CACHE_SUBDIR
-from slicer.onnx.export import EXPORTER_VERSION
-from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
+from slicer.onnx.build import BuildOptions
+from slicer.onnx.validate import ValidationSet
+from slicer.slicing import OpenSupernet, build_subnet_artifact, open_supernet, validation_set
 from slicer.spec.subnet_config import SubnetConfig
 from slicer.train.evaluate import read_palette
 
@@ -68,6 +68,11 @@ class LoadedModel:
         """Every config with its palette quality: fixed for the model's life, read on every resolve."""
         return candidates_from_palette(self.dims, self.palette, self._configs)
 
+    @functools.cached_property
+    def validation(self) -> ValidationSet:
+        """What every build of this model is validated on, tokenised once for the model's life."""
+        return validation_set(self.opened, self.served.validation_data)
+
 
 def load_model(served: ServedModel, opened: OpenSupernet | None = None, reordering_cache: Path | None = None) -> LoadedModel:
     opened = opened or open_supernet(served.base, served.adapters, reordering_cache=reordering_cache)
@@ -87,6 +92,7 @@ class DeliveryService:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
         self._inflight: dict[str, asyncio.Future] = {}
         self.unbuildable: dict[str, set[tuple[str, str]]] = {}  # model -> (config key, precision) whose build failed
+        self.build_options("fp32")  # refuse a bad builder or graph mode at start-up, not at the first build
         self.ready = False
 
     def load(self, names: list[str] | None = None) -> None:
@@ -96,6 +102,7 @@ class DeliveryService:
                 raise UnknownModel(f"unknown model {name!r}; the store serves {sorted(self._served)}")
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
+            _ = self.models[name].validation  # tokenised now, not inside the first cold build
             log.info("serving %s (%s)", name, self._served[name].base)
         self.ready = True
 
@@ -167,8 +174,12 @@ class DeliveryService:
         measured, predictor = self.predictor(model, budget, profile)
         return choose(model.dims, model.candidates, budget, measured, predictor, speed_score, exclude=failed)
 
+    def build_options(self, precision: str) -> BuildOptions:
+        return BuildOptions(precision, self.settings.graph_builder, self.settings.graph_mode)
+
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
-        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
+        options = self.build_options(precision)
+        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, options.recipe)
 
     # ----- building -----------------------------------------------------------------------------------------
     def build(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> Entry:
@@ -177,16 +188,10 @@ class DeliveryService:
 
     def _build_blocking(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str) -> Entry:
         def build(folder: Path) -> dict[str, Any]:
-            work = folder.parent / f".{folder.name}.work"
-            try:
-                manifest = export_to_folder(model.opened, cfg, work, precision, data=model.served.validation_data)
-                for p in work.iterdir():
-                    shutil.move(str(p), folder / p.name)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+            manifest = build_subnet_artifact(model.opened, cfg, folder, model.validation, self.build_options(precision))
             return {"model": model.served.name, "config": cfg.to_dict(), "config_key": cfg.key, "precision": precision,
-                    "timings": {**manifest["slice_timings"], **manifest["timings"]},
-                    "expected_quality": manifest.get("expected_quality")}
+                    "build": manifest["build"], "timings": {**manifest["slice_timings"], **manifest["timings"]},
+                    "expected_quality": manifest.get("expected_quality"), "files": manifest["files"]}
 
         start = time.perf_counter()
         try:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.calibration import calibration_batches
 from .errors import ConfigError
 from .formats.adapter_stack import load_adapter_stack, read_stack_meta
 from .formats.reordering_cache import ReorderingCache
@@ -84,24 +83,13 @@ def slice_to_folder(opened: OpenSupernet, config: Any, out: str | Path, overwrit
     return meta
 
 
-def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64,
-                       limit: int = 256) -> list[dict]:
-    """Real inputs to validate an export on: the data's dev split (with labels) if given, else calibration text."""
-    family = opened.supernet.dims.family
-    max_len = min(max_len, opened.supernet.dims.max_positions)
-    if data is None:
-        return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
-    from .data.batching import eval_batches
-    from .data.examples import load_examples
+def validation_set(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64):
+    """Real inputs every build of this model is checked on (tokenised here, once; keep it for the next builds):
+    a few of the data's dev examples at two lengths and its whole dev split for the int8 gate, else calibration text."""
+    from .onnx.validate import build_validation_set
 
-    task = "classification" if family == "encoder" else "causal-lm"
-    _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
-    # Evenly spaced, not a prefix: prepared splits may be sorted by label.
-    n = len(dev.ids)
-    keep = sorted({round(i * (n - 1) / max(1, limit - 1)) for i in range(min(limit, n))})
-    dev.ids = [dev.ids[i] for i in keep]
-    dev.labels = [dev.labels[i] for i in keep] if dev.labels else None
-    return eval_batches(dev, 32)
+    dims = opened.supernet.dims
+    return build_validation_set(opened.base_dir, dims.family, data, min(max_len, dims.max_positions))
 
 
 def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any] | None:
@@ -113,21 +101,30 @@ def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any]
     return None if row is None else {table["metric"]: row[table["metric"]], "data_fingerprint": table["data_fingerprint"]}
 
 
-def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, precision: str = "fp32",
-                     data: str | Path | None = None) -> dict[str, Any]:
-    """Slice, merge, export, validate (and quantise) one config into an artifact folder; returns its manifest."""
-    from .onnx.export import build_artifact
+def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path, validation, options=None) -> dict[str, Any]:
+    """Slice, merge, write the graph, validate (and quantise) ``cfg`` into the empty ``folder``; returns the manifest.
 
-    cfg = SubnetConfig.parse(config, opened.supernet.dims)
-    timings = {}
+    One pass: the caller owns the folder's atomic rename (the artifact cache, or ``export_to_folder``)."""
+    from .onnx.build import BuildOptions, build_artifact
+
+    options = options or BuildOptions()
     start = time.perf_counter()
     subnet = opened.supernet.extract(cfg)
-    timings["slice_merge_s"] = time.perf_counter() - start
     extra = {
         "base_fingerprint": opened.base_fingerprint,
         "adapters": str(opened.adapters_dir) if opened.adapters_dir else None,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
-        "slice_timings": timings,
+        "slice_timings": {"slice_merge_s": time.perf_counter() - start},
     }
-    return build_artifact(subnet, Path(out), validation_batches(opened, data), tokenizer=opened.base_dir,
-                          precision=precision, extra=extra)
+    return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
+
+
+def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, options=None,
+                     data: str | Path | None = None) -> dict[str, Any]:
+    """One config's artifact written atomically into folder ``out`` (``mlfs export``); returns its manifest."""
+    from .paths import atomic_directory
+
+    cfg = SubnetConfig.parse(config, opened.supernet.dims)
+    validation = validation_set(opened, data)
+    with atomic_directory(Path(out)) as folder:
+        return build_subnet_artifact(opened, cfg, folder, validation, options)

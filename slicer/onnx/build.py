@@ -29,6 +29,7 @@ OPSET = 18
 BUILDERS = ("direct", "torch")  # direct: slicer.onnx.graph (default); torch: torch.onnx.export, the reference
 PRECISIONS = ("fp32", "int8")
 MANIFEST = "manifest.json"
+DEFAULT_GRAPH_MODE = "fused"  # measured: benchmarks/server_bench.py build (see README)
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class BuildOptions:
 
     precision: str = "fp32"
     builder: str = "direct"
-    mode: str = "fused"  # direct builder: fused (onnxruntime contrib operators) or plain (standard operators)
+    mode: str = DEFAULT_GRAPH_MODE  # direct builder: fused (onnxruntime contrib operators) or plain (standard operators)
 
     def __post_init__(self) -> None:
         for name, allowed in (("precision", PRECISIONS), ("builder", BUILDERS), ("mode", GRAPH_MODES)):

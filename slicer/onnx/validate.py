@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4  # the floor, relative to the output's scale when that exceeds 1
 REFERENCE_FACTOR = 4.0  # ONNX may be this many times as far from float64 as PyTorch float32 is
 PARITY_ROWS = 8  # examples per parity batch; two batches (short and long examples)
+DECODER_GATE_BLOCKS = 128  # language-model blocks the int8 gate reads (every position of each is a prediction)
 
 
 @dataclass
@@ -79,14 +80,14 @@ def parity_batches(rows: list[list[int]], family: str) -> list[dict[str, torch.T
 
 def build_validation_set(base_dir: Path, family: str, data: str | Path | None, max_len: int) -> ValidationSet:
     """The dev split of ``data`` (tokenised here, once) or, without data, calibration text."""
-    from ..batching import tokenize_pairs, tokenize_stream
-    from ..calibration import calibration_batches, load_tokenizer
+    from ..data.batching import tokenize_pairs, tokenize_stream
+    from ..data.calibration import calibration_batches, load_tokenizer
 
     if data is None:
-        batches = calibration_batches(base_dir, family, n=2 * PARITY_ROWS, max_len=max_len)
+        batches = calibration_batches(base_dir, family, n=32, max_len=max_len)
         rows = [b["input_ids"][k][b["attention_mask"][k].bool()].tolist() for b in batches for k in range(len(b["input_ids"]))]
-        return ValidationSet(parity_batches(rows, family), [], "calibration text (no validation data)")
-    from ..data import load_dataset_dir
+        return ValidationSet(parity_batches(rows, family), batches, "calibration text (no validation data)")
+    from ..data.datasets import load_dataset_dir
 
     tokenizer = load_tokenizer(base_dir)
     if family == "encoder":
@@ -95,6 +96,7 @@ def build_validation_set(base_dir: Path, family: str, data: str | Path | None, m
     else:
         _, dev_text = load_dataset_dir(data, "causal-lm")
         examples = tokenize_stream(tokenizer, dev_text, max_len, family)
+        examples.ids = examples.ids[:DECODER_GATE_BLOCKS]
     order = sorted(range(len(examples)), key=lambda i: len(examples.ids[i]))  # little padding per gate batch
     gate = [padded_batch([examples.ids[i] for i in order[s: s + 32]], family,
                          None if examples.labels is None else [examples.labels[i] for i in order[s: s + 32]])

@@ -10,12 +10,12 @@ import torch
 from model_inputs import randomize_adapters
 
 from slicer.errors import ExportError
-from slicer.model import build_model
+from slicer.nn.factory import build_model
+from slicer.nn.supernet import Supernet
 from slicer.onnx.build import subnet_weights
 from slicer.onnx.graph import build_graph, graph_names, write_graph
 from slicer.onnx.validate import PARITY_TOLERANCE, check_parity, graph_feeds, run_reference, session
-from slicer.subnet_config import SubnetConfig
-from slicer.supernet import Supernet
+from slicer.spec.subnet_config import SubnetConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

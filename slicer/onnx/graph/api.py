@@ -7,10 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ...dims import ModelDims
 from ...errors import ExportError
-from ...shapes import parameter_shapes
-from ...subnet_config import SubnetConfig
+from ...spec.dims import ModelDims
+from ...spec.shapes import parameter_shapes
+from ...spec.subnet_config import SubnetConfig
 from .decoder import build_decoder
 from .encoder import build_encoder
 from .ops import GraphWriter

@@ -10,8 +10,8 @@ import math
 
 import numpy as np
 
-from ...dims import ModelDims
-from ...subnet_config import SubnetConfig
+from ...spec.dims import ModelDims
+from ...spec.subnet_config import SubnetConfig
 from .ops import FLOAT, INT64, MASK_VALUE, MS, GraphWriter
 
 Weights = dict[str, np.ndarray]
