@@ -108,12 +108,11 @@ class Supernet(nn.Module):
             source = _LAYER.sub(lambda m: f"layers.{cfg.layers[int(m.group(1))]}.", name)
             module_path, param = source.rsplit(".", 1)
             module = self.model.get_submodule(module_path)
-            if merge and isinstance(module, AdaptedLinear) and param == "weight":
-                tensor = module.effective_weight(*shape)
-            else:
-                module = module.base if isinstance(module, AdaptedLinear) else module
-                tensor = getattr(module, param)[tuple(slice(0, n) for n in shape)]
-            state[name] = tensor.detach().clone()
+            if merge and isinstance(module, AdaptedLinear) and param == "weight" and not module.merged:
+                state[name] = module.effective_weight(*shape)  # a new tensor already: no second copy
+                continue
+            module = module.base if isinstance(module, AdaptedLinear) else module
+            state[name] = getattr(module, param)[tuple(slice(0, n) for n in shape)].detach().clone()
         device = next(self.model.parameters()).device
         subnet = build_model(self.dims, cfg, device="meta")
         subnet.load_state_dict(state, assign=True)

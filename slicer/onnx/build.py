@@ -96,7 +96,7 @@ def build_artifact(model, folder: Path, validation: ValidationSet, options: Buil
     timings["graph_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    sess = session(fp32)
+    sess = session(fp32, threads=2)
     parity = check_parity(model, fp32, graph_feeds(model, validation.parity), sess)
     timings["validate_s"] = time.perf_counter() - start
     log.info("%s: %s", model.cfg.describe(), parity_summary(parity))

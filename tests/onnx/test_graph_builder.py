@@ -151,6 +151,26 @@ def test_parity_check_rejects_a_graph_of_other_weights(encoder_dims, tmp_path):
         check_parity(model, tmp_path / "wrong.onnx", graph_feeds(model, real_like_batches(dims)))
 
 
+@pytest.mark.parametrize("family", ["encoder", "decoder"])
+def test_beyond_float32_agreement_a_correct_graph_is_judged_against_float64(family, encoder_dims, decoder_dims, tmp_path,
+                                                                          monkeypatch):
+    """Deep slices round more than any fixed tolerance: a floor so tight that float32 rounding exceeds it stands in
+    for one. The correct graph then passes on the float64 judgement (it is no farther from float64 than PyTorch
+    float32 is), and the figures say so, in absolute units."""
+    from slicer.onnx import validate
+
+    dims = encoder_dims.with_labels(3) if family == "encoder" else decoder_dims
+    model = subnet(dims, (ENCODER_CONFIGS if family == "encoder" else DECODER_CONFIGS)["heterogeneous"], True)
+    write_graph(dims, model.cfg, subnet_weights(model), tmp_path / "m.onnx", "fused")
+    monkeypatch.setattr(validate, "PARITY_TOLERANCE", 1e-12)
+    report = check_parity(model, tmp_path / "m.onnx", graph_feeds(model, real_like_batches(dims)))
+    assert report["judged_against"] == "PyTorch float64"
+    f64 = report["float64"]
+    assert all(f64["onnx_diff"][k] <= report["allowed"][k] == validate.REFERENCE_FACTOR * f64["torch_float32_diff"][k]
+               for k in report["allowed"])
+    assert "float64" in validate.parity_summary(report) and "allowed" in validate.parity_summary(report)
+
+
 def test_parity_check_rejects_a_subtly_broken_graph(decoder_dims, tmp_path):
     """One layer's RMSNorm weight off by 1 %: small, but far beyond float32 rounding."""
     model = subnet(decoder_dims, DECODER_CONFIGS["heterogeneous"], True)
