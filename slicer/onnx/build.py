@@ -106,7 +106,7 @@ def build_artifact(model, folder: Path, validation: ValidationSet, options: Buil
         start = time.perf_counter()
         int8 = folder / "model.onnx"
         scheme = quantize_int8(fp32, int8)
-        quality = {**int8_quality(model, fp32, int8, validation.gate), **scheme}
+        quality = {**int8_quality(model, fp32, int8, validation.gate, threads=2), **scheme}
         timings["quantize_s"] = time.perf_counter() - start
         if not quality["accepted"]:
             raise ExportError(f"int8 model rejected: {quality['criterion']} ({quality})")

@@ -2,8 +2,9 @@
 
 One writer builds one graph: it names every value, keeps initializers and small constants (deduplicated), and
 finally either wraps everything in an ``onnx.ModelProto`` or streams it to a file (``write``: the weights go
-from their numpy buffers straight to disk, no protobuf copies, which is most of a build's graph time). Plain mode uses standard opset-18 operators only; the
-``com.microsoft`` helpers are onnxruntime contrib operators (fused mode).
+from their numpy buffers straight to disk, no protobuf copies, which is most of a build's graph time). Plain mode
+uses standard opset-18 operators only; nodes in the ``com.microsoft`` domain are onnxruntime contrib operators
+(fused mode).
 """
 
 from __future__ import annotations
