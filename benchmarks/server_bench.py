@@ -1,4 +1,4 @@
-"""Delivery-server benchmarks (issue 4), each printed as ratios measured side by side in one run.
+"""Delivery-server benchmarks, each printed as ratios measured side by side in one run.
 
 - ``build``     cold artifact builds, broken down into slice, merge, export, validate and quantise.
 - ``resolve``   warm ``POST /v1/resolve`` latency (p50/p99) and throughput at 1-64 concurrent clients, against
@@ -155,7 +155,7 @@ def encoder_runners(paths: dict[str, Path], subnet, seq: int = 128) -> dict:
     import numpy as np
     import torch
 
-    from slicer.onnx.validate import session
+    from slicer.onnx.validate import session  # the same sessions validation uses (threads set, CPU provider)
 
     rng = np.random.default_rng(0)
     feed = {"input_ids": rng.integers(1000, 20000, (1, seq)), "attention_mask": np.ones((1, seq), np.int64),
@@ -182,8 +182,7 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
     """Cold builds direct vs torch.onnx.export side by side, per phase; int8 gate; inference latency."""
     import torch
 
-    from slicer.errors import ExportError
-    from slicer.spec.subnet_config import SubnetConfig
+    from slicer import ExportError, SubnetConfig
 
     torch.set_num_threads(2)
     started = time.perf_counter()

@@ -11,38 +11,47 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.errors import ConfigError, MLFSError
-from slicer.formats.adapter_stack import stack_fingerprint
-from slicer.formats.reordering_cache import CACHE_SUBDIR
-from slicer.onnx.build import BuildOptions
-from slicer.onnx.validate import ValidationSet
-from slicer.slicing import OpenSupernet, build_subnet_artifact, open_supernet, validation_set
-from slicer.spec.subnet_config import SubnetConfig
-from slicer.train.evaluate import read_palette
+from slicer import (
+    CACHE_SUBDIR,
+    BuildOptions,
+    ConfigError,
+    MLFSError,
+    OpenSupernet,
+    SubnetConfig,
+    ValidationSet,
+    build_subnet_artifact,
+    open_supernet,
+    quality_metric,
+    read_palette,
+    stack_fingerprint,
+    validation_set,
+)
 
 from .cache import ArtifactCache, Entry, artifact_key
+from .errors import (
+    AlreadyExists,
+    ArtifactNotFound,
+    BuildFailed,
+    BuildQueueFull,
+    NoFit,
+    ProfileError,
+    UnknownModel,
+)
 from .metadata import SQLiteMetadata
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
-from .selection import Budget, Candidate, Choice, LatencyModel, NoFit, candidates_from_palette, choose, gflops
+from .selection import Budget, Candidate, Choice, LatencyModel, candidates_from_palette, choose, gflops
 from .settings import Settings
 from .store import ServedModel, load_models, prepared_teacher_names, register_adapter_stack
 
 log = logging.getLogger(__name__)
-
-
-class UnknownModel(LookupError):
-    pass
-
-
-class BuildQueueFull(RuntimeError):
-    pass
 
 
 @dataclass
@@ -62,6 +71,12 @@ class LoadedModel:
 
     def configs(self) -> list[SubnetConfig]:
         return list(self._configs)
+
+    @property
+    def quality_metric(self) -> str | None:
+        """What ``quality`` means for this model (higher is better): palette accuracy, or -loss for a language
+        model's palette (``neg_loss``); None without a palette table."""
+        return quality_metric(self.palette.get("metric")) if self.palette else None
 
     @functools.cached_property
     def candidates(self) -> list[Candidate]:
@@ -108,6 +123,8 @@ class DeliveryService:
 
     def register(self, name: str, base: str, files: dict[str, Path]) -> LoadedModel:
         """Validate an uploaded adapter stack against its base, add it to the store and serve it."""
+        if name in self.models:
+            raise AlreadyExists(f"model {name!r} already exists")
         if base not in {m.base for m in self._served.values()} and base not in prepared_teacher_names():
             raise ConfigError(f"unknown base {base!r}: use the base of a served model or a prepared teacher")
         served, opened = register_adapter_stack(Path(self.settings.store), name, base, files)
@@ -132,6 +149,46 @@ class DeliveryService:
         if name not in self.models:
             raise UnknownModel(f"unknown model {name!r}; served models: {sorted(self.models)}")
         return self.models[name]
+
+    def entry(self, artifact_id: str) -> Entry:
+        """The cached, verified artifact; raises ArtifactNotFound (InvalidArtifactId for a malformed id)."""
+        entry = self.cache.get(artifact_id)
+        if entry is None:
+            raise ArtifactNotFound(f"no artifact {artifact_id}; resolve a budget to get one built")
+        return entry
+
+    async def resolve(self, name: str, budget: Budget, profile: str | None, speed_score: float | None,
+                      ) -> tuple[Choice, Entry | None]:
+        """The best config for the budget and its artifact (None while it is still building after
+        ``build_wait_s``). With ``auto`` precision, a config whose build fails is excluded and the next best tried."""
+        model = self.model(name)
+        for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
+            choice = self.choose(model, budget, profile, speed_score)
+            try:
+                return choice, await self.artifact(model, choice.config, choice.precision, self.settings.build_wait_s)
+            except BuildFailed:
+                if attempt == 2 or budget.precision != "auto":
+                    raise
+        raise AssertionError("unreachable")
+
+    async def warm(self, name: str, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
+                   ) -> list[tuple[Entry, SubnetConfig, str]]:
+        """Build (waiting as long as it takes) and pin explicit configs and the best config per budget."""
+        model = self.model(name)
+        warmed = []
+        for cfg, precision in self.warm_targets(model, configs, budgets):
+            entry = await self.artifact(model, cfg, precision, wait_s=math.inf)
+            self.cache.pin(entry.key)
+            warmed.append((entry, cfg, precision))
+        return warmed
+
+    def record_latency(self, artifact_id: str, profile: str, latency_ms: float, seq_len: int, batch_size: int) -> None:
+        """A device's measured latency of an artifact under a profile, for selection to use."""
+        entry = self.entry(artifact_id)
+        if profile not in self.profiles:
+            raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
+        info = entry.record.info
+        self.meta.put_latency(profile, info["config_key"], info["precision"], seq_len, batch_size, latency_ms, "device")
 
     # ----- selection ----------------------------------------------------------------------------------------
     def predictor(self, model: LoadedModel, budget: Budget, profile: str | None) -> tuple[dict, LatencyModel]:
@@ -164,7 +221,7 @@ class DeliveryService:
                speed_score: float | None = None) -> Choice:
         """The best config for the budget; the device's speed score defaults to its profile's."""
         if profile is not None and profile not in self.profiles:
-            raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
+            raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
         if speed_score is None:
             speed_score = self.profiles[profile].speed_score if profile else 1.0
         failed = self.unbuildable.get(model.served.name, set())
@@ -230,6 +287,10 @@ class DeliveryService:
             return await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
         except asyncio.TimeoutError:
             return None
+        except BuildFailed:
+            raise
+        except MLFSError as err:
+            raise BuildFailed(f"{cfg.describe()} {precision} cannot be built: {err}") from err
 
 
-__all__ = ["BuildQueueFull", "DeliveryService", "NoFit", "UnknownModel"]
+__all__ = ["BuildFailed", "BuildQueueFull", "DeliveryService", "NoFit", "UnknownModel"]

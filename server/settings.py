@@ -8,8 +8,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from slicer.onnx.build import DEFAULT_GRAPH_MODE
-from slicer.paths import data_home
+from slicer import DEFAULT_BUILDER, DEFAULT_GRAPH_MODE, Builder, GraphMode, data_home
 
 
 class Settings(BaseSettings):
@@ -25,8 +24,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     max_upload_mb: int = 256  # adapter stack uploads (PUT /v1/models/{name})
     profiles_file: Path | None = None
-    graph_builder: str = "direct"  # direct (graph written from the weights) or torch (torch.onnx.export, the reference)
-    graph_mode: str = DEFAULT_GRAPH_MODE  # direct builder: fused (onnxruntime contrib operators) or plain
+    graph_builder: Builder = DEFAULT_BUILDER  # direct (graph written from the weights) or torch (torch.onnx.export)
+    graph_mode: GraphMode = DEFAULT_GRAPH_MODE  # direct builder: fused (onnxruntime contrib operators) or plain
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides) -> Settings:

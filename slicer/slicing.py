@@ -18,8 +18,8 @@ from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
 from .nn.supernet import Supernet
+from .spec.palette import read_palette
 from .spec.subnet_config import SubnetConfig
-from .train.evaluate import read_palette
 from .train.reorder import reorder_by_importance
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,8 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
     return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)
 
 
-def read_config_arg(value: str) -> Any:
-    """A config given on the command line: JSON text, or the path of a JSON file."""
+def read_config_arg(value: str) -> str:
+    """A config given on the command line: JSON text, or the path of a JSON file; returns the JSON text."""
     text = value.strip()
     if text.startswith("{"):
         return text
@@ -62,10 +62,10 @@ def read_config_arg(value: str) -> Any:
     return path.read_text()
 
 
-def slice_to_folder(opened: OpenSupernet, config: Any, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Extract ``config`` and save it with the base's tokenizer; returns the saved metadata plus timings."""
+def slice_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Extract ``cfg`` (parsed by the caller; extraction checks it fits) and save it with the base's tokenizer;
+    returns the saved metadata plus timings."""
     dims = opened.supernet.dims
-    cfg = SubnetConfig.parse(config, dims)
     start = time.perf_counter()
     subnet = opened.supernet.extract(cfg)
     extract_s = time.perf_counter() - start
@@ -119,12 +119,12 @@ def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path,
     return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
 
 
-def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, options=None,
+def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, options=None,
                      data: str | Path | None = None) -> dict[str, Any]:
-    """One config's artifact written atomically into folder ``out`` (``mlfs export``); returns its manifest."""
+    """One config's artifact written atomically into folder ``out`` (``mlfs export``); returns its manifest.
+    ``cfg`` is parsed by the caller; extraction checks that it fits the base."""
     from .paths import atomic_directory
 
-    cfg = SubnetConfig.parse(config, opened.supernet.dims)
     validation = validation_set(opened, data)
     with atomic_directory(Path(out)) as folder:
         return build_subnet_artifact(opened, cfg, folder, validation, options)

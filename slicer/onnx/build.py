@@ -17,7 +17,8 @@ from typing import Any
 
 from ..errors import ExportError
 from ..paths import sha256_file
-from .graph import GRAPH_MODES, graph_names, write_graph
+from ..spec.vocab import BUILDERS, DEFAULT_BUILDER, DEFAULT_GRAPH_MODE, GRAPH_MODES
+from .graph import graph_names, write_graph
 from .quantize import int8_quality, quantize_int8
 from .validate import ValidationSet, check_parity, graph_feeds, parity_summary, session
 
@@ -26,10 +27,8 @@ log = logging.getLogger(__name__)
 ARTIFACT_FORMAT = "mlfs-artifact/1"
 RECIPE_VERSION = "mlfs-onnx/2"  # bump whenever the graph interface or a build recipe changes: it keys caches
 OPSET = 18
-BUILDERS = ("direct", "torch")  # direct: slicer.onnx.graph (default); torch: torch.onnx.export, the reference
 PRECISIONS = ("fp32", "int8")
 MANIFEST = "manifest.json"
-DEFAULT_GRAPH_MODE = "fused"  # measured: benchmarks/server_bench.py build (see README)
 
 
 @dataclass(frozen=True)
@@ -37,7 +36,7 @@ class BuildOptions:
     """How an artifact is built; ``recipe`` is part of its cache key."""
 
     precision: str = "fp32"
-    builder: str = "direct"
+    builder: str = DEFAULT_BUILDER
     mode: str = DEFAULT_GRAPH_MODE  # direct builder: fused (onnxruntime contrib operators) or plain (standard operators)
 
     def __post_init__(self) -> None:

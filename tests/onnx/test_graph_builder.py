@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from model_inputs import randomize_adapters
+from helpers.models import randomize_adapters
 
 from slicer.errors import ExportError
 from slicer.nn.factory import build_model

@@ -11,11 +11,10 @@ from ...errors import ExportError
 from ...spec.dims import ModelDims
 from ...spec.shapes import parameter_shapes
 from ...spec.subnet_config import SubnetConfig
+from ...spec.vocab import GRAPH_MODES
 from .decoder import build_decoder
 from .encoder import build_encoder
 from .ops import GraphWriter
-
-GRAPH_MODES = ("fused", "plain")  # fused: onnxruntime contrib operators; plain: standard opset-18 only
 
 
 def graph_names(dims: ModelDims, cfg: SubnetConfig) -> tuple[list[str], list[str]]:

@@ -1,4 +1,6 @@
-"""A delivery-server store around a tiny random BERT, and a real uvicorn server on a loopback port."""
+"""A delivery-server store around a tiny random BERT, and a real uvicorn server on a loopback port.
+
+Building a store needs only torch and transformers; the server's packages load when a server is started."""
 
 from __future__ import annotations
 
@@ -10,14 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import torch
-import uvicorn
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel
-
-from server.api import create_app
-from server.settings import Settings
 
 TOKEN = "s3cret-operator-token"
 WORDS = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(95)]
@@ -29,16 +26,27 @@ def make_store(root: Path, layers: int = 4, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     BertModel(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False).save_pretrained(base)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(base / "tokenizer.json"))
+    save_tokenizer(base)
     (root / "models.json").write_text(json.dumps({"models": [{"name": "tiny", "base": str(base), "adapters": None}]}))
     return root
+
+
+def save_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer over ``WORDS`` (97 ids) in ``folder/tokenizer.json``."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
 
 
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
     """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
+    import httpx
+    import uvicorn
+
+    from server.api import create_app
+    from server.settings import Settings
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
