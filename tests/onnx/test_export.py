@@ -86,16 +86,17 @@ def test_export_to_folder_is_atomic_and_refuses_bad_options(encoder_dims, tmp_pa
     torch.manual_seed(0)
     opened = slicing.OpenSupernet(Supernet(build_model(encoder_dims)), tmp_path, "fp", None, False)
     monkeypatch.setattr(slicing, "validation_set", lambda opened, data: ValidationSet([padded(encoder_dims, 2, 5)]))
-    manifest = slicing.export_to_folder(opened, {"layers": 2}, tmp_path / "art", BuildOptions(mode="plain"))
+    cfg = SubnetConfig.parse({"layers": 2}, encoder_dims)
+    manifest = slicing.export_to_folder(opened, cfg, tmp_path / "art", BuildOptions(mode="plain"))
     assert sorted(p.name for p in (tmp_path / "art").iterdir()) == sorted(["manifest.json", *manifest["files"]])
     assert manifest["build"]["builder"] == "direct" and manifest["base_fingerprint"] == "fp"
     with pytest.raises(ExportError, match="precision"):
-        slicing.export_to_folder(opened, {"layers": 2}, tmp_path / "x", BuildOptions(precision="fp8"))
+        BuildOptions(precision="fp8")
 
     def broken(*args, **kwargs):
         raise ExportError("broken graph")
 
     monkeypatch.setattr("slicer.onnx.build.check_parity", broken)
     with pytest.raises(ExportError, match="broken graph"):
-        slicing.export_to_folder(opened, {"layers": 2}, tmp_path / "y", BuildOptions(mode="plain"))
+        slicing.export_to_folder(opened, cfg, tmp_path / "y", BuildOptions(mode="plain"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]  # nothing half-written

@@ -69,11 +69,15 @@ def max_diff(model, path, feeds) -> float:
     return worst
 
 
+# Every feature in some case, each case in both modes: (config, adapters merged, head / LM head untied)
+ENCODER_CASES = [("uniform", False, 0), ("heterogeneous", True, 3), ("sliced-hidden", True, 0), ("sliced-hidden", False, 3)]
+DECODER_CASES = [("uniform", False, True), ("heterogeneous", True, True), ("sliced-hidden", True, False),
+                 ("heterogeneous", False, False)]
+
+
 @pytest.mark.parametrize("mode", ["plain", "fused"])
-@pytest.mark.parametrize("adapters", [False, True], ids=["base", "adapters"])
-@pytest.mark.parametrize("name", list(ENCODER_CONFIGS))
-@pytest.mark.parametrize("head", [0, 3], ids=["no-head", "head"])
-def test_encoder_graph_equals_pytorch(encoder_dims, tmp_path, mode, adapters, name, head):
+@pytest.mark.parametrize(("name", "adapters", "head"), ENCODER_CASES)
+def test_encoder_graph_equals_pytorch(encoder_dims, tmp_path, mode, name, adapters, head):
     dims = encoder_dims.with_labels(head) if head else encoder_dims
     model = subnet(dims, ENCODER_CONFIGS[name], adapters)
     write_graph(dims, model.cfg, subnet_weights(model), tmp_path / "m.onnx", mode)
@@ -81,10 +85,8 @@ def test_encoder_graph_equals_pytorch(encoder_dims, tmp_path, mode, adapters, na
 
 
 @pytest.mark.parametrize("mode", ["plain", "fused"])
-@pytest.mark.parametrize("adapters", [False, True], ids=["base", "adapters"])
-@pytest.mark.parametrize("name", list(DECODER_CONFIGS))
-@pytest.mark.parametrize("tied", [True, False], ids=["tied", "lm-head"])
-def test_decoder_graph_with_past_equals_pytorch(decoder_dims, tmp_path, mode, adapters, name, tied):
+@pytest.mark.parametrize(("name", "adapters", "tied"), DECODER_CASES)
+def test_decoder_graph_with_past_equals_pytorch(decoder_dims, tmp_path, mode, name, adapters, tied):
     import dataclasses
 
     dims = decoder_dims if tied else dataclasses.replace(decoder_dims, tie_embeddings=False)
@@ -95,26 +97,6 @@ def test_decoder_graph_with_past_equals_pytorch(decoder_dims, tmp_path, mode, ad
     assert max_diff(model, tmp_path / "m.onnx", feeds) < PARITY_TOLERANCE
 
 
-@pytest.mark.parametrize("family", ["encoder", "decoder"])
-def test_interface_matches_the_torch_export(family, encoder_dims, decoder_dims, tmp_path):
-    """Names, element types and dynamic axes: what devices feed stays as it is (checked against the exporter)."""
-    from slicer.onnx.export import export_onnx
-
-    dims = encoder_dims.with_labels(3) if family == "encoder" else decoder_dims
-    model = subnet(dims, (ENCODER_CONFIGS if family == "encoder" else DECODER_CONFIGS)["heterogeneous"], False)
-    write_graph(dims, model.cfg, subnet_weights(model), tmp_path / "direct.onnx", "fused")
-    export_onnx(model, tmp_path / "torch.onnx")
-
-    def interface(path):
-        graph = onnx.load(str(path), load_external_data=False).graph
-        return [(v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
-                for v in [*graph.input, *graph.output]]
-
-    assert interface(tmp_path / "direct.onnx") == interface(tmp_path / "torch.onnx")
-    inputs, outputs = graph_names(dims, model.cfg)
-    assert [n for n, _, _ in interface(tmp_path / "direct.onnx")] == inputs + outputs
-
-
 TORCH_CASES = {  # each built both ways; the exporter takes seconds, so a few configs that cover every feature
     "encoder-head-hetero-hidden-adapters": ("encoder", 3, {"layers": 3, "heads": [4, 1, 3], "ffn": [40, 64, 8], "hidden": 24}, True),
     "encoder-no-head-uniform": ("encoder", 0, {"layers": 2}, False),
@@ -123,7 +105,7 @@ TORCH_CASES = {  # each built both ways; the exporter takes seconds, so a few co
 
 
 @pytest.mark.parametrize("case", list(TORCH_CASES))
-def test_direct_and_torch_export_agree(case, encoder_dims, decoder_dims, tmp_path):
+def test_direct_and_torch_export_agree_in_interface_and_outputs(case, encoder_dims, decoder_dims, tmp_path):
     from slicer.onnx.export import export_onnx
 
     family, head, spec, adapters = TORCH_CASES[case]
@@ -131,6 +113,15 @@ def test_direct_and_torch_export_agree(case, encoder_dims, decoder_dims, tmp_pat
     model = subnet(dims, spec, adapters)
     write_graph(dims, model.cfg, subnet_weights(model), tmp_path / "direct.onnx", "fused")
     export_onnx(model, tmp_path / "torch.onnx")
+
+    def interface(path):  # names, element types and dynamic axes: what devices feed stays as it is
+        graph = onnx.load(str(path), load_external_data=False).graph
+        return [(v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+                for v in [*graph.input, *graph.output]]
+
+    assert interface(tmp_path / "direct.onnx") == interface(tmp_path / "torch.onnx")
+    inputs, outputs = graph_names(dims, model.cfg)
+    assert [n for n, _, _ in interface(tmp_path / "direct.onnx")] == inputs + outputs
     feeds = graph_feeds(model, real_like_batches(dims, seed=3))
     direct, exported = session(tmp_path / "direct.onnx"), session(tmp_path / "torch.onnx")
     for feed in feeds:
