@@ -87,7 +87,7 @@ def build_validation_set(base_dir: Path, family: str, data: str | Path | None, m
         batches = calibration_batches(base_dir, family, n=32, max_len=max_len)
         rows = [b["input_ids"][k][b["attention_mask"][k].bool()].tolist() for b in batches for k in range(len(b["input_ids"]))]
         return ValidationSet(parity_batches(rows, family), batches, "calibration text (no validation data)")
-    from ..data.datasets import load_dataset_dir
+    from ..data.readers import load_dataset_dir
 
     tokenizer = load_tokenizer(base_dir)
     if family == "encoder":
