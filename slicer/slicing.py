@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .formats.adapter_stack import load_adapter_stack, read_stack_meta
+from .formats.adapter_stack import load_adapter_stack, read_stack_meta, stack_fingerprint
 from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
@@ -86,10 +86,13 @@ def slice_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, ov
 def validation_set(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64):
     """Real inputs every build of this model is checked on (tokenised here, once; keep it for the next builds):
     a few of the data's dev examples at two lengths and its whole dev split for the int8 gate, else calibration text."""
+    from .formats.adapter_stack import read_stack_meta
     from .onnx.validate import build_validation_set
 
     dims = opened.supernet.dims
-    return build_validation_set(opened.base_dir, dims.family, data, min(max_len, dims.max_positions))
+    # Labels numbered, and the data read, as the model was trained (the adapter stack records both).
+    trained_on = (read_stack_meta(opened.adapters_dir).get("data") or {}) if opened.adapters_dir else {}
+    return build_validation_set(opened.base_dir, dims.family, data, min(max_len, dims.max_positions), trained_on)
 
 
 def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any] | None:
@@ -106,13 +109,16 @@ def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path,
 
     One pass: the caller owns the folder's atomic rename (the artifact cache, or ``export_to_folder``)."""
     from .onnx.build import BuildOptions, build_artifact
+    from .onnx.quiet import quiet_build_logs
 
+    quiet_build_logs()
     options = options or BuildOptions()
     start = time.perf_counter()
     subnet = opened.supernet.extract(cfg)
     extra = {
         "base_fingerprint": opened.base_fingerprint,
-        "adapters": str(opened.adapters_dir) if opened.adapters_dir else None,
+        # the stack by content, never by path: a manifest is served to devices and must not expose server folders
+        "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
         "slice_timings": {"slice_merge_s": time.perf_counter() - start},
     }

@@ -78,24 +78,23 @@ def parity_batches(rows: list[list[int]], family: str) -> list[dict[str, torch.T
     return [padded_batch(part, family) for part in (picked[:half], picked[half:]) if part]
 
 
-def build_validation_set(base_dir: Path, family: str, data: str | Path | None, max_len: int) -> ValidationSet:
-    """The dev split of ``data`` (tokenised here, once) or, without data, calibration text."""
-    from ..data.batching import tokenize_pairs, tokenize_stream
-    from ..data.calibration import calibration_batches, load_tokenizer
+def build_validation_set(base_dir: Path, family: str, data: str | Path | None, max_len: int,
+                         trained_on: dict[str, Any] | None = None) -> ValidationSet:
+    """The dev split of ``data`` (tokenised here, once; labels numbered as in ``trained_on["label_names"]``, read
+    with ``trained_on["read"]``) or, without data, calibration text."""
+    from ..data.calibration import calibration_batches
+    from ..data.examples import load_eval_examples
+    from ..data.readers import ReadOptions
+    from ..spec.vocab import TASK_OF_FAMILY
 
     if data is None:
         batches = calibration_batches(base_dir, family, n=32, max_len=max_len)
         rows = [b["input_ids"][k][b["attention_mask"][k].bool()].tolist() for b in batches for k in range(len(b["input_ids"]))]
         return ValidationSet(parity_batches(rows, family), batches, "calibration text (no validation data)")
-    from ..data.readers import load_dataset_dir
-
-    tokenizer = load_tokenizer(base_dir)
-    if family == "encoder":
-        _, dev = load_dataset_dir(data, "classification")
-        examples = tokenize_pairs(tokenizer, dev.texts, dev.labels, max_len, family)
-    else:
-        _, dev_text = load_dataset_dir(data, "causal-lm")
-        examples = tokenize_stream(tokenizer, dev_text, max_len, family)
+    trained_on = trained_on or {}
+    examples, _ = load_eval_examples(base_dir, data, TASK_OF_FAMILY[family], max_len, family,
+                                     trained_on.get("label_names"), ReadOptions.from_dict(trained_on.get("read")))
+    if examples.labels is None:
         examples.ids = examples.ids[:DECODER_GATE_BLOCKS]
     order = sorted(range(len(examples)), key=lambda i: len(examples.ids[i]))  # little padding per gate batch
     gate = [padded_batch([examples.ids[i] for i in order[s: s + 32]], family,
