@@ -1,10 +1,10 @@
 """Content-addressed artifact cache.
 
 An artifact lives in ``root/<key>/`` where the key is a sha256 over everything that determines its bytes
-(base fingerprint, adapter fingerprint, subnet config key, precision, exporter version). Builds write into a
-temporary folder, fsync every file and rename atomically: a reader never sees half an artifact. One build per
-key runs at a time however many ask. An entry's files are re-hashed the first time it is served after start
-and whenever their size or mtime changed; a corrupted entry is dropped (and rebuilt by the next request),
+(base fingerprint, adapter fingerprint, subnet config key, precision, build recipe). Builds write into a
+temporary folder, fsync every file and rename atomically (``atomic_directory``): a reader never sees half an
+artifact; files are hashed once, as they are built. One build per key runs at a time however many ask. An entry's
+files are re-hashed the first time it is served after a start and whenever their size or mtime changed; a corrupted entry is dropped (and rebuilt by the next request),
 never served. Least-recently-used unpinned entries are evicted to keep the cache under its disk budget.
 
 Several processes or server replicas may share the folder: builds are claimed per key (``server.coordination``:
@@ -22,17 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
 import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer import sha256_file
+from slicer import atomic_directory, sha256_file
 from slicer.paths import remove_stale_partials
 
 from .coordination import Claims, Lease, LocalClaims
@@ -44,8 +42,10 @@ KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 def artifact_key(base_fingerprint: str, adapters_fingerprint: str | None, config_key: str, precision: str,
-                 exporter_version: str) -> str:
-    parts = [base_fingerprint, adapters_fingerprint or "-", config_key, precision, exporter_version]
+                 recipe: str) -> str:
+    """The one place an artifact's id is computed: everything that determines its bytes (``recipe``: the build
+    recipe's version, builder and graph mode, ``slicer.onnx.build.BuildOptions.recipe``)."""
+    parts = [base_fingerprint, adapters_fingerprint or "-", config_key, precision, recipe]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()
 
 
@@ -143,36 +143,36 @@ class ArtifactCache:
             return self._build(key, build, lease), True
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any]], lease: Lease) -> Entry:
-        tmp = self.root / f".{key}.incomplete-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        """One pass: ``build`` writes into the work folder that ``atomic_directory`` renames to ``root/<key>``.
+
+        Files whose hash ``build`` reports under ``info["files"]`` (it hashes the graph while writing it) are not
+        read again; the others (the manifest) are hashed here, once. The claim is confirmed last, before the
+        rename: a builder whose claim expired (and was maybe taken over) publishes nothing.
+        """
         start = time.perf_counter()
-        try:
+        with atomic_directory(self.root / key) as tmp:
             try:
                 info = build(tmp)
+                reported = info.pop("files", None) or {}
                 files = {}
                 for p in sorted(tmp.iterdir()):
                     if not p.is_file():
                         raise CacheError(f"build left a non-file {p.name!r} in the artifact")
-                    with p.open("rb") as f:
-                        os.fsync(f.fileno())
-                    files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+                    size = p.stat().st_size
+                    known = reported.get(p.name)
+                    files[p.name] = dict(known) if known and known["size"] == size else {"sha256": sha256_file(p), "size": size}
                 if not files:
                     raise CacheError("build produced no files")
             except Exception:
                 lease.confirm()  # a builder whose claim (and work folder) went to a successor fails as LeaseLost
                 raise
-            lease.confirm()  # a builder whose claim expired (and was maybe taken over) publishes nothing
-            final = self.root / key
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _fsync_dir(self.root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            lease.confirm()
+        final = self.root / key
         record = ArtifactRecord(key, sum(f["size"] for f in files.values()), files, info,
                                 build_seconds=time.perf_counter() - start)
         self.meta.put_artifact(record)
-        self._verified.pop(key, None)
+        # These bytes were hashed as they were written: the first serve need not read them again.
+        self._verified[key] = {name: _stat(final / name) for name in files}
         self.evict(keep=key)
         return Entry(key, final, record)
 
@@ -222,9 +222,6 @@ class ArtifactCache:
         return dropped
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _stat(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns

@@ -12,7 +12,6 @@ import dataclasses
 import functools
 import logging
 import math
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,16 +20,18 @@ from typing import Any
 
 from slicer import (
     CACHE_SUBDIR,
-    EXPORTER_VERSION,
+    BuildOptions,
     ConfigError,
     MLFSError,
     OpenSupernet,
     SubnetConfig,
-    export_to_folder,
+    ValidationSet,
+    build_subnet_artifact,
     open_supernet,
     quality_metric,
     read_palette,
     stack_fingerprint,
+    validation_set,
 )
 
 from .cache import ArtifactCache, Entry, artifact_key
@@ -92,6 +93,11 @@ class LoadedModel:
         """Every config with its palette quality: fixed for the model's life, read on every resolve."""
         return candidates_from_palette(self.dims, self.palette, self._configs)
 
+    @functools.cached_property
+    def validation(self) -> ValidationSet:
+        """What every build of this model is validated on, tokenised once for the model's life."""
+        return validation_set(self.opened, self.served.validation_data)
+
 
 def load_model(served: ServedModel, opened: OpenSupernet | None = None, reordering_cache: Path | None = None,
                palette_check: dict[str, Any] | None = None) -> LoadedModel:
@@ -119,6 +125,7 @@ class DeliveryService:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
         self._inflight: dict[str, asyncio.Future] = {}
         self.unbuildable: dict[str, set[tuple[str, str]]] = {}  # model -> (config key, precision) whose build failed
+        self.build_options("fp32")  # refuse a bad builder or graph mode at start-up, not at the first build
         self.ready = False
         self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
 
@@ -136,6 +143,7 @@ class DeliveryService:
                      " + adapter stack" if self._served[name].adapters else "")
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
+            _ = self.models[name].validation  # tokenised now, not inside the first cold build
             self.loading["loaded"].append(name)
             log.info("serving %s (loaded in %.1f s)", name, time.perf_counter() - started)
         self.loading.update(current=None, since=None)
@@ -280,8 +288,12 @@ class DeliveryService:
         measured, predictor = self.predictor(model, budget, profile)
         return choose(model.dims, model.candidates, budget, measured, predictor, speed_score, exclude=failed)
 
+    def build_options(self, precision: str) -> BuildOptions:
+        return BuildOptions(precision, self.settings.graph_builder, self.settings.graph_mode)
+
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
-        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
+        options = self.build_options(precision)
+        return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, options.recipe)
 
     # ----- building -----------------------------------------------------------------------------------------
     def build(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> Entry:
@@ -290,16 +302,10 @@ class DeliveryService:
 
     def _build_blocking(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str) -> Entry:
         def build(folder: Path) -> dict[str, Any]:
-            work = folder.parent / f".{folder.name}.work"
-            try:
-                manifest = export_to_folder(model.opened, cfg, work, precision, data=model.served.validation_data)
-                for p in work.iterdir():
-                    shutil.move(str(p), folder / p.name)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
+            manifest = build_subnet_artifact(model.opened, cfg, folder, model.validation, self.build_options(precision))
             return {"model": model.served.name, "config": cfg.to_dict(), "config_key": cfg.key, "precision": precision,
-                    "timings": {**manifest["slice_timings"], **manifest["timings"]},
-                    "expected_quality": manifest.get("expected_quality")}
+                    "build": manifest["build"], "timings": {**manifest["slice_timings"], **manifest["timings"]},
+                    "expected_quality": manifest.get("expected_quality"), "files": manifest["files"]}
 
         start = time.perf_counter()
         try:

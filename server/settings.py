@@ -8,7 +8,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from slicer import data_home
+from slicer import DEFAULT_BUILDER, DEFAULT_GRAPH_MODE, Builder, GraphMode, data_home
 
 
 class Settings(BaseSettings):
@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     evict_grace_s: float = Field(300.0, ge=0)  # with PostgreSQL: an evicted entry's files outlive its last use by this
     db_connect_timeout_s: float = Field(5.0, gt=0)
     db_statement_timeout_s: float = Field(10.0, gt=0)
+    graph_builder: Builder = DEFAULT_BUILDER  # direct (graph written from the weights) or torch (torch.onnx.export)
+    graph_mode: GraphMode = DEFAULT_GRAPH_MODE  # direct builder: fused (onnxruntime contrib operators) or plain
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides) -> Settings:

@@ -19,7 +19,8 @@ _API: dict[str, str] = {
     # the language of subnets and palettes (torch-free)
     "ModelDims": ".spec.dims", "SubnetConfig": ".spec.subnet_config", "BYTES_PER_PARAM": ".spec.subnet_config",
     "SearchSpace": ".spec.search_space", "Family": ".spec.vocab", "Task": ".spec.vocab", "FAMILIES": ".spec.vocab",
-    "TASKS": ".spec.vocab", "PALETTE_FILE": ".spec.palette", "read_palette": ".spec.palette",
+    "TASKS": ".spec.vocab", "Builder": ".spec.vocab", "GraphMode": ".spec.vocab", "BUILDERS": ".spec.vocab",
+    "GRAPH_MODES": ".spec.vocab", "DEFAULT_BUILDER": ".spec.vocab", "DEFAULT_GRAPH_MODE": ".spec.vocab", "PALETTE_FILE": ".spec.palette", "read_palette": ".spec.palette",
     "write_palette": ".spec.palette", "row_quality": ".spec.palette", "quality_metric": ".spec.palette",
     # paths (torch-free)
     "data_home": ".paths", "safe_join": ".paths", "sha256_file": ".paths", "file_lock": ".paths",
@@ -32,7 +33,8 @@ _API: dict[str, str] = {
     "prepare_dataset": ".data.prepared",
     # slicing and building (torch)
     "OpenSupernet": ".slicing", "open_supernet": ".slicing", "slice_to_folder": ".slicing",
-    "export_to_folder": ".slicing", "read_config_arg": ".slicing", "EXPORTER_VERSION": ".onnx.export",
+    "export_to_folder": ".slicing", "read_config_arg": ".slicing", "build_subnet_artifact": ".slicing",
+    "validation_set": ".slicing", "BuildOptions": ".onnx.build", "ValidationSet": ".onnx.validate",
 }
 
 __all__ = sorted(_API)

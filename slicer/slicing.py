@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .data.calibration import calibration_batches
 from .errors import ConfigError
 from .formats.adapter_stack import load_adapter_stack, read_stack_meta, stack_fingerprint
 from .formats.reordering_cache import ReorderingCache
@@ -21,7 +20,6 @@ from .formats.teachers import resolve_base
 from .nn.supernet import Supernet
 from .spec.palette import read_palette
 from .spec.subnet_config import SubnetConfig
-from .spec.vocab import TASK_OF_FAMILY
 from .train.reorder import reorder_by_importance
 
 log = logging.getLogger(__name__)
@@ -85,29 +83,16 @@ def slice_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, ov
     return meta
 
 
-def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64,
-                       limit: int = 256) -> list[dict]:
-    """Real inputs to validate an export on: the data's dev split (with labels) if given, else calibration text."""
-    family = opened.supernet.dims.family
-    max_len = min(max_len, opened.supernet.dims.max_positions)
-    if data is None:
-        return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
-    from .data.batching import eval_batches
-    from .data.examples import load_eval_examples
-    from .data.readers import ReadOptions
+def validation_set(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64):
+    """Real inputs every build of this model is checked on (tokenised here, once; keep it for the next builds):
+    a few of the data's dev examples at two lengths and its whole dev split for the int8 gate, else calibration text."""
     from .formats.adapter_stack import read_stack_meta
+    from .onnx.validate import build_validation_set
 
-    task = TASK_OF_FAMILY[family]
+    dims = opened.supernet.dims
+    # Labels numbered, and the data read, as the model was trained (the adapter stack records both).
     trained_on = (read_stack_meta(opened.adapters_dir).get("data") or {}) if opened.adapters_dir else {}
-    # Only the dev split is read, its labels numbered as the model was trained.
-    dev, _ = load_eval_examples(opened.base_dir, data, task, max_len, family, trained_on.get("label_names"),
-                                ReadOptions.from_dict(trained_on.get("read")))
-    # Evenly spaced, not a prefix: prepared splits may be sorted by label.
-    n = len(dev.ids)
-    keep = sorted({round(i * (n - 1) / max(1, limit - 1)) for i in range(min(limit, n))})
-    dev.ids = [dev.ids[i] for i in keep]
-    dev.labels = [dev.labels[i] for i in keep] if dev.labels else None
-    return eval_batches(dev, 32)
+    return build_validation_set(opened.base_dir, dims.family, data, min(max_len, dims.max_positions), trained_on)
 
 
 def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any] | None:
@@ -143,26 +128,34 @@ def device_fields(opened: OpenSupernet) -> dict[str, Any]:
     }
 
 
-def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, precision: str = "fp32",
-                     data: str | Path | None = None) -> dict[str, Any]:
-    """Slice, merge, export, validate (and quantise) ``cfg`` into an artifact folder; returns its manifest.
-    ``cfg`` is parsed by the caller; extraction checks that it fits the base."""
-    from .onnx.export import build_artifact
+def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path, validation, options=None) -> dict[str, Any]:
+    """Slice, merge, write the graph, validate (and quantise) ``cfg`` into the empty ``folder``; returns the manifest.
+
+    One pass: the caller owns the folder's atomic rename (the artifact cache, or ``export_to_folder``)."""
+    from .onnx.build import BuildOptions, build_artifact
     from .onnx.quiet import quiet_build_logs
 
     quiet_build_logs()
-
-    timings = {}
+    options = options or BuildOptions()
     start = time.perf_counter()
     subnet = opened.supernet.extract(cfg)
-    timings["slice_merge_s"] = time.perf_counter() - start
     extra = {
         "base_fingerprint": opened.base_fingerprint,
         # the stack by content, never by path: a manifest is served to devices and must not expose server folders
         "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
-        "slice_timings": timings,
+        "slice_timings": {"slice_merge_s": time.perf_counter() - start},
         "device": device_fields(opened),
     }
-    return build_artifact(subnet, Path(out), validation_batches(opened, data), tokenizer=opened.base_dir,
-                          precision=precision, extra=extra)
+    return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
+
+
+def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, options=None,
+                     data: str | Path | None = None) -> dict[str, Any]:
+    """One config's artifact written atomically into folder ``out`` (``mlfs export``); returns its manifest.
+    ``cfg`` is parsed by the caller; extraction checks that it fits the base."""
+    from .paths import atomic_directory
+
+    validation = validation_set(opened, data)
+    with atomic_directory(Path(out)) as folder:
+        return build_subnet_artifact(opened, cfg, folder, validation, options)

@@ -176,14 +176,14 @@ class Supernet(nn.Module):
             module_path, param = source.rsplit(".", 1)
             module = self.model.get_submodule(module_path)
             if merge and isinstance(module, AdaptedLinear) and param == "weight":
-                tensor = module.effective_weight(*shape)
-            else:
-                owner, param = self._owner(source)
-                # getattr: base + vector deltas (a parametrization); merge=False: the stored base tensor alone
-                tensor = getattr(owner, param) if merge else self._base_tensor(owner, param)
-                tensor = tensor[tuple(slice(0, n) for n in shape)]
-                if merge and not torch.isfinite(tensor).all():
-                    raise MergeError(f"merging the deltas of {source} produced non-finite values")
+                state[name] = module.effective_weight(*shape).detach()  # a new tensor already: no second copy
+                continue
+            owner, param = self._owner(source)
+            # getattr: base + vector deltas (a parametrization); merge=False: the stored base tensor alone
+            tensor = getattr(owner, param) if merge else self._base_tensor(owner, param)
+            tensor = tensor[tuple(slice(0, n) for n in shape)]
+            if merge and not torch.isfinite(tensor).all():
+                raise MergeError(f"merging the deltas of {source} produced non-finite values")
             state[name] = tensor.detach().clone()
         device = next(self.model.parameters()).device
         subnet = build_model(self.dims, cfg, device="meta")

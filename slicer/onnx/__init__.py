@@ -1,1 +1,1 @@
-"""Artifacts: ONNX export, validation against PyTorch, quantisation."""
+"""Artifacts: the direct graph builder, ONNX export (the reference), validation against PyTorch, quantisation."""

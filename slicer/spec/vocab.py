@@ -21,3 +21,11 @@ TASKS: tuple[Task, ...] = (CLASSIFICATION, CAUSAL_LM)
 
 FAMILY_OF_TASK: dict[str, Family] = {CLASSIFICATION: ENCODER, CAUSAL_LM: DECODER}
 TASK_OF_FAMILY: dict[str, Task] = {ENCODER: CLASSIFICATION, DECODER: CAUSAL_LM}
+
+# How an ONNX artifact is built (slicer.onnx): the graph builder, and the direct builder's operator set.
+Builder = Literal["direct", "torch"]  # direct: written from the weights (default); torch: torch.onnx.export
+GraphMode = Literal["fused", "plain"]  # fused: onnxruntime contrib operators; plain: standard ONNX operators only
+BUILDERS: tuple[Builder, ...] = ("direct", "torch")
+GRAPH_MODES: tuple[GraphMode, ...] = ("fused", "plain")
+DEFAULT_BUILDER: Builder = "direct"
+DEFAULT_GRAPH_MODE: GraphMode = "fused"  # measured faster: benchmarks/server_bench.py build

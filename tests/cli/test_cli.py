@@ -127,6 +127,23 @@ def test_train_under_torchrun_writes_one_report(tmp_path, make_store):
     assert result.stdout.count("adapters    ") == 1
 
 
+def test_export_builds_a_validated_artifact_with_the_direct_builder(tmp_path, make_store):
+    base = make_store(tmp_path / "store") / "tiny-bert"
+    out = tmp_path / "art"
+    r = run_mlfs("export", "--base", str(base), "--config", '{"layers": 2, "heads": [4, 2]}', "--out", str(out),
+                 "--graph-mode", "plain", home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())  # rich wraps lines at the terminal width
+    assert "direct builder, plain graph" in text and "max |onnx - torch|" in text and "allowed" in text
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["build"]["builder"] == "direct" and manifest["build"]["mode"] == "plain"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx", "tokenizer.json"]
+    r = run_mlfs("export", "--base", str(base), "--config", '{"layers": 2}', "--out", str(tmp_path / "x"),
+                 "--graph-mode", "fast", home=tmp_path)
+    assert r.returncode != 0 and "fused" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
 def test_serve_without_the_server_extra_names_the_extra(python_without):
     """`mlfs serve` where fastapi is not installed: one error line saying which extra to install."""
     r = python_without("import sys; sys.argv = ['mlfs', 'serve']; from server.cli import main; main()", ("fastapi",))

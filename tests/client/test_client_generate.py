@@ -9,7 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from client_sdk import ModelError, ModelHandle
 from slicer.nn.factory import build_model
-from slicer.onnx import export
+from slicer.onnx.build import build_artifact
+from slicer.onnx.validate import ValidationSet
 from slicer.spec.subnet_config import SubnetConfig
 
 
@@ -38,8 +39,9 @@ def tiny_decoder(tmp_path_factory, decoder_dims):
     for p in model.parameters():  # large weights: a wrong cache would change the greedy path
         p.data.mul_(3.0)
     ids = torch.randint(1, decoder_dims.vocab_size, (2, 7), generator=torch.Generator().manual_seed(1))
-    manifest = export.build_artifact(model, folder / "artifact", [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}],
-                                     tokenizer=folder)
+    (folder / "artifact").mkdir()
+    manifest = build_artifact(model, folder / "artifact", ValidationSet([{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]),
+                              tokenizer=folder)
     return model, ModelHandle(folder / "artifact", manifest, "0" * 64, threads=1), tok
 
 

@@ -102,6 +102,32 @@ def test_unchanged_files_are_not_rehashed(cache, monkeypatch):
     assert cache.get(KEY_A) is not None and hashed == []
 
 
+def test_a_build_hashes_each_file_once(cache, monkeypatch):
+    """Files the build reports (hashed while written) are not read again, neither at the build nor at the first
+    serve; unreported ones (the manifest) and reports that do not match the file's size are hashed here."""
+    import hashlib
+
+    import server.cache as module
+
+    real, hashed = module.sha256_file, []
+    monkeypatch.setattr(module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    payload = b"w" * 64
+
+    def build(folder):
+        (folder / "model.onnx").write_bytes(payload)
+        (folder / "tokenizer.json").write_text("{}")
+        (folder / "manifest.json").write_text('{"ok": true}')
+        return {"files": {"model.onnx": {"sha256": hashlib.sha256(payload).hexdigest(), "size": 64},
+                          "tokenizer.json": {"sha256": "stale", "size": 999}}}
+
+    entry, built = cache.get_or_build(KEY_A, build)
+    assert built and sorted(hashed) == ["manifest.json", "tokenizer.json"]
+    assert entry.record.files["model.onnx"]["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert "files" not in entry.record.info
+    hashed.clear()
+    assert cache.get(KEY_A) is not None and hashed == []  # first serve after the build: nothing re-read
+
+
 def test_lru_eviction_keeps_the_budget_and_spares_pinned_entries(tmp_path):
     cache = ArtifactCache(tmp_path / "c", SQLiteMetadata(tmp_path / "m.sqlite"), budget_bytes=2_500)
     cache.get_or_build(KEY_A, writer(b"a" * 1000))

@@ -145,12 +145,14 @@ def test_bench_latency_stores_a_table_that_selection_then_uses(tmp_path):
 
 def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path):
     from slicer.nn.factory import build_model
-    from slicer.onnx import export
+    from slicer.onnx.build import build_artifact
+    from slicer.onnx.validate import ValidationSet, session
 
     model = build_model(decoder_dims).eval()
     ids = torch.randint(1, decoder_dims.vocab_size, (1, 6))
-    export.build_artifact(model, tmp_path / "dec", [{"input_ids": ids, "attention_mask": torch.ones_like(ids)}])
-    sess = export.session(tmp_path / "dec" / "model.onnx")
+    (tmp_path / "dec").mkdir()
+    build_artifact(model, tmp_path / "dec", ValidationSet([{"input_ids": ids, "attention_mask": torch.ones_like(ids)}]))
+    sess = session(tmp_path / "dec" / "model.onnx")
     feeds = synthetic_inputs(sess, seq_len=5, batch_size=2)
     assert feeds["past.0.key"].shape == (2, 2, 0, 8) and feeds["attention_mask"].shape == (2, 5)
     result = measure_latency(tmp_path / "dec" / "model.onnx", threads=1, seq_len=5, batch_size=2, runs=3, warmup=1)
@@ -162,12 +164,12 @@ def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path)
 def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back_to_fp32(server, store, monkeypatch):
     from server.selection import memory_mb
     from slicer.formats.storage import read_dims
-    from slicer.onnx import export
+    from slicer.onnx import build
 
     def rejecting(*args, **kwargs):
         return {"accepted": False, "criterion": "none passed: argmax agreement >= 99%"}
 
-    monkeypatch.setattr(export, "int8_quality", rejecting)
+    monkeypatch.setattr(build, "int8_quality", rejecting)
     # a budget only the int8 maxnet fits at the top: auto tries int8 first
     dims = read_dims(store / "tiny-bert")
     full = SubnetConfig.maximal(dims)

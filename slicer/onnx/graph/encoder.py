@@ -1,0 +1,89 @@
+"""The encoder graph (BERT layout, slicer/encoder.py): post-LayerNorm blocks, GELU FFN, mean pooling, optional head.
+
+Per kept layer the heads and FFN width come from the config, so heterogeneous layers and a sliced hidden size
+need nothing special: every tensor is already the sliced one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ...spec.dims import ModelDims
+from ...spec.subnet_config import SubnetConfig
+from .ops import FLOAT, INT64, MASK_VALUE, MS, GraphWriter
+
+Weights = dict[str, np.ndarray]
+
+
+def build_encoder(g: GraphWriter, dims: ModelDims, cfg: SubnetConfig, w: Weights, fused: bool) -> None:
+    ids = g.input("input_ids", INT64, ["batch", "seq"])
+    mask = g.input("attention_mask", INT64, ["batch", "seq"])
+    types = g.input("token_type_ids", INT64, ["batch", "seq"])
+
+    # embeddings: word + position + token type, then LayerNorm
+    word = g.op("Gather", [g.weight("embeddings.word.weight", w["embeddings.word.weight"]), ids])  # (B, T, h)
+    seq = g.scalar(g.dim(ids, 1))
+    start = g.const(dims.position_offset, shape=())
+    positions = g.op("Range", [start, g.op("Add", [seq, start]), g.const(1, shape=())])  # (T,)
+    pos = g.op("Gather", [g.weight("embeddings.position.weight", w["embeddings.position.weight"]), positions])  # (T, h)
+    tok = g.op("Gather", [g.weight("embeddings.token_type.weight", w["embeddings.token_type.weight"]), types])
+    x = g.layer_norm(g.op("Add", [g.op("Add", [word, pos]), tok]), w["embeddings.norm.weight"],
+                     w["embeddings.norm.bias"], dims.norm_eps, "embeddings.norm")
+
+    mask_f = g.op("Cast", [mask], to=FLOAT)  # (B, T)
+    if fused:
+        mask_index = g.op("Cast", [mask], to=6)  # int32 (B, T): the Attention operator's raw key mask
+    else:
+        # (B, T) 1/0 -> additive (B, 1, 1, T), as slicer/model.py padding_mask
+        pad = g.op("Mul", [g.op("Sub", [g.const(1.0, np.float32), mask_f]), g.const(MASK_VALUE, np.float32)])
+        additive = g.op("Unsqueeze", [pad, g.const([1, 2])])
+
+    for j, heads in enumerate(cfg.heads):
+        p = f"layers.{j}."
+        a = heads * dims.head_dim
+        scale = 1.0 / math.sqrt(dims.head_dim)
+        # q, k, v in one MatMul: (h, 3a); 1/sqrt(hd) folded into the query weights
+        w_qkv = np.concatenate([w[p + "attn.q.weight"] * scale, w[p + "attn.k.weight"], w[p + "attn.v.weight"]]).T
+        b_qkv = np.concatenate([w[p + "attn.q.bias"] * scale, w[p + "attn.k.bias"], w[p + "attn.v.bias"]])
+        if fused:
+            ctx = g.op("Attention", [x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv),
+                                     mask_index], domain=MS, num_heads=heads, qkv_hidden_sizes=[a, a, a], scale=1.0)
+        else:
+            qkv = g.linear(x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv), p + "attn.qkv")
+            q, k, v = g.op("Split", [qkv, g.const([a, a, a])], axis=-1, outputs=3)  # each (B, T, a)
+            q = g.transpose(g.reshape(q, [0, 0, heads, dims.head_dim]), [0, 2, 1, 3])  # (B, heads, T, hd)
+            k = g.transpose(g.reshape(k, [0, 0, heads, dims.head_dim]), [0, 2, 3, 1])  # (B, heads, hd, T)
+            v = g.transpose(g.reshape(v, [0, 0, heads, dims.head_dim]), [0, 2, 1, 3])  # (B, heads, T, hd)
+            probs = g.op("Softmax", [g.op("Add", [g.op("MatMul", [q, k]), additive])], axis=-1)  # (B, heads, T, T)
+            ctx = g.reshape(g.transpose(g.op("MatMul", [probs, v]), [0, 2, 1, 3]), [0, 0, a])  # (B, T, a)
+        o = g.linear(ctx, w[p + "attn.o.weight"], None, p + "attn.o")
+        x = _add_norm(g, x, o, w[p + "attn.o.bias"], w[p + "attn_norm.weight"], w[p + "attn_norm.bias"],
+                      dims.norm_eps, p + "attn_norm", p + "attn.o", fused)
+        up = g.linear(x, w[p + "ffn.up.weight"], None, p + "ffn.up")
+        up_bias = g.weight(p + "ffn.up.bias", w[p + "ffn.up.bias"])
+        act = g.op("BiasGelu", [up, up_bias], domain=MS) if fused else g.gelu(g.op("Add", [up, up_bias]))
+        down = g.linear(act, w[p + "ffn.down.weight"], None, p + "ffn.down")
+        x = _add_norm(g, x, down, w[p + "ffn.down.bias"], w[p + "ffn_norm.weight"], w[p + "ffn_norm.bias"],
+                      dims.norm_eps, p + "ffn_norm", p + "ffn.down", fused)
+
+    # mean over real tokens: (B, T, h) -> (B, h)
+    m = g.op("Unsqueeze", [mask_f, g.const([-1])])  # (B, T, 1)
+    total = g.op("ReduceSum", [g.op("Mul", [x, m]), g.const([1])], keepdims=0)
+    count = g.op("Clip", [g.op("ReduceSum", [m, g.const([1])], keepdims=0), g.const(1.0, np.float32)])
+    pooled = g.op("Div", [total, count])
+    g.output("embeddings", pooled, FLOAT, ["batch", cfg.hidden])
+    if dims.num_labels:
+        logits = g.linear(pooled, w["head.weight"], w["head.bias"], "head")
+        g.output("logits", logits, FLOAT, ["batch", dims.num_labels])
+
+
+def _add_norm(g: GraphWriter, x: str, y: str, bias: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: float,
+              name: str, bias_name: str, fused: bool) -> str:
+    """LayerNorm(x + y + bias): the residual of a post-LN block (one SkipLayerNormalization when fused)."""
+    b = g.weight(f"{bias_name}.bias", bias)
+    if fused:
+        return g.op("SkipLayerNormalization", [y, x, g.weight(f"{name}.weight", gamma), g.weight(f"{name}.bias", beta), b],
+                    domain=MS, epsilon=float(eps))
+    return g.layer_norm(g.op("Add", [x, g.op("Add", [y, b])]), gamma, beta, eps, name)
