@@ -3,9 +3,14 @@
 An artifact lives in ``root/<key>/`` where the key is a sha256 over everything that determines its bytes
 (base fingerprint, adapter fingerprint, subnet config key, precision, exporter version). Builds write into a
 temporary folder, fsync every file and rename atomically: a reader never sees half an artifact. One build per
-key runs at a time however many ask. An entry's files are re-hashed the first time it is served after start
-and whenever their size or mtime changed; a corrupted entry is dropped (and rebuilt by the next request),
-never served. Least-recently-used unpinned entries are evicted to keep the cache under its disk budget.
+key runs at a time however many ask. Least-recently-used unpinned entries are evicted to keep the cache under
+its disk budget.
+
+Integrity: an entry's files are hashed in full before their first serve after start and before the first serve
+after any change to a file's inode, size, mtime or ctime (every write through the file system changes ctime,
+even one that puts the mtime back), and ``scrub`` re-hashes every entry (the server runs it every
+``scrub_interval_s``) to catch what no metadata shows (bit rot). A corrupted entry is dropped (and rebuilt by
+the next request), never served again.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class ArtifactCache:
         self.meta, self.budget = metadata, budget_bytes
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
-        self._verified: dict[str, dict[str, tuple[int, int]]] = {}  # key -> file -> (size, mtime_ns) seen valid
+        self._verified: dict[str, dict[str, Fingerprint]] = {}  # key -> file -> fingerprint when last hashed valid
         self._clean_leftovers()
 
     def _clean_leftovers(self) -> None:
@@ -93,21 +98,31 @@ class ArtifactCache:
             return None
         return Entry(key, path, record)
 
-    def _intact(self, key: str, path: Path, record: ArtifactRecord) -> bool:
-        seen = self._verified.get(key, {})
-        current: dict[str, tuple[int, int]] = {}
+    def _intact(self, key: str, path: Path, record: ArtifactRecord, rehash: bool = False) -> bool:
+        seen = {} if rehash else self._verified.get(key, {})
+        current: dict[str, Fingerprint] = {}
         for name, info in record.files.items():
             try:
-                st = (path / name).stat()
+                current[name] = fingerprint(path / name)
             except FileNotFoundError:
                 return False
-            current[name] = (st.st_size, st.st_mtime_ns)
             if seen.get(name) == current[name]:
-                continue  # unchanged since it was last verified
-            if st.st_size != info["size"] or sha256_file(path / name) != info["sha256"]:
+                continue  # unchanged since it was last hashed
+            if current[name][1] != info["size"] or sha256_file(path / name) != info["sha256"]:
                 return False
         self._verified[key] = current
         return True
+
+    def scrub(self) -> list[str]:
+        """Re-hash every entry's files in full, dropping the corrupted ones; returns the dropped keys."""
+        dropped = []
+        for record in self.meta.list_artifacts():
+            path = self.root / record.key
+            if path.is_dir() and not self._intact(record.key, path, record, rehash=True):
+                log.warning("scrub: artifact %s failed verification; dropping it", record.key[:12])
+                self.drop(record.key)
+                dropped.append(record.key)
+        return dropped
 
     def served(self, key: str) -> None:
         self.meta.touch(key)
@@ -133,7 +148,7 @@ class ArtifactCache:
         """A file lock, so a server and `mlfs warm` on one store never build the same key at once."""
         locks = self.root / ".locks"
         locks.mkdir(exist_ok=True)
-        return file_lock(locks / key)
+        return file_lock(locks / key, remove=True)
 
     def _build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
         tmp = self.root / f".{key}.incomplete-{os.getpid()}-{threading.get_ident()}"
@@ -193,6 +208,15 @@ class ArtifactCache:
         if total > self.budget:
             log.warning("cache holds %d bytes over its %d-byte budget in pinned or in-use artifacts", total, self.budget)
         return dropped
+
+
+Fingerprint = tuple[int, int, int, int]
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """(inode, size, mtime, ctime): any change through the file system changes one of them."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def _alive(pid: int) -> bool:

@@ -40,6 +40,7 @@ def serve_cmd(
     import uvicorn
 
     from .api import create_app
+    from .api.serving import uvicorn_config
     from .settings import Settings
     from .store import prepare_default_store
 
@@ -48,7 +49,7 @@ def serve_cmd(
         prepare_default_store(settings.store)
     if settings.operator_token is None:
         err.print("note: MLFS_OPERATOR_TOKEN is not set, so operator endpoints (cache, warm, models) refuse every request")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings), settings)).run()
 
 
 @contextmanager

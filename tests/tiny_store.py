@@ -17,6 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel
 
 from server.api import create_app
+from server.api.serving import uvicorn_config
 from server.settings import Settings
 
 TOKEN = "s3cret-operator-token"
@@ -48,8 +49,8 @@ def running_server(store: Path, **settings) -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     options = {"operator_token": TOKEN, "build_wait_s": 120, "cache_budget_mb": 100, "max_body_bytes": 4096, **settings}
-    srv = uvicorn.Server(uvicorn.Config(create_app(Settings(store=store, port=port, **options)), host="127.0.0.1",
-                                        port=port, log_level="warning"))
+    settings = Settings(store=store, port=port, **options)
+    srv = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
