@@ -53,6 +53,11 @@ def test_non_finite_numbers_anywhere_are_a_readable_422(server, path, body, auth
     assert "finite" in detail, detail
 
 
+def test_a_body_that_is_not_utf8_is_a_422_not_a_400(server):
+    r = httpx.post(f"{server}/v1/resolve", content=b'{"model": "\xff\xfe"}', headers=JSON)
+    assert "UTF-8" in assert_error_body(r, 422)["detail"]
+
+
 def test_a_change_that_keeps_size_and_mtime_is_never_served(server, store):
     r = resolve(server, seq_len=24).json()
     assert httpx.get(server + r["url"]).status_code == 200  # verified once, fingerprint remembered

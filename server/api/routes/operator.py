@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, Security, UploadFile
+from fastapi import Path as PathParam
 
 from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.evaluate import PALETTE_FILE
 
-from ..deps import OperatorRoute, Service, operator_scheme
+from ...store import MODEL_NAME
+from ..deps import ArtifactId, OperatorRoute, Service, operator_scheme
 from ..errors import responses
 from ..schemas import CachedArtifact, CacheListing, Registered, Warmed, WarmRequest, WarmResponse
 from .resolve import budget_of
@@ -30,7 +32,7 @@ async def cache_list(svc: Service):
 
 
 @router.delete("/cache/{artifact_id}", status_code=204, response_class=Response, responses=responses(400, 404))
-async def cache_delete(artifact_id: str, svc: Service) -> None:
+async def cache_delete(artifact_id: ArtifactId, svc: Service) -> None:
     svc.entry(artifact_id)  # 400 for a malformed id, 404 for an absent one
     svc.cache.drop(artifact_id)
 
@@ -46,7 +48,8 @@ async def cache_warm(req: WarmRequest, svc: Service):
 @router.put("/models/{name}", status_code=201, response_model=Registered,
             responses=responses(400, 409, 411, 413, 422))
 async def register_model(
-    name: str,
+    name: Annotated[str, PathParam(json_schema_extra={"pattern": MODEL_NAME.pattern},
+                              description="1-64 lowercase letters, digits, '.', '_' or '-'")],
     svc: Service,
     base: Annotated[str, Form(max_length=128, description="base of a served model, or a prepared teacher name")],
     adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
