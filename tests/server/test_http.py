@@ -13,7 +13,7 @@ import torch
 from tiny_store import TOKEN
 
 from slicer.slicing import open_supernet
-from slicer.subnet_config import SubnetConfig
+from slicer.spec.subnet_config import SubnetConfig
 
 
 def resolve(url, max_memory_mb=None, **budget):

@@ -17,14 +17,14 @@ from typer.testing import CliRunner
 
 from client_sdk.latency import measure_latency, synthetic_inputs
 from server.metadata import SQLiteMetadata
-from slicer.adapter_stack import STACK_META, STACK_WEIGHTS, save_adapter_stack
-from slicer.adapters import AdapterSettings
-from slicer.cli import app
-from slicer.importance import Reordering
+from slicer.cli.main import app
+from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS, save_adapter_stack
+from slicer.formats.storage import fingerprint, load_base
+from slicer.nn.adapters import AdapterSettings
+from slicer.nn.importance import Reordering
+from slicer.nn.supernet import Supernet
 from slicer.slicing import open_supernet
-from slicer.storage import fingerprint, load_base
-from slicer.subnet_config import SubnetConfig
-from slicer.supernet import Supernet
+from slicer.spec.subnet_config import SubnetConfig
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 SMALL = {"layers": 2, "heads": 2, "ffn": 32}
@@ -144,8 +144,8 @@ def test_bench_latency_stores_a_table_that_selection_then_uses(tmp_path):
 
 
 def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path):
-    from slicer import export
-    from slicer.model import build_model
+    from slicer.nn.factory import build_model
+    from slicer.onnx import export
 
     model = build_model(decoder_dims).eval()
     ids = torch.randint(1, decoder_dims.vocab_size, (1, 6))
@@ -161,8 +161,8 @@ def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path)
 
 def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back_to_fp32(server, store, monkeypatch):
     from server.selection import memory_mb
-    from slicer import export
-    from slicer.storage import read_dims
+    from slicer.formats.storage import read_dims
+    from slicer.onnx import export
 
     def rejecting(*args, **kwargs):
         return {"accepted": False, "criterion": "none passed: argmax agreement >= 99%"}

@@ -11,12 +11,12 @@ import torch
 from tiny_store import running_server, save_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from slicer.adapter_stack import save_adapter_stack
-from slicer.adapters import AdapterSettings
-from slicer.evaluate import write_palette
+from slicer.formats.adapter_stack import save_adapter_stack
+from slicer.formats.storage import fingerprint, load_base
+from slicer.nn.adapters import AdapterSettings
+from slicer.nn.supernet import Supernet
 from slicer.slicing import open_supernet
-from slicer.storage import fingerprint, load_base
-from slicer.supernet import Supernet
+from slicer.train.evaluate import write_palette
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Response, Security, UploadFile
 from fastapi import Path as PathParam
 
-from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.evaluate import PALETTE_FILE
+from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
+from slicer.train.evaluate import PALETTE_FILE
 
 from ...store import MODEL_NAME
 from ..deps import ArtifactId, OperatorRoute, Service, operator_scheme
