@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from server.api.serving import uvicorn_config
 from server.settings import Settings
 
 TOKEN = "s3cret-operator-token"
+REPO = Path(__file__).resolve().parents[1]
 WORDS = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(95)]
 
 
@@ -45,9 +49,7 @@ def save_tokenizer(folder: Path) -> None:
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
     """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     options = {"operator_token": TOKEN, "build_wait_s": 120, "cache_budget_mb": 100, "max_body_bytes": 4096, **settings}
     settings = Settings(store=store, port=port, **options)
     srv = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))
@@ -69,3 +71,30 @@ def running_server(store: Path, **settings) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_process(store: Path, port: int, log: Path) -> subprocess.Popen:
+    """`mlfs serve` in its own process; builds answer 202 after 0.5 s so requests stay short."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "0.5", "MLFS_MAX_BODY_BYTES": "4096",
+           "MLFS_CACHE_BUDGET_MB": "50"}
+    proc = subprocess.Popen([sys.executable, "-m", "slicer.cli", "serve", "--store", str(store), "--port", str(port)],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlfs serve exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("mlfs serve did not become ready in 120 s")
