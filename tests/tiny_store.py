@@ -98,3 +98,15 @@ def serve_process(store: Path, port: int, log: Path) -> subprocess.Popen:
         time.sleep(0.3)
     proc.kill()
     raise RuntimeError("mlfs serve did not become ready in 120 s")
+
+
+SCHEMATHESIS_CHECKS = "not_a_server_error,status_code_conformance,response_schema_conformance,content_type_conformance"
+
+
+def run_schemathesis(url: str, max_examples: int, max_time_s: int, seed: int = 1) -> subprocess.CompletedProcess:
+    # one worker: hypothesis' lambda-source parsing is not thread-safe on CPython 3.11 (AST recursion errors)
+    return subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", SCHEMATHESIS_CHECKS,
+                           "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", str(max_examples),
+                           "--max-time", str(max_time_s), "--workers", "1", "--seed", str(seed),
+                           "--request-timeout", "120"],
+                          capture_output=True, text=True, timeout=max_time_s + 240)

@@ -197,3 +197,11 @@ def test_a_failed_build_nobody_awaits_logs_one_warning_not_an_unretrieved_future
     svc.close()
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
     assert any("the quality gate said no" in r.getMessage() and r.name == "server.service" for r in caplog.records)
+
+
+def test_error_messages_carry_no_server_paths():
+    from server.api.errors import error_body
+
+    body = error_body("L2 fp32 cannot be built: missing tokenizer: /srv/mlfs/store/tiny-llama/tokenizer.json")
+    assert body["detail"] == "L2 fp32 cannot be built: missing tokenizer: .../tokenizer.json"
+    assert error_body("unknown base '/etc': use a served base")["detail"] == "unknown base '/etc': use a served base"
