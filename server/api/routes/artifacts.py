@@ -15,12 +15,12 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 FILE_RESPONSES = {
     200: {"content": {"application/octet-stream": BINARY}, "description": "The file"},
     206: {"content": {"application/octet-stream": BINARY}, "description": "The requested byte range"},
-    **responses(400, 404, 416),
+    **responses(400, 404, 416, 422),
 }
 MANIFEST_RESPONSES = {
     200: {"content": {"application/json": {"schema": {"type": "object"}}}, "description": "The artifact's manifest"},
     206: {"content": {"application/json": {"schema": {"type": "string"}}}, "description": "The requested byte range"},
-    **responses(400, 404, 416),
+    **responses(400, 404, 416, 422),
 }
 
 

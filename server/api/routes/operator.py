@@ -31,7 +31,7 @@ async def cache_list(svc: Service):
                        build_seconds=round(r.build_seconds, 2), info=r.info) for r in svc.meta.list_artifacts()])
 
 
-@router.delete("/cache/{artifact_id}", status_code=204, response_class=Response, responses=responses(400, 404))
+@router.delete("/cache/{artifact_id}", status_code=204, response_class=Response, responses=responses(400, 404, 422))
 async def cache_delete(artifact_id: ArtifactId, svc: Service) -> None:
     svc.entry(artifact_id)  # 400 for a malformed id, 404 for an absent one
     svc.cache.drop(artifact_id)
