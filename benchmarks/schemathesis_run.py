@@ -21,8 +21,8 @@ import httpx
 import typer
 from bench_record import base_record, machine, write_result
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from tiny_store import SCHEMATHESIS_CHECKS, free_port, make_store, run_schemathesis, serve_process
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/helpers
+from helpers.store import SCHEMATHESIS_CHECKS, free_port, make_store, run_schemathesis, serve_process
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REQUESTS = re.compile(r'^mlfs_requests_total\{route="([^"]*)",status="(\d+)"\} ([0-9.e+]+)$', re.M)
@@ -67,7 +67,7 @@ def main(
         "summary": summary.strip()[-2500:],
     }
     settings = {"max_examples": max_examples, "max_time_s": max_time, "seed": seed, "checks": SCHEMATHESIS_CHECKS,
-                "workers": 1, "store": "tiny random BERT (tests/tiny_store.py)", "build_wait_s": 0.5}
+                "workers": 1, "store": "tiny random BERT (tests/helpers/store.py)", "build_wait_s": 0.5}
     record = base_record("schemathesis", "schemathesis over every operation of mlfs serve", settings, results, started,
                          machine(), smoke=False, notes=["server statuses from mlfs_requests_total, scraped at the end"])
     write_result(out_dir, "schemathesis", record)

@@ -1,7 +1,9 @@
-"""``mlfs serve``, ``mlfs warm`` and ``mlfs bench latency``: the delivery server and its operator tasks.
+"""The ``mlfs`` program: the slicer's commands (``slicer.cli``) plus the delivery server's ``serve``, ``warm`` and
+``bench latency``, composed here, above both libraries.
 
-Registered on the main app by ``slicer.cli.main``; heavy imports happen inside the commands so that ``mlfs --help``
-stays fast. Server-side errors are re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
+Heavy imports happen inside the commands, so ``mlfs --help`` stays fast and the slicer's commands work in an
+install without the server extra, where the server's commands say which extra to install. Server-side errors are
+re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slicer.errors import ConfigError
+from slicer import ConfigError
+from slicer.cli.main import root_app, run
+
+SERVER_EXTRA = "mlfs-edge[server]"
 
 out = Console()
 err = Console(stderr=True)
 bench_app = typer.Typer(help="Measure latency tables that model selection uses.", no_args_is_help=True)
+
+
+def _need_server_extra(command: str) -> None:
+    """Fail with one line naming the extra to install when the server's dependencies are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import torch  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"`mlfs {command}` needs the server extra, which is not installed here (no module "
+                          f"{e.name!r}): pip install '{SERVER_EXTRA}'") from None
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")]
 SettingsOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (flags > environment > file).")]
@@ -37,6 +53,7 @@ def serve_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Run the delivery server; prepares the default store (MiniLM + the shipped sentiment palette) on first start."""
+    _need_server_extra("serve")
     import uvicorn
 
     from .api import create_app
@@ -95,6 +112,7 @@ def warm_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Pre-build and pin artifacts in the store's cache: explicit subnets, or the best config per profile/budget."""
+    _need_server_extra("warm")
     from .selection import Budget
 
     if precision not in ("fp32", "int8", "auto"):
@@ -137,7 +155,8 @@ def bench_latency_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
-    from slicer.spec.subnet_config import SubnetConfig
+    _need_server_extra("bench latency")
+    from slicer import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 
@@ -159,3 +178,18 @@ def bench_latency_cmd(
             measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, on_row=row_done)
         out.print(table)
         out.print(f"stored {len(cfgs)} measurements for profile {profile} in {Path(svc.settings.store) / 'meta.sqlite'}")
+
+
+app = root_app()
+app.command("serve")(serve_cmd)
+app.command("warm")(warm_cmd)
+app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    """The ``mlfs`` console script."""
+    run(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from tiny_store import TOKEN, make_store, running_server
+from helpers.store import TOKEN, make_store, running_server
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 JSON = {"content-type": "application/json"}

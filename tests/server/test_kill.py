@@ -8,7 +8,7 @@ import signal
 import time
 
 import httpx
-from tiny_store import TOKEN, free_port, make_store, serve_process
+from helpers.store import TOKEN, free_port, make_store, serve_process
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 BODY = {"model": "tiny", "budget": {"precision": "fp32", "max_memory_mb": 1000}}

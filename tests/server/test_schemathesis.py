@@ -4,7 +4,7 @@ content type and body as the OpenAPI schema says. The longer run is `benchmarks/
 from __future__ import annotations
 
 import pytest
-from tiny_store import free_port, make_store, run_schemathesis, serve_process
+from helpers.store import free_port, make_store, run_schemathesis, serve_process
 
 pytest.importorskip("schemathesis")
 

@@ -27,6 +27,7 @@ def palette(minilm):
     return configs, {"metric": "accuracy", "configs": rows}
 
 
+
 def test_memory_and_flops_grow_with_the_config(minilm):
     small = SubnetConfig.parse({"layers": 3, "heads": 6, "ffn": 768}, minilm)
     full = SubnetConfig.maximal(minilm)

@@ -11,8 +11,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, Response, Security, UploadFile
 from fastapi import Path as PathParam
 
-from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.train.evaluate import PALETTE_FILE
+from slicer import PALETTE_FILE, STACK_META, STACK_WEIGHTS
 
 from ...store import MODEL_NAME
 from ..deps import ArtifactId, OperatorRoute, Service, operator_scheme

@@ -1,4 +1,6 @@
-"""A delivery-server store around a tiny random BERT, and a real uvicorn server on a loopback port."""
+"""A delivery-server store around a tiny random BERT, and a real uvicorn server on a loopback port.
+
+Building a store needs only torch and transformers; the server's packages load when a server is started."""
 
 from __future__ import annotations
 
@@ -13,18 +15,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import torch
-import uvicorn
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel
 
-from server.api import create_app
-from server.api.serving import uvicorn_config
-from server.settings import Settings
-
 TOKEN = "s3cret-operator-token"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WORDS = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(95)]
 
 
@@ -49,6 +45,13 @@ def save_tokenizer(folder: Path) -> None:
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
     """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
+    import httpx
+    import uvicorn
+
+    from server.api import create_app
+    from server.api.serving import uvicorn_config
+    from server.settings import Settings
+
     port = free_port()
     options = {"operator_token": TOKEN, "build_wait_s": 120, "cache_budget_mb": 100, "max_body_bytes": 4096, **settings}
     settings = Settings(store=store, port=port, **options)
@@ -81,10 +84,12 @@ def free_port() -> int:
 
 def serve_process(store: Path, port: int, log: Path) -> subprocess.Popen:
     """`mlfs serve` in its own process; builds answer 202 after 0.5 s so requests stay short."""
+    import httpx
+
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "0.5", "MLFS_MAX_BODY_BYTES": "4096",
            "MLFS_CACHE_BUDGET_MB": "50"}
-    proc = subprocess.Popen([sys.executable, "-m", "slicer.cli", "serve", "--store", str(store), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--store", str(store), "--port", str(port)],
                             env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
     deadline = time.time() + 120
     while time.time() < deadline:
