@@ -41,11 +41,6 @@ def decoder_dims() -> _ModelDims:
     return tiny_decoder_dims()
 
 
-@_pytest.fixture(scope="session")
-def minilm() -> _ModelDims:
-    return minilm_dims()
-
-
 @_pytest.fixture(scope="session", params=["encoder", "decoder"])
 def tiny_dims(request) -> _ModelDims:
     """Both tiny families, one test run each."""

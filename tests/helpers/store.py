@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -114,4 +115,4 @@ def run_schemathesis(url: str, max_examples: int, max_time_s: int, seed: int = 1
                            "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", str(max_examples),
                            "--max-time", str(max_time_s), "--workers", "1", "--seed", str(seed),
                            "--request-timeout", "120"],
-                          capture_output=True, text=True, timeout=max_time_s + 240)
+                          capture_output=True, text=True, timeout=max_time_s + 240, cwd=tempfile.mkdtemp(prefix="st-"))
