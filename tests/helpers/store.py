@@ -110,9 +110,11 @@ SCHEMATHESIS_CHECKS = "not_a_server_error,status_code_conformance,response_schem
 
 
 def run_schemathesis(url: str, max_examples: int, max_time_s: int, seed: int = 1) -> subprocess.CompletedProcess:
+    """schemathesis' CLI over every operation; it runs in a scratch folder (it keeps a cache in its cwd)."""
     # one worker: hypothesis' lambda-source parsing is not thread-safe on CPython 3.11 (AST recursion errors)
-    return subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json", "--checks", SCHEMATHESIS_CHECKS,
-                           "-H", f"Authorization: Bearer {TOKEN}", "--max-examples", str(max_examples),
-                           "--max-time", str(max_time_s), "--workers", "1", "--seed", str(seed),
-                           "--request-timeout", "120"],
-                          capture_output=True, text=True, timeout=max_time_s + 240, cwd=tempfile.mkdtemp(prefix="st-"))
+    with tempfile.TemporaryDirectory(prefix="mlfs-schemathesis-") as cwd:
+        return subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", f"{url}/openapi.json",
+                               "--checks", SCHEMATHESIS_CHECKS, "-H", f"Authorization: Bearer {TOKEN}",
+                               "--max-examples", str(max_examples), "--max-time", str(max_time_s), "--workers", "1",
+                               "--seed", str(seed), "--request-timeout", "120"],
+                              capture_output=True, text=True, timeout=max_time_s + 240, cwd=cwd)
