@@ -137,7 +137,7 @@ def test_the_openapi_schema_documents_every_status_and_shape(server):
     assert {"200", "202", "404", "411", "413", "422", "503"} <= codes("/v1/resolve", "post")
     assert {"200", "206", "400", "404", "416"} <= codes("/v1/artifacts/{artifact_id}", "get")
     assert {"204", "400", "404", "411", "413", "422"} <= codes("/v1/telemetry/latency", "post")
-    assert {"201", "400", "401", "409", "411", "413", "422"} <= codes("/v1/models/{name}", "put")
+    assert {"200", "201", "400", "401", "411", "413", "422"} <= codes("/v1/models/{name}", "put")
     assert {"200", "401"} <= codes("/v1/cache", "get")
     assert {"204", "400", "401", "404"} <= codes("/v1/cache/{artifact_id}", "delete")
     assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]

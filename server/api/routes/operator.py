@@ -28,7 +28,7 @@ from ..schemas import (
 from .resolve import budget_of
 
 router = APIRouter(prefix="/v1", tags=["operator"], route_class=OperatorRoute,
-                   dependencies=[Security(operator_scheme)], responses=responses(401))
+                   dependencies=[Security(operator_scheme)], responses=responses(401, 422))
 
 
 @router.get("/cache", response_model=CacheListing)
