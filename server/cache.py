@@ -11,6 +11,16 @@ after any change to a file's inode, size, mtime or ctime (every write through th
 even one that puts the mtime back), and ``scrub`` re-hashes every entry (the server runs it every
 ``scrub_interval_s``) to catch what no metadata shows (bit rot). A corrupted entry is dropped (and rebuilt by
 the next request), never served again.
+
+Several processes or server replicas may share the folder: builds are claimed per key (``server.coordination``:
+a file lock on one host, a lease row in PostgreSQL across replicas), and eviction goes in two steps through the
+metadata: an entry is first marked, and its row and files are deleted only if nobody used it for
+``evict_grace_s`` (any use revives it) and only while holding its build claim (so a rebuild of the same key is
+never deleted). What the file system must give: an atomic rename within the cache folder, visible to every
+replica once done (a local file system; CephFS; NFS mounted with ``lookupcache=positive`` so a new name is not
+hidden by a cached "no such file"), and files that stay readable for at least the grace period after their
+entry is chosen for eviction (on NFS an unlinked file another host still reads is gone, hence the grace period
+rather than relying on POSIX unlink semantics).
 """
 
 from __future__ import annotations
@@ -27,8 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer import file_lock, sha256_file
+from slicer import sha256_file
+from slicer.paths import remove_stale_partials
 
+from .coordination import Claims, Lease, LocalClaims
 from .errors import CacheError, InvalidArtifactId, MissingArtifactFile
 from .metadata import ArtifactRecord, MetadataStore
 
@@ -62,31 +74,31 @@ class Entry:
 
 
 class ArtifactCache:
-    def __init__(self, root: Path, metadata: MetadataStore, budget_bytes: int) -> None:
+    def __init__(self, root: Path, metadata: MetadataStore, budget_bytes: int, claims: Claims | None = None,
+                 evict_grace_s: float = 0.0) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.meta, self.budget = metadata, budget_bytes
-        self._locks: dict[str, threading.Lock] = {}
-        self._locks_guard = threading.Lock()
+        self.meta, self.budget, self.evict_grace_s = metadata, budget_bytes, evict_grace_s
+        self.claims = claims or LocalClaims(self.root / ".locks")
         self._verified: dict[str, dict[str, Fingerprint]] = {}  # key -> file -> fingerprint when last hashed valid
         self._clean_leftovers()
 
     def _clean_leftovers(self) -> None:
-        """Remove half-built folders of processes that died; another live process (mlfs warm) may be building."""
-        for p in self.root.glob(".*.incomplete-*"):
-            pid = p.name.rsplit("incomplete-", 1)[1].split("-")[0]
-            if not (pid.isdigit() and _alive(int(pid))):
-                shutil.rmtree(p, ignore_errors=True)
-
-    def lock(self, key: str) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(key, threading.Lock())
+        """Remove half-built folders of builders that died: those of keys nobody holds a claim on now (a live
+        process or replica, which may be on another host, is building the others)."""
+        for key in {p.name[1:].split(".", 1)[0] for p in self.root.glob(".*.incomplete-*")}:
+            if KEY.match(key):
+                with self.claims.try_claim(key) as lease:
+                    if lease is not None:
+                        remove_stale_partials(self.root / key)
 
     # ----- reading ------------------------------------------------------------------------------------------
     def get(self, key: str) -> Entry | None:
         """The entry if it is present and intact; a corrupted or half-missing one is dropped."""
         check_key(key)
         record = self.meta.get_artifact(key)
+        if record is not None and record.evicting is not None and not self.meta.revive(key):
+            return None  # chosen for eviction and deleted meanwhile
         path = self.root / key
         if record is None or not path.is_dir():
             if record is not None:
@@ -138,34 +150,34 @@ class ArtifactCache:
         entry = self.get(key)
         if entry is not None:
             return entry, False
-        with self.lock(key), self._process_lock(key):
-            entry = self.get(key)
+        with self.claims.claim(key) as lease:
+            entry = self.get(key)  # built by whoever held the claim before
             if entry is not None:
                 return entry, False
-            return self._build(key, build), True
+            remove_stale_partials(self.root / key)  # a dead builder's work folder: we hold the key now
+            return self._build(key, build, lease), True
 
-    def _process_lock(self, key: str):
-        """A file lock, so a server and `mlfs warm` on one store never build the same key at once."""
-        locks = self.root / ".locks"
-        locks.mkdir(exist_ok=True)
-        return file_lock(locks / key, remove=True)
-
-    def _build(self, key: str, build: Callable[[Path], dict[str, Any]]) -> Entry:
+    def _build(self, key: str, build: Callable[[Path], dict[str, Any]], lease: Lease) -> Entry:
         tmp = self.root / f".{key}.incomplete-{os.getpid()}-{threading.get_ident()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         start = time.perf_counter()
         try:
-            info = build(tmp)
-            files = {}
-            for p in sorted(tmp.iterdir()):
-                if not p.is_file():
-                    raise CacheError(f"build left a non-file {p.name!r} in the artifact")
-                with p.open("rb") as f:
-                    os.fsync(f.fileno())
-                files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
-            if not files:
-                raise CacheError("build produced no files")
+            try:
+                info = build(tmp)
+                files = {}
+                for p in sorted(tmp.iterdir()):
+                    if not p.is_file():
+                        raise CacheError(f"build left a non-file {p.name!r} in the artifact")
+                    with p.open("rb") as f:
+                        os.fsync(f.fileno())
+                    files[p.name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
+                if not files:
+                    raise CacheError("build produced no files")
+            except Exception:
+                lease.confirm()  # a builder whose claim (and work folder) went to a successor fails as LeaseLost
+                raise
+            lease.confirm()  # a builder whose claim expired (and was maybe taken over) publishes nothing
             final = self.root / key
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
@@ -181,9 +193,10 @@ class ArtifactCache:
 
     # ----- housekeeping -------------------------------------------------------------------------------------
     def drop(self, key: str) -> None:
+        """Delete an entry now (operator request, failed verification): the row first, so nobody resolves it."""
         check_key(key)
-        shutil.rmtree(self.root / key, ignore_errors=True)
         self.meta.delete_artifact(key)
+        shutil.rmtree(self.root / key, ignore_errors=True)
         self._verified.pop(key, None)
 
     def pin(self, key: str, pinned: bool = True) -> None:
@@ -193,20 +206,34 @@ class ArtifactCache:
         return sum(r.size for r in self.meta.list_artifacts())
 
     def evict(self, keep: str | None = None) -> list[str]:
-        """Drop least-recently-used unpinned entries until the cache fits its budget; returns the dropped keys."""
+        """Keep the cache under its budget; returns the keys whose files were deleted.
+
+        Step 1 marks least-recently-used unpinned entries until the unmarked ones fit. Step 2 deletes each marked
+        entry that nobody used for ``evict_grace_s`` (a use clears the mark): its row in one atomic statement (one
+        replica wins), then its folder, both while holding the key's build claim, so a replica rebuilding that
+        key meanwhile is never undone. With a grace of 0 (one server on a local disk) both steps happen at once.
+        """
         records = self.meta.list_artifacts()
-        total = sum(r.size for r in records)
-        dropped = []
+        total = sum(r.size for r in records if r.evicting is None)
         for r in sorted(records, key=lambda r: r.last_used):
             if total <= self.budget:
                 break
-            if r.pinned or r.key == keep:
+            if r.pinned or r.key == keep or r.evicting is not None:
                 continue
-            self.drop(r.key)
-            total -= r.size
-            dropped.append(r.key)
+            if self.meta.mark_evicting(r.key):
+                r.evicting = time.time()
+                total -= r.size
         if total > self.budget:
             log.warning("cache holds %d bytes over its %d-byte budget in pinned or in-use artifacts", total, self.budget)
+        dropped = []
+        for r in records:
+            if r.evicting is None or r.key == keep:
+                continue
+            with self.claims.try_claim(r.key) as lease:
+                if lease is not None and self.meta.delete_evicted(r.key, self.evict_grace_s):
+                    shutil.rmtree(self.root / r.key, ignore_errors=True)
+                    self._verified.pop(r.key, None)
+                    dropped.append(r.key)
         return dropped
 
 
@@ -217,16 +244,6 @@ def fingerprint(path: Path) -> Fingerprint:
     """(inode, size, mtime, ctime): any change through the file system changes one of them."""
     st = path.stat()
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()  # a leftover with our own id is from an earlier process that had it (containers)
 
 
 def _fsync_dir(path: Path) -> None:

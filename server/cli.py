@@ -190,7 +190,8 @@ def bench_latency_cmd(
 
             measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, on_row=row_done)
         out.print(table)
-        out.print(f"stored {len(cfgs)} measurements for profile {profile} in {Path(svc.settings.store) / 'meta.sqlite'}")
+        where = Path(svc.settings.store) / "meta.sqlite" if svc.meta.dialect == "sqlite" else "the PostgreSQL metadata"
+        out.print(f"stored {len(cfgs)} measurements for profile {profile} in {where}")
 
 
 app = root_app()

@@ -67,3 +67,18 @@ class NotReady(ServerError):
     """The server is still loading its models."""
 
     retry_after_s = 5
+
+
+class CoordinationError(ServerError):
+    """Replicas could not coordinate: the shared database is unreachable or a build lost its claim. Not a property
+    of the artifact (it is not marked unbuildable); the caller retries."""
+
+    retry_after_s = 10
+
+
+class DatabaseUnavailable(CoordinationError):
+    """The metadata database (PostgreSQL for replicas) does not answer."""
+
+
+class LeaseLost(CoordinationError):
+    """A build's claim expired or was taken over (its renewals failed): its result is discarded, not published."""

@@ -1,18 +1,30 @@
 """Metadata of the delivery server: artifacts, pins, hits, build times and latency tables.
 
-``MetadataStore`` is the interface; ``SQLiteMetadata`` the default implementation (one file, WAL mode,
-safe across threads). Another database implements the same methods.
+``MetadataStore`` is the interface. ``SQLiteMetadata`` is the default (one file beside the store, WAL mode, safe
+across threads); ``PostgresMetadata`` holds the same tables in PostgreSQL, so several server replicas on one
+shared store see one set of artifacts, pins and latency tables (and coordinate builds, ``server.coordination``).
+Both speak the same SQL (``?`` placeholders, rewritten for psycopg) and share one versioned schema: ``MIGRATIONS``
+are applied in order on open, under a lock, and the version reached is recorded in ``schema_version``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import socket
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from slicer import ConfigError
+
+from .errors import DatabaseUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,64 +38,106 @@ class ArtifactRecord:
     created: float = 0.0
     last_used: float = 0.0
     build_seconds: float = 0.0
+    evicting: float | None = None  # database time it was chosen for eviction; any use revives it
 
 
 class MetadataStore(Protocol):
+    dialect: str  # "sqlite" or "postgresql"
+
     def put_artifact(self, record: ArtifactRecord) -> None: ...
     def get_artifact(self, key: str) -> ArtifactRecord | None: ...
     def list_artifacts(self) -> list[ArtifactRecord]: ...
     def delete_artifact(self, key: str) -> None: ...
     def touch(self, key: str) -> None: ...
     def set_pinned(self, key: str, pinned: bool) -> None: ...
+    def mark_evicting(self, key: str) -> bool: ...
+    def revive(self, key: str) -> bool: ...
+    def delete_evicted(self, key: str, grace_s: float) -> bool: ...
     def put_latency(self, profile: str, config_key: str, precision: str, seq_len: int, batch: int, ms: float, source: str) -> None: ...
     def latency_table(self, profile: str) -> list[dict[str, Any]]: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
 
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS artifacts (
-    key TEXT PRIMARY KEY, size INTEGER NOT NULL, files TEXT NOT NULL, info TEXT NOT NULL,
-    pinned INTEGER NOT NULL DEFAULT 0, hits INTEGER NOT NULL DEFAULT 0,
-    created REAL NOT NULL, last_used REAL NOT NULL, build_seconds REAL NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS latency (
-    profile TEXT NOT NULL, config_key TEXT NOT NULL, precision TEXT NOT NULL, seq_len INTEGER NOT NULL,
-    batch INTEGER NOT NULL, ms REAL NOT NULL, source TEXT NOT NULL, measured REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS latency_profile ON latency (profile, config_key, precision, seq_len, batch);
-"""
+# Schema versions, applied in order; entry i takes a database from version i to i + 1. Each statement is
+# (sql, dialects): the type names are ones both databases accept (SQLite maps them to its affinities).
+# Version 1 is the schema of the first release (``IF NOT EXISTS``: a store made before versioning is at version 1
+# already, and applying it changes nothing).
+MIGRATIONS: list[list[tuple[str, tuple[str, ...]]]] = [
+    [  # 1: artifacts and latency measurements
+        ("""CREATE TABLE IF NOT EXISTS artifacts (
+            key TEXT PRIMARY KEY, size BIGINT NOT NULL, files TEXT NOT NULL, info TEXT NOT NULL,
+            pinned INTEGER NOT NULL DEFAULT 0, hits BIGINT NOT NULL DEFAULT 0,
+            created DOUBLE PRECISION NOT NULL, last_used DOUBLE PRECISION NOT NULL,
+            build_seconds DOUBLE PRECISION NOT NULL DEFAULT 0)""", ("sqlite", "postgresql")),
+        ("""CREATE TABLE IF NOT EXISTS latency (
+            profile TEXT NOT NULL, config_key TEXT NOT NULL, precision TEXT NOT NULL, seq_len INTEGER NOT NULL,
+            batch INTEGER NOT NULL, ms DOUBLE PRECISION NOT NULL, source TEXT NOT NULL,
+            measured DOUBLE PRECISION NOT NULL)""", ("sqlite", "postgresql")),
+        ("CREATE INDEX IF NOT EXISTS latency_profile ON latency (profile, config_key, precision, seq_len, batch)",
+         ("sqlite", "postgresql")),
+    ],
+    [  # 2: eviction in two steps (mark, then delete after a grace period) and build claims across replicas
+        ("ALTER TABLE artifacts ADD COLUMN evicting DOUBLE PRECISION", ("sqlite", "postgresql")),
+        ("""CREATE TABLE build_claims (
+            key TEXT PRIMARY KEY, owner TEXT NOT NULL, generation BIGINT NOT NULL,
+            expires DOUBLE PRECISION NOT NULL, acquired DOUBLE PRECISION NOT NULL)""", ("postgresql",)),
+    ],
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+COLUMNS = "key, size, files, info, pinned, hits, created, last_used, build_seconds, evicting"
 
 
-class SQLiteMetadata:
-    def __init__(self, path: Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+class _SQLMetadata:
+    """The methods both databases share; a subclass runs statements (``_execute``) and migrations."""
+
+    dialect: str
+    NOW: str  # SQL for the database's clock in unix seconds (one clock for all replicas)
 
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
-        with self._lock:
-            return self._db.execute(sql, args).fetchall()
+        raise NotImplementedError
+
+    def _apply_migrations(self, execute, current: int) -> int:
+        if current > SCHEMA_VERSION:
+            raise ConfigError(f"the metadata database is at schema version {current}, newer than this server's "
+                              f"{SCHEMA_VERSION}: upgrade the server (or point it at another database)")
+        for version in range(current, SCHEMA_VERSION):
+            for sql, dialects in MIGRATIONS[version]:
+                if self.dialect in dialects:
+                    execute(sql)
+            log.info("metadata schema migrated to version %d (%s)", version + 1, self.dialect)
+        if current == 0:
+            execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif current < SCHEMA_VERSION:
+            execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        return self._execute("SELECT version FROM schema_version")[0][0]
 
     def put_artifact(self, r: ArtifactRecord) -> None:
         now = time.time()
         self._execute(
-            "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO artifacts ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, NULL) ON CONFLICT (key) DO UPDATE SET "
+            "size = excluded.size, files = excluded.files, info = excluded.info, pinned = excluded.pinned, "
+            "hits = excluded.hits, created = excluded.created, last_used = excluded.last_used, "
+            "build_seconds = excluded.build_seconds, evicting = NULL",
             (r.key, r.size, json.dumps(r.files), json.dumps(r.info), int(r.pinned), r.hits,
              r.created or now, r.last_used or now, r.build_seconds),
         )
 
     @staticmethod
     def _record(row: tuple) -> ArtifactRecord:
-        key, size, files, info, pinned, hits, created, last_used, build_seconds = row
-        return ArtifactRecord(key, size, json.loads(files), json.loads(info), bool(pinned), hits, created, last_used, build_seconds)
+        key, size, files, info, pinned, hits, created, last_used, build_seconds, evicting = row
+        return ArtifactRecord(key, size, json.loads(files), json.loads(info), bool(pinned), hits, created, last_used,
+                              build_seconds, evicting)
 
     def get_artifact(self, key: str) -> ArtifactRecord | None:
-        rows = self._execute("SELECT * FROM artifacts WHERE key = ?", (key,))
+        rows = self._execute(f"SELECT {COLUMNS} FROM artifacts WHERE key = ?", (key,))
         return self._record(rows[0]) if rows else None
 
     def list_artifacts(self) -> list[ArtifactRecord]:
-        return [self._record(r) for r in self._execute("SELECT * FROM artifacts ORDER BY last_used DESC")]
+        return [self._record(r) for r in self._execute(f"SELECT {COLUMNS} FROM artifacts ORDER BY last_used DESC")]
 
     def delete_artifact(self, key: str) -> None:
         self._execute("DELETE FROM artifacts WHERE key = ?", (key,))
@@ -92,10 +146,30 @@ class SQLiteMetadata:
         self._execute("UPDATE artifacts SET hits = hits + 1, last_used = ? WHERE key = ?", (time.time(), key))
 
     def set_pinned(self, key: str, pinned: bool) -> None:
-        self._execute("UPDATE artifacts SET pinned = ? WHERE key = ?", (int(pinned), key))
+        # pinning also takes an artifact out of an eviction in progress
+        self._execute("UPDATE artifacts SET pinned = ?, evicting = NULL WHERE key = ?", (int(pinned), key))
 
+    # ----- eviction in two steps: mark, then delete when nobody used it for a grace period --------------------
+    def mark_evicting(self, key: str) -> bool:
+        """Choose an unpinned artifact for eviction; False if it is pinned, gone or already marked."""
+        rows = self._execute(f"UPDATE artifacts SET evicting = {self.NOW} WHERE key = ? AND pinned = 0 "
+                             "AND evicting IS NULL RETURNING key", (key,))
+        return bool(rows)
+
+    def revive(self, key: str) -> bool:
+        """Cancel an eviction because the artifact is being used; False if its row is already deleted."""
+        return bool(self._execute("UPDATE artifacts SET evicting = NULL WHERE key = ? RETURNING key", (key,)))
+
+    def delete_evicted(self, key: str, grace_s: float) -> bool:
+        """Delete the row if it was marked at least ``grace_s`` ago and not used since (one caller wins)."""
+        rows = self._execute(f"DELETE FROM artifacts WHERE key = ? AND pinned = 0 AND evicting IS NOT NULL "
+                             f"AND evicting <= {self.NOW} - ? RETURNING key", (key, grace_s))
+        return bool(rows)
+
+    # ----- latency tables ----------------------------------------------------------------------------------
     def put_latency(self, profile: str, config_key: str, precision: str, seq_len: int, batch: int, ms: float, source: str) -> None:
-        self._execute("INSERT INTO latency VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        self._execute("INSERT INTO latency (profile, config_key, precision, seq_len, batch, ms, source, measured) "
+                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                       (profile, config_key, precision, seq_len, batch, ms, source, time.time()))
 
     def latency_table(self, profile: str) -> list[dict[str, Any]]:
@@ -104,3 +178,121 @@ class SQLiteMetadata:
             "SELECT config_key, precision, seq_len, batch, AVG(ms), COUNT(*) FROM latency WHERE profile = ? "
             "GROUP BY config_key, precision, seq_len, batch", (profile,))
         return [{"config_key": c, "precision": p, "seq_len": s, "batch": b, "ms": ms, "samples": n} for c, p, s, b, ms, n in rows]
+
+    def ping(self) -> None:
+        """Raise (DatabaseUnavailable) unless the database answers."""
+        self._execute("SELECT 1")
+
+
+class SQLiteMetadata(_SQLMetadata):
+    dialect = "sqlite"
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+
+    def __init__(self, path: Path) -> None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")  # a server and `mlfs warm` may open the file at once
+        self._lock = threading.Lock()
+        self._migrate()
+
+    def _migrate(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")  # one migrating process at a time
+        try:
+            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+            self._apply_migrations(db.execute, row[0] if row else 0)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def close(self) -> None:
+        pass  # a build thread may still record its artifact after the server stops; the file closes with the process
+
+
+class PostgresMetadata(_SQLMetadata):
+    """The metadata in PostgreSQL, for replicas: one connection (autocommit) shared by the threads of a process
+    behind a lock, reconnected after a failure. A database that cannot be reached raises ``DatabaseUnavailable``
+    (503) instead of hanging: connections time out after ``connect_timeout_s``, statements after
+    ``statement_timeout_s``."""
+
+    dialect = "postgresql"
+    NOW = "extract(epoch from clock_timestamp())::double precision"
+    MIGRATION_LOCK = 0x6D6C6673  # pg_advisory_xact_lock id ("mlfs"): replicas starting at once migrate one by one
+
+    def __init__(self, url: str, connect_timeout_s: float = 5.0, statement_timeout_s: float = 10.0,
+                 migrate: bool = True) -> None:
+        import psycopg
+
+        self._psycopg = psycopg
+        self._url = url
+        self._kwargs = {"autocommit": True, "connect_timeout": max(1, round(connect_timeout_s)),
+                        "options": f"-c statement_timeout={int(statement_timeout_s * 1000)}",
+                        "application_name": f"mlfs-{socket.gethostname()}"[:63],
+                        "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
+        self._conn = None
+        self._lock = threading.Lock()
+        self.round_trips = 0  # statements sent (a benchmark counts them per resolve)
+        if migrate:
+            self._migrate()
+
+    def _connection(self):
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self._psycopg.connect(self._url, **self._kwargs)
+        return self._conn
+
+    def _migrate(self) -> None:
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    run = lambda sql, args=(): conn.execute(sql.replace("?", "%s"), args)  # noqa: E731
+                    run("SELECT pg_advisory_xact_lock(?)", (self.MIGRATION_LOCK,))
+                    run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                    row = run("SELECT version FROM schema_version").fetchone()
+                    self._apply_migrations(run, row[0] if row else 0)
+            except self._psycopg.OperationalError as err:
+                self._drop_connection()
+                raise _unavailable(err) from None
+
+    def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                cur = self._connection().execute(sql.replace("?", "%s"), args)
+                self.round_trips += 1
+                return cur.fetchall() if cur.description else []
+            except self._psycopg.OperationalError as err:  # connection lost, refused, timed out
+                self._drop_connection()
+                raise _unavailable(err) from None
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):  # a broken connection may fail to close; it is discarded anyway
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()
+
+
+def _unavailable(err: Exception) -> DatabaseUnavailable:
+    """The error for callers (it reaches HTTP responses: no host, port or user in it); the details are logged."""
+    log.warning("metadata database unreachable: %s", " ".join(str(err).split())[:300])
+    return DatabaseUnavailable("metadata database unreachable; retry later (the server log has the details)")
+
+
+def open_metadata(store: Path, database_url: str | None, **options) -> MetadataStore:
+    """PostgreSQL when ``database_url`` is a ``postgresql://`` URL, else the store's own SQLite file."""
+    if not database_url:
+        return SQLiteMetadata(Path(store) / "meta.sqlite")
+    if not database_url.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("MLFS_DATABASE_URL must be a postgresql:// URL (or unset for the store's SQLite file), "
+                          f"got one starting {database_url.split(':', 1)[0]!r}")
+    return PostgresMetadata(database_url, **options)

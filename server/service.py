@@ -34,16 +34,17 @@ from slicer import (
 )
 
 from .cache import ArtifactCache, Entry, artifact_key
+from .coordination import open_shared_state
 from .errors import (
     AlreadyExists,
     ArtifactNotFound,
     BuildFailed,
     BuildQueueFull,
+    CoordinationError,
     NoFit,
     ProfileError,
     UnknownModel,
 )
-from .metadata import SQLiteMetadata
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
 from .selection import Budget, Candidate, Choice, LatencyModel, candidates_from_palette, choose, gflops
@@ -110,8 +111,8 @@ class DeliveryService:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings, self.metrics = settings, metrics
         root = Path(settings.store)
-        self.meta = SQLiteMetadata(root / "meta.sqlite")
-        self.cache = ArtifactCache(root / "cache", self.meta, settings.cache_budget_mb * 2**20)
+        self.meta, claims, grace = open_shared_state(root, settings)  # SQLite, or PostgreSQL shared by replicas
+        self.cache = ArtifactCache(root / "cache", self.meta, settings.cache_budget_mb * 2**20, claims, grace)
         self.profiles: dict[str, DeviceProfile] = load_profiles(settings.profiles_file)
         self.models: dict[str, LoadedModel] = {}
         self._served = load_models(root)
@@ -185,6 +186,8 @@ class DeliveryService:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.cache.claims.close()
+        self.meta.close()
 
     def model(self, name: str) -> LoadedModel:
         if name not in self.models:
@@ -301,6 +304,8 @@ class DeliveryService:
         start = time.perf_counter()
         try:
             entry, built = self.cache.get_or_build(key, build)
+        except CoordinationError:
+            raise  # the database, not the artifact: nothing to exclude
         except MLFSError:
             # e.g. an int8 model that failed its quality gate: selection stops offering it
             self.unbuildable.setdefault(model.served.name, set()).add((cfg.key, precision))
@@ -339,7 +344,7 @@ class DeliveryService:
             return await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
         except asyncio.TimeoutError:
             return None
-        except BuildFailed:
+        except (BuildFailed, CoordinationError):
             raise
         except MLFSError as err:
             raise BuildFailed(f"{cfg.describe()} {precision} cannot be built: {err}") from err

@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0)  # a connection's request headers must arrive within this
     keep_alive_s: int = Field(5, ge=1)  # idle keep-alive connections are closed after this
     max_connections: int = Field(512, ge=1)  # open connections and requests; more get 503
+    # Replicas (README "Deployment"): a postgresql:// URL puts the metadata in PostgreSQL and coordinates builds
+    # and eviction between every server on the same store; unset, the store's own SQLite file is used.
+    database_url: SecretStr | None = None
+    lease_s: float = Field(30.0, gt=0)  # a build claim lapses this long after its holder's last renewal
+    claim_poll_s: float = Field(1.0, gt=0)  # how often a replica waiting for another's build checks its claim
+    evict_grace_s: float = Field(300.0, ge=0)  # with PostgreSQL: an evicted entry's files outlive its last use by this
+    db_connect_timeout_s: float = Field(5.0, gt=0)
+    db_statement_timeout_s: float = Field(10.0, gt=0)
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides) -> Settings:

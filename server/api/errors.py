@@ -18,6 +18,7 @@ from ..errors import (
     AlreadyExists,
     BuildFailed,
     BuildQueueFull,
+    CoordinationError,
     InvalidArtifactId,
     NoFit,
     NotFound,
@@ -40,6 +41,7 @@ STATUS: dict[type[Exception], int] = {
     NoFit: 422,
     BuildFailed: 422,
     BuildQueueFull: 503,
+    CoordinationError: 503,
     NotReady: 503,
 }
 
@@ -52,7 +54,7 @@ DESCRIPTIONS = {
     413: "A request body over the server's limit",
     416: "A Range outside the file",
     422: "Invalid request (fields, non-finite numbers), nothing in the palette fits, or the artifact cannot be built",
-    503: "Build queue full, or models still loading; retry after Retry-After seconds",
+    503: "Build queue full, models still loading, or the shared database unreachable; retry after Retry-After seconds",
 }
 
 

@@ -198,6 +198,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     models: list[str]
+    database: Literal["sqlite", "postgresql"] = Field(description="where the metadata lives; it answered this check")
 
 
 class NotReadyBody(ErrorBody):

@@ -3,7 +3,9 @@
 - ``helpers.dims``: the tiny encoder/decoder dims unit tests build models from, and MiniLM's (torch-free);
 - ``helpers.models``: inputs and outputs for tiny models (padded batches, the output a family is judged by,
   non-zero adapters);
-- ``helpers.store``: a delivery-server store around a tiny random BERT and a real uvicorn server over it.
+- ``helpers.store``: a delivery-server store around a tiny random BERT and a real uvicorn server over it;
+- ``helpers.postgres``: a throwaway PostgreSQL cluster (run as the ``postgres`` user) and a TCP proxy that can
+  cut a server off from it.
 
 ``tests/conftest.py`` exposes the stateful ones as fixtures (``make_store``, ``store``/``server`` in
 tests/server); plain functions are imported.

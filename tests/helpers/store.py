@@ -45,7 +45,8 @@ def save_tokenizer(folder: Path) -> None:
 
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
-    """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
+    """uvicorn in a thread on a free loopback port (or ``port=``, to restart a server where clients expect it);
+    yields the base URL once /readyz answers."""
     import httpx
     import uvicorn
 
@@ -53,7 +54,9 @@ def running_server(store: Path, **settings) -> Iterator[str]:
     from server.api.serving import uvicorn_config
     from server.settings import Settings
 
-    port = free_port()
+    port = settings.pop("port", None)
+    if port is None:
+        port = free_port()
     options = {"operator_token": TOKEN, "build_wait_s": 120, "cache_budget_mb": 100, "max_body_bytes": 4096, **settings}
     settings = Settings(store=store, port=port, **options)
     srv = uvicorn.Server(uvicorn_config(create_app(settings), settings, log_level="warning"))

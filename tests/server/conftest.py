@@ -19,3 +19,23 @@ def server(store):
 
     with running_server(store) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def pg_admin():
+    """A throwaway PostgreSQL 15 cluster for the session (as the ``postgres`` user); skipped without its binaries."""
+    from helpers import postgres
+
+    reason = postgres.missing()
+    if reason:
+        pytest.skip(reason)
+    with postgres.cluster() as url:
+        yield url
+
+
+@pytest.fixture
+def pg_url(pg_admin):
+    """The URL of a new, empty database in the session's cluster."""
+    from helpers.postgres import fresh_database
+
+    return fresh_database(pg_admin)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ...errors import NotReady
+from ...errors import DatabaseUnavailable, NotReady
 from ..deps import loading_progress
 from ..errors import error_body
 from ..schemas import Health, NotReadyBody, Ready
@@ -28,7 +30,12 @@ async def readyz(request: Request):
         line, progress = loading_progress(request.app)
         return JSONResponse({**error_body(line), "progress": progress}, status_code=503,
                             headers={"Retry-After": str(NotReady.retry_after_s)})
-    return Ready(status="ready", models=sorted(svc.models))
+    try:
+        await asyncio.to_thread(svc.meta.ping)  # a replica without its database can neither resolve nor build
+    except DatabaseUnavailable as err:
+        return JSONResponse({**error_body(f"not ready: {err}"), "progress": {"phase": "database unreachable"}},
+                            status_code=503, headers={"Retry-After": str(DatabaseUnavailable.retry_after_s)})
+    return Ready(status="ready", models=sorted(svc.models), database=svc.meta.dialect)
 
 
 @router.get("/metrics", response_class=PlainTextResponse,

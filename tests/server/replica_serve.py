@@ -1,0 +1,31 @@
+"""``mlfs serve`` with every artifact build held back ``TEST_BUILD_DELAY_S`` seconds before it starts, so the
+replica tests can kill a replica in the middle of a build and watch concurrent requests overlap one.
+
+Run as ``python tests/server/replica_serve.py serve --store ...`` (the arguments of ``mlfs``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from server.cache import ArtifactCache
+
+DELAY_S = float(os.environ.get("TEST_BUILD_DELAY_S", "0"))
+_build = ArtifactCache._build
+
+
+def _delayed_build(self, key, build, lease):
+    def delayed(folder):
+        time.sleep(DELAY_S)
+        return build(folder)
+
+    return _build(self, key, delayed, lease)
+
+
+if __name__ == "__main__":
+    ArtifactCache._build = _delayed_build
+    from server.cli import main
+
+    sys.argv = ["mlfs", *sys.argv[1:]]
+    main()
