@@ -295,11 +295,15 @@ def stack_settings(meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def zero_stages(net: Supernet, stages: tuple[int, ...]) -> None:
-    """Switch stages off in place: A_s = 0 makes A_s B_s = 0 (B_s is kept)."""
+    """Switch stages off in place: A_s = 0 makes A_s B_s = 0 (B_s is kept); their vector/head deltas are zeroed."""
     with torch.no_grad():
         for stack in net.adapter_stacks().values():
             for s in stages:
                 stack.A[s].zero_()
+        for deltas in net.deltas.values():
+            for s in stages:
+                if str(s) in deltas.deltas:
+                    deltas.deltas[str(s)].zero_()
 
 
 @contextmanager

@@ -207,6 +207,13 @@ def train_cmd(
     fd: Annotated[bool, typer.Option("--fd/--no-fd", help="Feature distillation.")] = True,
     reorder: Annotated[bool, typer.Option("--reorder/--no-reorder", help="Importance reordering before training.")] = True,
     rank: Annotated[int, typer.Option(help="Adapter rank r.")] = 8,
+    stage_ranks: Annotated[str, typer.Option(help="Rank per stage, e.g. 8,8,32; 'uniform': r for every stage. Default: r, r, 4r.")] = "",
+    vector_deltas: Annotated[bool, typer.Option("--vector-deltas/--no-vector-deltas", help="Stage-wise deltas of norm weights/biases and linear biases.")] = True,
+    head_deltas: Annotated[bool, typer.Option("--head-deltas/--no-head-deltas", help="Stage-wise deltas of the task head in stages 1-2.")] = True,
+    teacher: Annotated[str, typer.Option(help="What subnets distil from: stage0 (the frozen stage-0 maxnet) or maxnet (the paper's moving maxnet).")] = "stage0",
+    small_bias: Annotated[float, typer.Option(help="Share of sampled subnets drawn from the smaller half of the space (0: the paper's uniform sampling).")] = 0.5,
+    stage_lr: Annotated[str, typer.Option(help="Peak lr per stage, e.g. 1e-3,1e-3,2e-3 (default: --lr for every stage).")] = "",
+    stage_epochs: Annotated[str, typer.Option(help="Epochs per stage, e.g. 2,1,3 (default: --epochs for every stage).")] = "",
     search_space: Annotated[Path | None, typer.Option(help="Search space YAML/JSON (default: the family default).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for data order, sampling and init.")] = 0,
     checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 100,
@@ -222,6 +229,7 @@ def train_cmd(
     """Train stage-wise adapters (MLFS stages 0-2) and write the adapter stack, its palette table and a report."""
     from tqdm import tqdm
 
+    from ..nn.adapters import AdapterSettings
     from ..spec.search_space import SearchSpace
     from ..train.fit import fit, is_main_process
     from ..train.trainer import TrainSettings
@@ -230,10 +238,20 @@ def train_cmd(
         stage_list = tuple(int(x) for x in stages.split(","))
     except ValueError:
         raise typer.BadParameter(f"--stages: {stages!r} is not a comma-separated list of 0, 1, 2") from None
+    def numbers(flag: str, text: str, kind: type) -> tuple:
+        try:
+            return tuple(kind(x) for x in text.split(",")) if text else ()
+        except ValueError:
+            raise typer.BadParameter(f"{text!r} is not a comma-separated list of numbers", param_hint=flag) from None
+
     settings = TrainSettings(task=task, stages=stage_list, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                              max_len=max_len, lr=lr, subnets=subnets, alpha=alpha, beta=beta, gamma=gamma,
                              temperature=temperature, feature_distillation=fd, seed=seed,
-                             checkpoint_every=checkpoint_every)
+                             checkpoint_every=checkpoint_every, teacher=teacher, small_bias=small_bias,
+                             stage_lr=numbers("--stage-lr", stage_lr, float),
+                             stage_epochs=numbers("--stage-epochs", stage_epochs, float))
+    ranks = () if stage_ranks == "uniform" else numbers("--stage-ranks", stage_ranks, int) or (rank, rank, 4 * rank)
+    adapters = AdapterSettings(rank=rank, stage_ranks=ranks, vectors=vector_deltas, head=head_deltas)
     space = SearchSpace.from_file(search_space) if search_space else None
     read = read_options(text_column, label_column, skip_bad, fold_label_case)
     set_threads(threads)
@@ -268,7 +286,8 @@ def train_cmd(
 
     report = fit(base, data, out_dir, settings, rank=rank, space=space, reorder=reorder, device=device,
                  resume=resume, on_step=on_step, read=read, eval_configs=eval_configs,
-                 on_stage=on_stage if main_process else None, on_eval=on_eval if main_process else None)
+                 on_stage=on_stage if main_process else None, on_eval=on_eval if main_process else None,
+                 adapters=adapters)
     for bar in [*bars.values(), *eval_bar]:
         bar.close()
     if not main_process:

@@ -23,7 +23,8 @@ from ..paths import atomic_directory, new_file_mode
 from ..spec.search_space import SearchSpace
 from .checkpoint import read_json, read_safetensors
 
-STACK_FORMAT = "mlfs-adapters/1"
+STACK_FORMAT = "mlfs-adapters/2"  # /2 adds stage ranks, vector deltas and head deltas
+READABLE_FORMATS = ("mlfs-adapters/1", STACK_FORMAT)  # /1: low-rank pairs at one rank and the head alone
 STACK_META = "adapter_config.json"
 STACK_WEIGHTS = "adapters.safetensors"
 REORDER_PREFIX = "reordering."
@@ -47,6 +48,9 @@ def save_adapter_stack(
         "alpha": s.alpha,
         "targets": list(s.targets),
         "stages": s.stages,
+        "stage_ranks": list(s.ranks),
+        "vector_deltas": s.vectors,
+        "head_deltas": s.head,
         "stage": supernet.stage,
         "search_space": supernet.space.to_dict(),
         "reordered": reordering is not None,
@@ -66,9 +70,18 @@ def save_adapter_stack(
 def read_stack_meta(folder: str | Path) -> dict[str, Any]:
     """An adapter stack's metadata (rank, targets, stages, task, training settings, ...), format-checked."""
     meta = read_json(Path(folder) / STACK_META)
-    if meta.get("format") != STACK_FORMAT:
-        raise CheckpointError(f"{Path(folder) / STACK_META}: format {meta.get('format')!r}, expected {STACK_FORMAT!r}")
+    if meta.get("format") not in READABLE_FORMATS:
+        raise CheckpointError(f"{Path(folder) / STACK_META}: format {meta.get('format')!r}, expected one of {list(READABLE_FORMATS)}")
     return meta
+
+
+def stack_settings(meta: dict[str, Any]) -> AdapterSettings:
+    """The adapter settings a stack was written with (a /1 stack: one rank, low-rank pairs only)."""
+    ranks = tuple(meta.get("stage_ranks") or ())
+    uniform = len(set(ranks)) <= 1
+    return AdapterSettings(meta["rank"], tuple(meta["targets"]), meta["stages"], meta.get("alpha"),
+                           stage_ranks=() if uniform else ranks, vectors=bool(meta.get("vector_deltas", False)),
+                           head=bool(meta.get("head_deltas", False)))
 
 
 def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerprint: str) -> Supernet:
@@ -89,12 +102,12 @@ def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint:
         )
     if meta["base_dims"] != base.dims.base().to_dict():
         raise AdapterMismatchError(f"adapters in {folder} were made for other model dimensions: {meta['base_dims']}")
-    settings = AdapterSettings(meta["rank"], tuple(meta["targets"]), meta["stages"], meta.get("alpha"))
+    settings = stack_settings(meta)
     tensors = read_safetensors(folder / STACK_WEIGHTS)
     reorder = {k[len(REORDER_PREFIX):]: v for k, v in tensors.items() if k.startswith(REORDER_PREFIX)}
     # Check everything before touching the caller's base model.
     num_labels = meta.get("num_labels", 0)
-    expected = adapter_shapes(base.dims, settings)
+    expected = adapter_shapes(base.dims.with_labels(num_labels) if num_labels else base.dims, settings)
     if num_labels:
         expected.update({"head.weight": (num_labels, base.dims.hidden), "head.bias": (num_labels,)})
     got = {k: tuple(v.shape) for k, v in tensors.items() if not k.startswith(REORDER_PREFIX)}

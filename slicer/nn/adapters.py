@@ -1,12 +1,15 @@
-"""Stage-wise low-rank adapters: W = W_pretrain + sum_s A_s B_s, sliced with the subnet.
+"""Stage-wise parts: low-rank deltas W = W_pretrain + sum_s A_s B_s, plus (optionally) stage-wise deltas of
+the vectors (norm weights/biases, linear biases) and of the task head; all sliced with the subnet.
 
-A_s is (out x r) and starts at zero, B_s is (r x in) and starts random, so a new stage changes nothing until
+A_s is (out x r_s) and starts at zero, B_s is (r_s x in) and starts random, so a new stage changes nothing until
 trained. Slicing a subnet keeps the first rows of A_s and the first columns of B_s: the product of the slices
-is the slice of the product, so a subnet needs only sliced weights and sliced adapters.
+is the slice of the product, so a subnet needs only sliced weights and sliced adapters. A vector delta is a
+tensor of the base's shape (zero at first) whose leading slice is added to the slice of the base tensor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -30,6 +33,9 @@ class AdapterSettings:
     targets: tuple[str, ...] = field(default=())  # empty: the family's default
     stages: int = NUM_STAGES
     alpha: float | None = None  # scale = alpha / rank; None: scale 1 (the paper adds A_s B_s as is)
+    stage_ranks: tuple[int, ...] = ()  # rank of each stage; empty: ``rank`` for every stage
+    vectors: bool = False  # stage-wise deltas of every norm weight/bias and linear bias (BitFit / LN-tuning)
+    head: bool = False  # stage-wise deltas of the task head in stages >= 1 (stage 0 trains the head itself)
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
@@ -40,23 +46,44 @@ class AdapterSettings:
         if bad:
             raise ConfigError(f"targets: {bad} unknown; allowed {sorted(TARGET_PATHS)}")
         object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "stage_ranks", tuple(self.stage_ranks))
+        if self.stage_ranks and (len(self.stage_ranks) != self.stages or any(
+                isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.stage_ranks)):
+            raise ConfigError(f"stage_ranks: {list(self.stage_ranks)} must be {self.stages} positive integers (one per stage)")
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """The rank of each stage."""
+        return self.stage_ranks or (self.rank,) * self.stages
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return tuple(1.0 if self.alpha is None else self.alpha / r for r in self.ranks)
 
     @property
     def scale(self) -> float:
-        return 1.0 if self.alpha is None else self.alpha / self.rank
+        return self.scales[0]
 
     def for_family(self, family: Family) -> AdapterSettings:
-        return self if self.targets else AdapterSettings(self.rank, DEFAULT_TARGETS[family], self.stages, self.alpha)
+        return self if self.targets else dataclasses.replace(self, targets=DEFAULT_TARGETS[family])
+
+
+def recommended(rank: int = 8) -> AdapterSettings:
+    """The default method (issue 17's ablation, benchmarks/README.md): rank r for stages 0-1 and 4r for stage 2,
+    vector and head deltas. ``AdapterSettings()`` itself stays the paper's low-rank-only method."""
+    return AdapterSettings(rank=rank, stage_ranks=(rank, rank, 4 * rank), vectors=True, head=True)
 
 
 class LowRankStack(nn.Module):
     """Pairs (A_s, B_s) for each stage; only the current stage is trainable."""
 
-    def __init__(self, in_features: int, out_features: int, rank: int, stages: int, scale: float) -> None:
+    def __init__(self, in_features: int, out_features: int, ranks: tuple[int, ...], scales: tuple[float, ...]) -> None:
         super().__init__()
-        self.scale = scale
-        self.A = nn.ParameterList(nn.Parameter(torch.zeros(out_features, rank)) for _ in range(stages))
-        self.B = nn.ParameterList(nn.Parameter(torch.empty(rank, in_features)) for _ in range(stages))
+        self.scales = tuple(scales)
+        self.scale = self.scales[0]
+        self.upto = len(ranks)  # stages counted in the delta (``Supernet.only_stages`` lowers it)
+        self.A = nn.ParameterList(nn.Parameter(torch.zeros(out_features, r)) for r in ranks)
+        self.B = nn.ParameterList(nn.Parameter(torch.empty(r, in_features)) for r in ranks)
         for b in self.B:
             nn.init.kaiming_uniform_(b, a=math.sqrt(5))
         self.set_stage(0)
@@ -66,13 +93,41 @@ class LowRankStack(nn.Module):
             a.requires_grad_(s == stage)
             b.requires_grad_(s == stage)
 
+    def _pairs(self):
+        return list(zip(self.A, self.B, self.scales))[: self.upto]
+
     def delta(self, out_features: int, in_features: int) -> torch.Tensor:
-        """sum_s A_s[:out] @ B_s[:, :in] * scale: the one place the weight update is defined."""
-        return sum(a[:out_features] @ b[:, :in_features] for a, b in zip(self.A, self.B)) * self.scale
+        """sum_s A_s[:out] @ B_s[:, :in] * scale_s: the one place the weight update is defined."""
+        return sum(a[:out_features] @ b[:, :in_features] * c for a, b, c in self._pairs())
 
     def forward(self, x: torch.Tensor, out_features: int, in_features: int) -> torch.Tensor:
         # Same as x @ delta.T, but through rank r: cheaper than forming the delta during training.
-        return sum(F.linear(F.linear(x, b[:, :in_features]), a[:out_features]) for a, b in zip(self.A, self.B)) * self.scale
+        return sum(F.linear(F.linear(x, b[:, :in_features]), a[:out_features]) * c for a, b, c in self._pairs())
+
+
+class StageDeltas(nn.Module):
+    """A parametrization (torch.nn.utils.parametrize): tensor = base + sum_s delta_s, one zero-initialised delta
+    per stage in ``stages``; only the current stage's is trainable. Slicing the result slices base and deltas
+    alike, so a subnet's tensor is the slice of the merged tensor."""
+
+    def __init__(self, shape: torch.Size, stages: tuple[int, ...]) -> None:
+        super().__init__()
+        self.deltas = nn.ParameterDict({str(s): nn.Parameter(torch.zeros(shape)) for s in stages})
+        self.upto = max(stages) + 1 if stages else 0
+        self.merged = False
+        self.set_stage(0)
+
+    def set_stage(self, stage: int) -> None:
+        for s, d in self.deltas.items():
+            d.requires_grad_(int(s) == stage)
+
+    def delta(self) -> torch.Tensor | None:
+        parts = [d for s, d in self.deltas.items() if int(s) < self.upto]
+        return sum(parts) if parts else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        delta = None if self.merged else self.delta()
+        return x if delta is None else x + delta
 
 
 class AdaptedLinear(nn.Module):

@@ -24,7 +24,7 @@ from ..errors import ConfigError
 from ..formats.adapter_stack import save_adapter_stack
 from ..formats.storage import fingerprint, load_base
 from ..formats.teachers import resolve_base
-from ..nn.adapters import AdapterSettings
+from ..nn.adapters import AdapterSettings, recommended
 from ..nn.importance import Reordering
 from ..nn.supernet import Supernet
 from ..spec.palette import write_palette
@@ -101,14 +101,17 @@ def fit(
     eval_configs: str = "grid",
     on_stage: Callable[[dict[str, Any]], None] | None = None,
     on_eval: Callable[[dict[str, Any], int], None] | None = None,
+    adapters: AdapterSettings | None = None,
 ) -> dict[str, Any]:
     """Train, save the adapter stack, evaluate the palette and write the report.
 
-    ``eval_configs`` picks the configs of the final palette evaluation ('grid': all; N: N spread by size; a JSON
-    file; '0': none, no palette.json). After each stage the maxnet and minnet are evaluated on up to
-    ``STAGE_EVAL_EXAMPLES`` dev examples (``on_stage`` gets the summary); ``on_eval(row, total)`` follows the
-    final evaluation config by config."""
+    ``adapters`` (rank, stage ranks, vector/head deltas) wins over ``rank`` when given; the default is the
+    recommended method at rank ``rank`` (``slicer.nn.adapters.recommended``). ``eval_configs`` picks the configs
+    of the final palette evaluation ('grid': all; N: N spread by size; a JSON file; '0': none, no palette.json).
+    After each stage the maxnet and minnet are evaluated on up to ``STAGE_EVAL_EXAMPLES`` dev examples
+    (``on_stage`` gets the summary); ``on_eval(row, total)`` follows the final evaluation config by config."""
     out = Path(out)
+    adapters = adapters or recommended(rank)
     with distributed_training():
         if not resume and (out / "checkpoint").exists():
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -138,11 +141,11 @@ def fit(
         if settings.task == CLASSIFICATION:
             model.add_classification_head(len(data_info["label_names"]))
         space = space or SearchSpace.default(model.dims)
-        net = Supernet(model, AdapterSettings(rank=rank), space)
+        net = Supernet(model, adapters, space)
         dev = pick_device(device)
         net.to(dev)
         trainer = Trainer(net, train_ex, settings, out, dev)
-        log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps())
+        log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps(settings.stages[0]))
         summaries: list[dict[str, Any]] = []
         stage_batches = eval_batches(_evenly_spaced(dev_ex, STAGE_EVAL_EXAMPLES), 64)
 
@@ -163,19 +166,20 @@ def fit(
 
     fp = fingerprint(base_dir)
     extra = {"task": settings.task, "data": data_info, "train_settings": asdict(settings)}
-    save_adapter_stack(net.cpu(), out / ADAPTERS_SUBDIR, fp, reordering, extra)
+    save_adapter_stack(net, out / ADAPTERS_SUBDIR, fp, reordering, extra)  # tensors are copied to the CPU
     started = time.perf_counter()
     configs = [] if eval_configs == "0" else resolve_configs(net, eval_configs)
-    rows = evaluate_palette(net, configs, dev_ex, settings.task,
+    rows = evaluate_palette(net, configs, dev_ex, settings.task, device=dev,  # fp32, where it trained
                             on_config=(lambda row: on_eval(row, len(configs))) if on_eval else None)
     if rows:
         write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["eval"])
     report = {
-        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": rank, "reordered": reordering is not None,
+        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": adapters.rank,
+        "adapters": {"stage_ranks": list(adapters.ranks), "vector_deltas": adapters.vectors, "head_deltas": adapters.head}, "reordered": reordering is not None,
         "search_space": space.to_dict(), "settings": asdict(settings), "data": data_info,
         "train_seconds": result["seconds"], "eval_seconds": time.perf_counter() - started,
-        "steps_per_stage": result["steps_per_stage"], "device": str(dev), "stage_summaries": summaries,
-        "threads": torch.get_num_threads(),
+        "steps_per_stage": result["steps_per_stage"], "steps_by_stage": result["steps_by_stage"],
+        "device": str(dev), "stage_summaries": summaries, "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()}, "palette": rows,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))

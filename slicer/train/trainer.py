@@ -3,7 +3,9 @@
 Stage 0 fine-tunes the maxnet (A_0, B_0 and the task head). Stage 1 trains A_1, B_1 over sampled widths at
 full depth; stage 2 trains A_2, B_2 over widths and depths. Every step runs the maxnet first, then the
 smallest subnet of the stage (sandwich rule) and K-2 sampled ones; each subnet's loss is weighted by
-(n_1 / n_j) ** gamma.
+(n_1 / n_j) ** gamma. Subnets distil from the maxnet of the same step (``teacher="maxnet"``, the paper) or from
+the frozen stage-0 teacher (``teacher="stage0"``: the maxnet with the later stages' parts switched off);
+``small_bias`` draws that share of the sampled subnets from the smaller half of the stage's configs.
 
 Determinism: batch order depends on (seed, stage, epoch) and subnet sampling on (seed, stage, step), so a
 resumed run repeats the uninterrupted run's steps exactly, and data-parallel ranks agree on every subnet.
@@ -45,6 +47,8 @@ from .losses import (
 )
 
 log = logging.getLogger(__name__)
+TEACHERS = ("maxnet", "stage0")
+LEGACY_SETTINGS = {"teacher": "maxnet", "small_bias": 0.0, "stage_lr": (), "stage_epochs": ()}
 CHECKPOINT = "checkpoint"
 
 
@@ -71,10 +75,24 @@ class TrainSettings:
     d_low: int = 128
     seed: int = 0
     checkpoint_every: int = 100
+    # Issue 17's ablation (benchmarks/README.md): the defaults below; the paper's are teacher="maxnet", small_bias=0.
+    teacher: str = "stage0"  # what subnets distil from: "stage0" (the frozen stage-0 maxnet) or "maxnet" (moving)
+    small_bias: float = 0.5  # share of sampled subnets drawn from the smaller half of the stage's configs
+    stage_lr: tuple[float, ...] = ()  # peak lr per stage (indexed by stage number); empty: ``lr`` everywhere
+    stage_epochs: tuple[float, ...] = ()  # epochs per stage (indexed by stage number); empty: ``epochs`` everywhere
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"task: {self.task!r} is not one of {list(TASKS)}")
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"teacher: {self.teacher!r} is not one of {list(TEACHERS)}")
+        if not 0.0 <= self.small_bias <= 1.0:
+            raise ConfigError(f"small_bias: {self.small_bias} out of range; allowed 0..1")
+        for name in ("stage_lr", "stage_epochs"):
+            values = tuple(getattr(self, name))
+            object.__setattr__(self, name, values)
+            if values and (len(values) != 3 or any(v <= 0 for v in values)):
+                raise ConfigError(f"{name}: {list(values)} must be three positive numbers, one per stage 0, 1, 2")
         if not self.stages or any(s not in (0, 1, 2) for s in self.stages) or list(self.stages) != sorted(set(self.stages)):
             raise ConfigError(f"stages: {list(self.stages)} must be increasing stage numbers from 0, 1, 2")
         if self.subnets < 2:
@@ -130,16 +148,18 @@ class Trainer:
             raise ConfigError(f"batch_size: {settings.batch_size} is larger than the training set ({len(data)})")
 
     # ----- schedule -----------------------------------------------------------------------------------------
-    def stage_steps(self) -> int:
-        steps = math.ceil(self.s.epochs * self.steps_per_epoch)
+    def stage_steps(self, stage: int = 0) -> int:
+        epochs = self.s.stage_epochs[stage] if self.s.stage_epochs else self.s.epochs
+        steps = math.ceil(epochs * self.steps_per_epoch)
         return min(steps, self.s.max_steps) if self.s.max_steps else steps
 
-    def lr_at(self, step: int, total: int) -> float:
+    def lr_at(self, step: int, total: int, stage: int = 0) -> float:
         """Linear warm-up, then linear decay to zero."""
+        peak = self.s.stage_lr[stage] if self.s.stage_lr else self.s.lr
         warm = max(1, round(self.s.warmup * total))
         if step < warm:
-            return self.s.lr * (step + 1) / warm
-        return self.s.lr * max(0.0, (total - step) / max(1, total - warm))
+            return peak * (step + 1) / warm
+        return peak * max(0.0, (total - step) / max(1, total - warm))
 
     def stage_configs(self, stage: int, step: int) -> list[SubnetConfig]:
         """The maxnet, then (stages 1-2) the stage's smallest subnet and K-2 sampled ones."""
@@ -152,15 +172,22 @@ class Trainer:
             dims, dims.num_layers, space.heads[0], space.ffn[0], space.hidden[0])
         rng = random.Random(f"{self.s.seed}:{stage}:{step}")
         configs.append(smallest)
-        configs += [net.sample(rng, vary_depth=stage == 2) for _ in range(self.s.subnets - 2)]
+        for _ in range(self.s.subnets - 2):
+            small = self.s.small_bias > 0 and rng.random() < self.s.small_bias
+            configs.append(rng.choice(self.small_configs(stage)) if small else net.sample(rng, vary_depth=stage == 2))
         return configs
+
+    def small_configs(self, stage: int) -> list[SubnetConfig]:
+        """The smaller half (by non-embedding parameters) of the uniform configs stage ``stage`` samples from."""
+        dims = self.net.dims
+        configs = [c for c in self.net.space.enumerate(dims) if stage == 2 or len(c.layers) == dims.num_layers]
+        configs.sort(key=lambda c: c.param_count(dims).non_embedding)
+        return configs[: max(1, len(configs) // 2)]
 
     def trainable(self, stage: int) -> list[tuple[str, torch.nn.Parameter]]:
         self.net.set_stage(stage)
-        head = getattr(self.net.model, "head", None)
-        if head is not None:
-            for p in head.parameters():
-                p.requires_grad_(stage == 0)  # the paper fine-tunes the task head with the teacher only
+        for p in self.net.head_tensors().values():
+            p.requires_grad_(stage == 0)  # the paper fine-tunes the task head with the teacher only (later: deltas)
         return [(n, p) for n, p in self.net.named_parameters() if p.requires_grad]
 
     def _data_parallel(self, stage: int) -> nn.Module:
@@ -196,6 +223,12 @@ class Trainer:
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda")
         n_max = net.active_adapter_numbers(configs[0], stages=(stage,))
         metrics: dict[str, Any] = {}
+        frozen = None
+        if s.teacher == "stage0" and stage > 0:
+            net.set_active(configs[0])
+            with torch.no_grad(), autocast, net.only_stages(0):
+                out = self.forward_module(**inputs, output_hidden_states=s.feature_distillation)
+            frozen = (out.logits.detach(), [h.detach() for h in out.hidden_states] if out.hidden_states else None)
 
         for j, cfg in enumerate(configs):
             net.set_active(cfg)
@@ -206,6 +239,8 @@ class Trainer:
                     loss = task  # alpha = 0 for the maxnet
                     teacher_logits = out.logits.detach()
                     teacher_states = [h.detach() for h in out.hidden_states] if out.hidden_states else None
+                    if frozen is not None:
+                        teacher_logits, teacher_states = frozen
                     metrics["loss_max"] = task.item()
                 else:
                     kd_mask = mask if s.task == CAUSAL_LM else None
@@ -236,11 +271,12 @@ class Trainer:
             self._truncate_metrics(position)
         metrics_log = (self.out / "metrics.jsonl").open("a" if resume else "w") if self.rank == 0 else None
         started = time.perf_counter()
-        total = self.stage_steps()
+        steps = {stage: self.stage_steps(stage) for stage in s.stages}
         try:
             for stage in s.stages:
                 if position and stage < position["stage"]:
                     continue
+                total = steps[stage]
                 named = self.trainable(stage)
                 params = [p for _, p in named]
                 if self.world > 1:
@@ -254,7 +290,7 @@ class Trainer:
                     self._load_optimizer(opt, named)
                     position = None
                 for step in range(first, total):
-                    lr = self.lr_at(step, total)
+                    lr = self.lr_at(step, total, stage)
                     for group in opt.param_groups:
                         group["lr"] = lr
                     m = self.step(stage, step, params)
@@ -277,7 +313,8 @@ class Trainer:
             self._release_data_parallel()
             if metrics_log:
                 metrics_log.close()
-        return {"seconds": time.perf_counter() - started, "steps_per_stage": total}
+        return {"seconds": time.perf_counter() - started, "steps_per_stage": steps[s.stages[-1]],
+                "steps_by_stage": steps}
 
     # ----- checkpoints (safetensors + JSON: nothing is unpickled) --------------------------------------------
     def save_checkpoint(self, stage: int, step: int, opt: torch.optim.Optimizer, named) -> None:
@@ -302,16 +339,21 @@ class Trainer:
         position = json.loads((folder / "position.json").read_text())
         saved = {k: v for k, v in position["settings"].items() if k not in ("checkpoint_every", "max_steps")}
         now = {k: v for k, v in asdict(self.s).items() if k not in ("checkpoint_every", "max_steps")}
-        saved["stages"] = tuple(saved["stages"])
+        saved = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()}  # JSON lists were tuples
+        saved = {**LEGACY_SETTINGS, **saved}  # a run checkpointed before these settings existed used the paper's
         if saved != now:
             diff = {k: (saved[k], now[k]) for k in now if saved.get(k) != now[k]}
             raise CheckpointError(f"--resume: settings differ from the checkpointed run: {diff}")
         tensors = load_file(str(folder / "state.safetensors"))
+        missing = sorted(k for k in {**self.net.adapter_state(), **self.net.head_state()} if f"model.{k}" not in tensors)
+        if missing:
+            raise CheckpointError(f"--resume: the checkpoint has no {missing[:3]} ({len(missing)} missing); resume with "
+                                  "the adapter settings the run started with (e.g. --stage-ranks uniform --no-vector-deltas)")
         with torch.no_grad():
             for k, v in {**self.net.adapter_state(), **self.net.head_state()}.items():
                 v.copy_(tensors[f"model.{k}"])
         self._resume_tensors, self._resume_steps = tensors, position["opt_steps"]
-        if position["step"] >= self.stage_steps():  # that stage was finished: start the next one
+        if position["step"] >= self.stage_steps(position["stage"]):  # that stage was finished: start the next one
             later = [st for st in self.s.stages if st > position["stage"]]
             return {"stage": later[0], "step": 0} if later else {"stage": 3, "step": 0}
         return position

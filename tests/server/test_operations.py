@@ -20,7 +20,7 @@ from server.cli import app
 from server.metadata import SQLiteMetadata
 from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS, save_adapter_stack
 from slicer.formats.storage import fingerprint, load_base
-from slicer.nn.adapters import AdapterSettings
+from slicer.nn.adapters import AdapterSettings, recommended
 from slicer.nn.importance import Reordering
 from slicer.nn.supernet import Supernet
 from slicer.slicing import open_supernet
@@ -179,3 +179,36 @@ def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back_to
     r = httpx.post(f"{server}/v1/resolve", json=body, timeout=300)
     assert r.status_code == 200, r.text
     assert r.json()["precision"] == "fp32" and r.json()["config"] != full.to_dict()
+
+
+def test_a_stack_with_vector_deltas_registers_and_its_artifact_merges_them(server, store, tmp_path):
+    """A /2 stack (stage ranks, vector deltas; issue 17): served, and its artifact holds the merged deltas."""
+    base_dir = store / "tiny-bert"
+    net = Supernet(load_base(base_dir), recommended(rank=2)).eval()
+    randomize_adapters(net, 4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for deltas in net.deltas.values():
+            for d in deltas.deltas.values():
+                d.copy_(0.2 * torch.randn(d.shape, generator=g))
+    net.set_stage(2)
+    save_adapter_stack(net, tmp_path / "stack", fingerprint(base_dir))
+    r = upload(server, "tiny-parts", tmp_path / "stack", str(base_dir))
+    assert r.status_code == 201, r.text
+    got = httpx.post(f"{server}/v1/resolve", timeout=300,
+                     json={"model": "tiny-parts", "budget": {"precision": "fp32", "max_memory_mb": 1000}}).json()
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(httpx.get(server + got["url"]).content, providers=["CPUExecutionProvider"])
+    ids = np.array([[2, 5, 9, 11, 3]])
+    onnx_out = sess.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})[0]
+    cfg = SubnetConfig.from_dict(got["config"])
+    opened = open_supernet(str(base_dir), tmp_path / "stack")
+    assert opened.supernet.deltas  # the vector deltas came back with the stack
+    with torch.no_grad():
+        ref = opened.supernet.extract(cfg)(input_ids=torch.tensor(ids)).pooled.numpy()
+        for deltas in opened.supernet.deltas.values():
+            deltas.upto = 0  # the same stack without its vector deltas
+        without = opened.supernet.extract(cfg)(input_ids=torch.tensor(ids)).pooled.numpy()
+    assert np.abs(onnx_out - ref).max() < 1e-4
+    assert np.abs(onnx_out - without).max() > 1e-3  # the vector deltas are in the served weights
