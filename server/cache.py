@@ -3,9 +3,14 @@
 An artifact lives in ``root/<key>/`` where the key is a sha256 over everything that determines its bytes
 (base fingerprint, adapter fingerprint, subnet config key, precision, build recipe). Builds write into a
 temporary folder, fsync every file and rename atomically (``atomic_directory``): a reader never sees half an
-artifact; files are hashed once, as they are built. One build per key runs at a time however many ask. An entry's
-files are re-hashed the first time it is served after a start and whenever their size or mtime changed; a corrupted entry is dropped (and rebuilt by the next request),
-never served. Least-recently-used unpinned entries are evicted to keep the cache under its disk budget.
+artifact; files are hashed once, as they are built. One build per key runs at a time however many ask.
+Least-recently-used unpinned entries are evicted to keep the cache under its disk budget.
+
+Integrity: an entry's files are hashed in full before their first serve after start and before the first serve
+after any change to a file's inode, size, mtime or ctime (every write through the file system changes ctime,
+even one that puts the mtime back), and ``scrub`` re-hashes every entry (the server runs it every
+``scrub_interval_s``) to catch what no metadata shows (bit rot). A corrupted entry is dropped (and rebuilt by
+the next request), never served again.
 
 Several processes or server replicas may share the folder: builds are claimed per key (``server.coordination``:
 a file lock on one host, a lease row in PostgreSQL across replicas), and eviction goes in two steps through the
@@ -75,7 +80,7 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.meta, self.budget, self.evict_grace_s = metadata, budget_bytes, evict_grace_s
         self.claims = claims or LocalClaims(self.root / ".locks")
-        self._verified: dict[str, dict[str, tuple[int, int]]] = {}  # key -> file -> (size, mtime_ns) seen valid
+        self._verified: dict[str, dict[str, Fingerprint]] = {}  # key -> file -> fingerprint when last hashed valid
         self._clean_leftovers()
 
     def _clean_leftovers(self) -> None:
@@ -105,21 +110,31 @@ class ArtifactCache:
             return None
         return Entry(key, path, record)
 
-    def _intact(self, key: str, path: Path, record: ArtifactRecord) -> bool:
-        seen = self._verified.get(key, {})
-        current: dict[str, tuple[int, int]] = {}
+    def _intact(self, key: str, path: Path, record: ArtifactRecord, rehash: bool = False) -> bool:
+        seen = {} if rehash else self._verified.get(key, {})
+        current: dict[str, Fingerprint] = {}
         for name, info in record.files.items():
             try:
-                st = (path / name).stat()
+                current[name] = fingerprint(path / name)
             except FileNotFoundError:
                 return False
-            current[name] = (st.st_size, st.st_mtime_ns)
             if seen.get(name) == current[name]:
-                continue  # unchanged since it was last verified
-            if st.st_size != info["size"] or sha256_file(path / name) != info["sha256"]:
+                continue  # unchanged since it was last hashed
+            if current[name][1] != info["size"] or sha256_file(path / name) != info["sha256"]:
                 return False
         self._verified[key] = current
         return True
+
+    def scrub(self) -> list[str]:
+        """Re-hash every entry's files in full, dropping the corrupted ones; returns the dropped keys."""
+        dropped = []
+        for record in self.meta.list_artifacts():
+            path = self.root / record.key
+            if path.is_dir() and not self._intact(record.key, path, record, rehash=True):
+                log.warning("scrub: artifact %s failed verification; dropping it", record.key[:12])
+                self.drop(record.key)
+                dropped.append(record.key)
+        return dropped
 
     def served(self, key: str) -> None:
         self.meta.touch(key)
@@ -172,7 +187,7 @@ class ArtifactCache:
                                 build_seconds=time.perf_counter() - start)
         self.meta.put_artifact(record)
         # These bytes were hashed as they were written: the first serve need not read them again.
-        self._verified[key] = {name: _stat(final / name) for name in files}
+        self._verified[key] = {name: fingerprint(final / name) for name in files}
         self.evict(keep=key)
         return Entry(key, final, record)
 
@@ -222,6 +237,10 @@ class ArtifactCache:
         return dropped
 
 
-def _stat(path: Path) -> tuple[int, int]:
+Fingerprint = tuple[int, int, int, int]
+
+
+def fingerprint(path: Path) -> Fingerprint:
+    """(inode, size, mtime, ctime): any change through the file system changes one of them."""
     st = path.stat()
-    return st.st_size, st.st_mtime_ns
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -62,6 +62,7 @@ def serve_cmd(
     from pydantic import SecretStr
 
     from .api import create_app
+    from .api.serving import uvicorn_config
     from .settings import Settings
     from .store import ensure_operator_token
 
@@ -78,7 +79,7 @@ def serve_cmd(
         logging.getLogger(name).setLevel(logging.INFO)
     err.print(f"binding http://{settings.host}:{settings.port} now; /readyz answers 503 with progress until the "
               "models are loaded")
-    uvicorn.run(create_app(settings, prepare_store=True), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.Server(uvicorn_config(create_app(settings, prepare_store=True), settings)).run()
 
 
 @contextmanager

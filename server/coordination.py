@@ -92,7 +92,7 @@ class LocalClaims:
     @contextlib.contextmanager
     def claim(self, key: str) -> Iterator[Lease]:
         self.lock_dir.mkdir(parents=True, exist_ok=True)
-        with self._threads(key), file_lock(self.lock_dir / key):
+        with self._threads(key), file_lock(self.lock_dir / key, remove=True):  # no lock file left per key
             yield _Held(key)
 
     @contextlib.contextmanager

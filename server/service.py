@@ -337,9 +337,13 @@ class DeliveryService:
             self._inflight[key] = future
             self.metrics.builds_in_flight.set(len(self._inflight))
 
-            def done(_):
+            def done(f: asyncio.Future) -> None:
                 self._inflight.pop(key, None)
                 self.metrics.builds_in_flight.set(len(self._inflight))
+                # Retrieve the outcome here: when every caller got 202, nobody awaits a failed build, and asyncio
+                # would log "Future exception was never retrieved" with a traceback.
+                if not f.cancelled() and f.exception() is not None:
+                    log.warning("build of %s %s failed: %s", cfg.describe(), precision, f.exception())
 
             future.add_done_callback(done)
         try:

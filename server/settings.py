@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     max_upload_mb: int = 256  # adapter stack uploads (PUT /v1/models/{name})
     profiles_file: Path | None = None
+    scrub_interval_s: float = Field(3600.0, ge=0)  # re-hash every cached artifact this often (0: never)
+    header_timeout_s: float = Field(10.0, gt=0)  # a connection's request headers must arrive within this
+    keep_alive_s: int = Field(5, ge=1)  # idle keep-alive connections are closed after this
+    max_connections: int = Field(512, ge=1)  # open connections and requests; more get 503
     # Replicas (README "Deployment"): a postgresql:// URL puts the metadata in PostgreSQL and coordinates builds
     # and eviction between every server on the same store; unset, the store's own SQLite file is used.
     database_url: SecretStr | None = None

@@ -36,19 +36,40 @@ def sha256_file(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path``, across processes (no-op where ``fcntl`` is unavailable)."""
+def file_lock(path: Path, remove: bool = False) -> Iterator[None]:
+    """An exclusive advisory lock on ``path``, across processes (no-op where ``fcntl`` is unavailable).
+
+    ``remove``: delete the lock file on release (one file per key would otherwise pile up). It is unlinked while
+    still held, and whoever then acquires the unlinked file notices (the path names another inode, or none) and
+    locks the current file instead, so two holders never coexist.
+    """
     try:
         import fcntl
     except ImportError:  # Windows: writes stay atomic, just not serialised
         yield
         return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    while True:
+        with open(path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                if remove and not _names(path, f.fileno()):
+                    continue  # the previous holder removed this file: lock the one at the path now
+                try:
+                    yield
+                finally:
+                    if remove:
+                        path.unlink(missing_ok=True)
+                return
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
 
 
 def _fsync_tree(root: Path) -> None:

@@ -7,6 +7,7 @@ The port is bound first: the store is prepared and the models are loaded in a ba
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -23,6 +24,22 @@ from .middleware import LimitsAndCounts
 from .routes import artifacts, health, models, operator, resolve, telemetry
 
 log = logging.getLogger(__name__)
+
+
+async def scrub_forever(app: FastAPI, interval_s: float) -> None:
+    """Re-hash the whole cache every ``interval_s`` once the service is up (in a thread: it reads every byte)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        svc = app.state.service
+        if svc is None or not svc.ready:
+            continue
+        try:
+            dropped = await asyncio.to_thread(svc.cache.scrub)
+        except Exception:  # a failed scrub must not end the schedule
+            log.exception("cache scrub failed")
+        else:
+            if dropped:
+                log.warning("cache scrub dropped %d corrupted artifacts", len(dropped))
 
 
 def _start(app: FastAPI, settings: Settings, metrics: Metrics, prepare_store: bool) -> None:
@@ -57,9 +74,13 @@ def create_app(settings: Settings, prepare_store: bool = False) -> FastAPI:
         loader = threading.Thread(target=_start, args=(app, settings, metrics, prepare_store), name="mlfs-start",
                                   daemon=True)
         loader.start()
+        interval = settings.scrub_interval_s
+        scrub = asyncio.create_task(scrub_forever(app, interval)) if interval else None
         try:
             yield
         finally:
+            if scrub is not None:
+                scrub.cancel()
             svc = app.state.service
             if svc is not None:
                 svc.close()

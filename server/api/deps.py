@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Path, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
@@ -51,6 +51,9 @@ async def _settings(request: Request) -> Settings:
 
 
 Service = Annotated[DeliveryService, Depends(_service)]
+# Documented, not enforced here: the cache checks ids itself and answers 400 with what an id must look like.
+ArtifactId = Annotated[str, Path(json_schema_extra={"pattern": "^[0-9a-f]{64}$"},
+                                 description="64 lowercase hex digits (the `artifact_id` of a resolve)")]
 ServerSettings = Annotated[Settings, Depends(_settings)]
 
 # Documents the operator routes' bearer token in OpenAPI; the check itself is OperatorRoute's, before the body.
@@ -73,7 +76,12 @@ class FiniteJSONRequest(Request):
 
     async def json(self) -> Any:
         if not hasattr(self, "_json"):
-            self._json = json.loads(await self.body(), parse_constant=_non_finite, parse_float=_finite_float)
+            body = await self.body()
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise json.JSONDecodeError(f"the body is not UTF-8 ({err.reason} at byte {err.start})", "", 0) from None
+            self._json = json.loads(text, parse_constant=_non_finite, parse_float=_finite_float)
         return self._json
 
 

@@ -4,6 +4,7 @@ description of every error status a route can answer."""
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -57,8 +58,17 @@ DESCRIPTIONS = {
 }
 
 
+# An absolute path of two or more components (the server's folders); a lone "/etc" a client sent stays.
+_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s/'\"]+/)+([^\s/'\"]+)")
+
+
+def redact_paths(message: str) -> str:
+    """No server path in any response: a message from the library keeps only the file name of a path."""
+    return _PATH.sub(lambda m: f".../{m.group(1)}", message)
+
+
 def error_body(detail: str, errors: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"detail": detail, "errors": errors or []}
+    return {"detail": redact_paths(detail), "errors": errors or []}
 
 
 def error_response(status: int, detail: str, headers: dict[str, str] | None = None,

@@ -39,7 +39,7 @@ class ResolveRequest(Strict):
 
 
 class LatencyReport(Strict):
-    artifact_id: str = Field(..., min_length=64, max_length=64)
+    artifact_id: str = Field(..., min_length=64, max_length=64, json_schema_extra={"pattern": "^[0-9a-f]{64}$"})
     profile: str = Field(..., max_length=64)
     latency_ms: float = Field(..., gt=0, lt=1e7)
     seq_len: int = Field(128, ge=1, le=8192)
@@ -48,8 +48,8 @@ class LatencyReport(Strict):
 
 class WarmRequest(Strict):
     model: str = Field(..., max_length=128)
-    configs: list[dict[str, Any]] = []
-    budgets: list[ResolveRequest] = []
+    configs: list[dict[str, Any]] = Field([], max_length=64)
+    budgets: list[ResolveRequest] = Field([], max_length=64)
 
 
 # ----- responses ----------------------------------------------------------------------------------------------

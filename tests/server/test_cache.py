@@ -154,3 +154,56 @@ def test_unknown_file_in_an_entry_is_refused(cache):
     entry, _ = cache.get_or_build(KEY_A, writer(b"x"))
     with pytest.raises(CacheError, match="no file"):
         entry.file("../../meta.sqlite")
+
+
+def test_a_rewrite_that_restores_size_and_mtime_is_still_rehashed(cache):
+    cache.get_or_build(KEY_A, writer(b"m" * 100))
+    assert cache.get(KEY_A) is not None  # verified; its fingerprint is remembered
+    path = cache.root / KEY_A / "model.onnx"
+    st = path.stat()
+    path.write_bytes(b"M" * 100)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert cache.get(KEY_A) is None
+
+
+def test_scrub_rehashes_entries_whose_metadata_did_not_change(cache, monkeypatch):
+    cache.get_or_build(KEY_A, writer(b"s" * 100))
+    cache.get_or_build(KEY_B, writer(b"t" * 100))
+    assert cache.get(KEY_A) is not None and cache.get(KEY_B) is not None
+    import server.cache as module
+
+    # bit rot: the bytes differ but nothing in the file's metadata does; only a full re-hash can tell
+    real = module.sha256_file
+    monkeypatch.setattr(module, "sha256_file", lambda p: "0" * 64 if KEY_B in str(p) else real(p))
+    assert cache.get(KEY_B) is not None  # the fingerprint is unchanged: served without hashing
+    assert cache.scrub() == [KEY_B]
+    assert cache.get(KEY_A) is not None and cache.get(KEY_B) is None
+
+
+def test_build_locks_leave_no_files_behind(cache):
+    cache.get_or_build(KEY_A, writer(b"x" * 10))
+    with pytest.raises(RuntimeError):
+        cache.get_or_build(KEY_B, lambda folder: (_ for _ in ()).throw(RuntimeError("crash")))
+    assert list((cache.root / ".locks").iterdir()) == []
+
+
+def test_a_removed_lock_file_still_excludes(tmp_path):
+    from slicer.paths import file_lock
+
+    inside, overlaps = [], []
+
+    def worker():
+        for _ in range(30):
+            with file_lock(tmp_path / "k", remove=True):  # each open() is its own lock, as in two processes
+                inside.append(1)
+                if len(inside) > 1:
+                    overlaps.append(1)
+                time.sleep(0.0005)
+                inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and not (tmp_path / "k").exists()

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from ...service import DeliveryService
-from ..deps import Service, StrictRoute
+from ..deps import ArtifactId, Service, StrictRoute
 from ..errors import responses
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"], route_class=StrictRoute)
@@ -15,12 +15,12 @@ BINARY = {"schema": {"type": "string", "format": "binary"}}
 FILE_RESPONSES = {
     200: {"content": {"application/octet-stream": BINARY}, "description": "The file"},
     206: {"content": {"application/octet-stream": BINARY}, "description": "The requested byte range"},
-    **responses(400, 404, 416),
+    **responses(400, 404, 416, 422),
 }
 MANIFEST_RESPONSES = {
     200: {"content": {"application/json": {"schema": {"type": "object"}}}, "description": "The artifact's manifest"},
     206: {"content": {"application/json": {"schema": {"type": "string"}}}, "description": "The requested byte range"},
-    **responses(400, 404, 416),
+    **responses(400, 404, 416, 422),
 }
 
 
@@ -39,15 +39,15 @@ def serve_file(svc: DeliveryService, artifact_id: str, name: str) -> FileRespons
 
 
 @router.get("/{artifact_id}", response_class=ArtifactFile, responses=FILE_RESPONSES)
-def artifact(artifact_id: str, svc: Service):
+def artifact(artifact_id: ArtifactId, svc: Service):
     return serve_file(svc, artifact_id, "model.onnx")
 
 
 @router.get("/{artifact_id}/manifest", response_class=ArtifactFile, responses=MANIFEST_RESPONSES)
-def manifest(artifact_id: str, svc: Service):
+def manifest(artifact_id: ArtifactId, svc: Service):
     return serve_file(svc, artifact_id, "manifest.json")
 
 
 @router.get("/{artifact_id}/files/{name}", response_class=ArtifactFile, responses=FILE_RESPONSES)
-def artifact_file(artifact_id: str, name: str, svc: Service):
+def artifact_file(artifact_id: ArtifactId, name: str, svc: Service):
     return serve_file(svc, artifact_id, name)

@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, Security, UploadFile
+from fastapi import Path as PathParam
 
 from slicer import PALETTE_FILE, STACK_META, STACK_WEIGHTS
 
-from ..deps import OperatorRoute, Service, operator_scheme
+from ...store import MODEL_NAME
+from ..deps import ArtifactId, OperatorRoute, Service, operator_scheme
 from ..errors import responses
 from ..schemas import (
     CachedArtifact,
@@ -26,7 +28,7 @@ from ..schemas import (
 from .resolve import budget_of
 
 router = APIRouter(prefix="/v1", tags=["operator"], route_class=OperatorRoute,
-                   dependencies=[Security(operator_scheme)], responses=responses(401))
+                   dependencies=[Security(operator_scheme)], responses=responses(401, 422))
 
 
 @router.get("/cache", response_model=CacheListing)
@@ -36,8 +38,8 @@ async def cache_list(svc: Service):
                        build_seconds=round(r.build_seconds, 2), info=r.info) for r in svc.meta.list_artifacts()])
 
 
-@router.delete("/cache/{artifact_id}", status_code=204, response_class=Response, responses=responses(400, 404))
-async def cache_delete(artifact_id: str, svc: Service) -> None:
+@router.delete("/cache/{artifact_id}", status_code=204, response_class=Response, responses=responses(400, 404, 422))
+async def cache_delete(artifact_id: ArtifactId, svc: Service) -> None:
     svc.entry(artifact_id)  # 400 for a malformed id, 404 for an absent one
     svc.cache.drop(artifact_id)
 
@@ -76,7 +78,8 @@ def _registered(loaded, replaced: bool) -> Registered:
             responses={200: {"model": Registered, "description": "An existing model was replaced"},
                        **responses(400, 411, 413, 422)})
 async def register_model(
-    name: str,
+    name: Annotated[str, PathParam(json_schema_extra={"pattern": MODEL_NAME.pattern},
+                              description="1-64 lowercase letters, digits, '.', '_' or '-'")],
     svc: Service,
     response: Response,
     base: Annotated[str, Form(max_length=128, description="base of a served model, or a prepared teacher name")],
