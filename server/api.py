@@ -36,9 +36,10 @@ from slicer.evaluate import PALETTE_FILE
 
 from .cache import CacheError
 from .metrics import Metrics
-from .selection import Budget, estimate
+from .selection import Budget, memory_mb
 from .service import BuildQueueFull, DeliveryService, NoFit, UnknownModel
 from .settings import Settings
+from .telemetry import RateLimited, ReportRejected
 
 
 class Strict(BaseModel):
@@ -68,7 +69,10 @@ class ResolveRequest(Strict):
 
 class Estimates(BaseModel):
     memory_mb: float
-    latency_ms: float | None
+    latency_ms: float | None = Field(description="central latency estimate on the device")
+    latency_ms_upper: float | None = Field(None, description="conservative (90 % upper) estimate; budgets are checked against it")
+    latency_rel_sd: float | None = Field(None, description="relative standard deviation of the estimate")
+    latency_source: str | None = Field(None, description="measured | device | fit | level | transfer | calibration")
     quality: float | None
 
 
@@ -86,9 +90,10 @@ class ResolveResponse(BaseModel):
 class LatencyReport(Strict):
     artifact_id: str = Field(..., min_length=64, max_length=64)
     profile: str = Field(..., max_length=64)
-    latency_ms: float = Field(..., gt=0, lt=1e7)
+    latency_ms: float = Field(..., gt=0, lt=1e7, allow_inf_nan=False)
     seq_len: int = Field(128, ge=1, le=8192)
     batch_size: int = Field(1, ge=1, le=1024)
+    threads: int | None = Field(None, ge=1, le=1024, description="intra-op threads the device measured with")
 
 
 class WarmRequest(Strict):
@@ -114,6 +119,15 @@ def operator(request: Request) -> None:
                             headers={"WWW-Authenticate": "Bearer"})
 
 
+def device(request: Request) -> None:
+    """With a configured device token, telemetry needs 'Authorization: Bearer <device token>'."""
+    token = request.app.state.settings.device_token
+    if token is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                     f"Bearer {token.get_secret_value()}".encode()):
+        raise HTTPException(401, "latency reports need 'Authorization: Bearer <token>' with the server's device token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
 v1 = APIRouter(prefix="/v1")
 ops = APIRouter(prefix="/v1", dependencies=[Depends(operator)])
 
@@ -126,7 +140,7 @@ async def resolve(req: ResolveRequest, svc: Service, response: Response):
         raise HTTPException(404, str(err)) from None
     for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
         try:
-            choice = svc.choose(model, _budget(req), req.device.profile, req.device.speed_score)
+            choice = svc.choose(model, _budget(req), req.device.profile, req.device.speed_score, req.device.cpu_count)
         except (NoFit, ConfigError) as err:
             raise HTTPException(422, str(err)) from None
         try:
@@ -146,9 +160,8 @@ async def resolve(req: ResolveRequest, svc: Service, response: Response):
         artifact_id=key, config=choice.config.to_dict(), precision=choice.precision,
         url=f"/v1/artifacts/{key}", manifest_url=f"/v1/artifacts/{key}/manifest", sha256=onnx["sha256"],
         size_bytes=onnx["size"],
-        estimates=Estimates(memory_mb=round(choice.memory_mb, 1),
-                            latency_ms=None if choice.latency_ms is None else round(choice.latency_ms, 2),
-                            quality=choice.quality),
+        estimates=Estimates(memory_mb=round(choice.memory_mb, 1), quality=choice.quality,
+                            **(choice.latency.as_dict() if choice.latency else {"latency_ms": None})),
     )
 
 
@@ -196,19 +209,19 @@ def artifact_file(artifact_id: str, name: str, svc: Service):
 @v1.get("/models")
 def models(svc: Service, seq_len: int = Query(128, ge=1, le=8192), batch_size: int = Query(1, ge=1, le=1024)):
     """Served models, their search spaces and palettes, with fp32 estimates per device profile at a shape."""
-    shape = Budget(seq_len=seq_len, batch_size=batch_size)
     out = []
     for name, m in svc.models.items():
         rows = {r["key"]: r for r in (m.palette or {}).get("configs", [])}
-        per_profile = {p: svc.predictor(m, shape, p) for p in svc.profiles}
+        per_profile = {p: svc.latency_estimates(m, p, seq_len, batch_size) for p in svc.profiles}
         palette = []
         for cfg in m.configs():
             count = cfg.param_count(m.dims)
             row = rows.get(cfg.key, {})
             estimates = {}
-            for p, (measured, predictor) in per_profile.items():
-                mem, ms = estimate(m.dims, cfg, "fp32", shape, measured, predictor, svc.profiles[p].speed_score)
-                estimates[p] = {"memory_mb": round(mem, 1), "latency_ms": None if ms is None else round(ms, 2),
+            mem = memory_mb(m.dims, cfg, "fp32", seq_len, batch_size)
+            for p, latency in per_profile.items():
+                est = latency.get((cfg.key, "fp32"))
+                estimates[p] = {"memory_mb": round(mem, 1), **(est.as_dict() if est else {"latency_ms": None}),
                                 "fits_memory": mem <= svc.profiles[p].memory_mb}
             palette.append({"key": cfg.key, "config": cfg.to_dict(), "shape": cfg.describe(), "params": count.total,
                             "params_non_embedding": count.non_embedding,
@@ -219,14 +232,18 @@ def models(svc: Service, seq_len: int = Query(128, ge=1, le=8192), batch_size: i
     return {"models": out, "profiles": [vars(p) for p in svc.profiles.values()]}
 
 
-@v1.post("/telemetry/latency", status_code=204)
-def telemetry(report: LatencyReport, svc: Service):
+@v1.post("/telemetry/latency", status_code=204, dependencies=[Depends(device)],
+         responses={401: {}, 404: {}, 422: {}, 429: {}})
+def telemetry(report: LatencyReport, svc: Service, request: Request):
+    """A device's measured latency of an artifact on its profile; see README "Latency estimates"."""
     entry = _entry(svc, report.artifact_id)
-    if report.profile not in svc.profiles:
-        raise HTTPException(422, f"unknown device profile {report.profile!r}; known: {sorted(svc.profiles)}")
-    info = entry.record.info
-    svc.meta.put_latency(report.profile, info["config_key"], info["precision"], report.seq_len, report.batch_size,
-                         report.latency_ms, "device")
+    try:
+        svc.report_latency(entry, report.profile, report.latency_ms, report.seq_len, report.batch_size, report.threads,
+                           request.client.host if request.client else None)
+    except RateLimited as err:
+        raise HTTPException(429, str(err), headers={"Retry-After": str(math.ceil(err.retry_after))}) from None
+    except ReportRejected as err:
+        raise HTTPException(422, str(err)) from None
 
 
 @ops.get("/cache")

@@ -27,12 +27,15 @@ from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
 from slicer.subnet_config import SubnetConfig
 
 from .cache import ArtifactCache, Entry, artifact_key
+from .calibration import calibrate
+from .latency_model import Estimates, LatencyEstimator
 from .metadata import SQLiteMetadata
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
-from .selection import Budget, Candidate, Choice, LatencyModel, NoFit, candidates_from_palette, choose, gflops
+from .selection import Budget, Candidate, Choice, NoFit, candidates_from_palette, choose
 from .settings import Settings
 from .store import ServedModel, load_models, prepared_teacher_names, register_adapter_stack
+from .telemetry import RateLimiter, ReportRejected, check_report, client_id
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +90,8 @@ class DeliveryService:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
         self._inflight: dict[str, asyncio.Future] = {}
         self.unbuildable: dict[str, set[tuple[str, str]]] = {}  # model -> (config key, precision) whose build failed
+        self.latency = LatencyEstimator(self.meta, self.profiles, settings.telemetry_min_clients)
+        self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
 
     def load(self, names: list[str] | None = None) -> None:
@@ -97,7 +102,19 @@ class DeliveryService:
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
             log.info("serving %s (%s)", name, self._served[name].base)
+        if self.settings.latency_calibration:
+            self.calibrate(force=False)
         self.ready = True
+
+    def calibrate(self, force: bool = True) -> list:
+        """The built-in latency calibration for every profile's thread count (only missing ones unless forced)."""
+        have = self.meta.calibration()
+        threads = {p.threads for p in self.profiles.values()} | {1}
+        todo = threads if force else threads - set(have)
+        done = calibrate(todo) if todo else []
+        for c in done:
+            self.meta.put_calibration(c.threads, c.coeffs, c.info)
+        return done
 
     def register(self, name: str, base: str, files: dict[str, Path]) -> LoadedModel:
         """Validate an uploaded adapter stack against its base, add it to the store and serve it."""
@@ -127,45 +144,38 @@ class DeliveryService:
         return self.models[name]
 
     # ----- selection ----------------------------------------------------------------------------------------
-    def predictor(self, model: LoadedModel, budget: Budget, profile: str | None) -> tuple[dict, LatencyModel]:
-        """Measured (config key, precision) -> ms on the profile at the budget's shape, and a FLOPs fit.
-
-        The fit uses the profile's own fp32 points; a profile with fewer than two borrows every profile's points,
-        each scaled to speed 1.0 by its profile's speed score (the caller scales back by the device's).
-        """
-        configs = {c.key: c for c in model.configs()}
-        measured: dict[tuple[str, str], float] = {}
-        own: list[tuple[float, float]] = []
-        for row in self.meta.latency_table(profile) if profile else []:
-            if row["config_key"] not in configs:
-                continue
-            if (row["seq_len"], row["batch"]) == (budget.seq_len, budget.batch_size):
-                measured[(row["config_key"], row["precision"])] = row["ms"]
-            if row["precision"] == "fp32":
-                own.append((gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"]), row["ms"]))
-        if len(own) >= 2:
-            return measured, LatencyModel(own)
-        borrowed = []
-        for name, p in self.profiles.items():
-            for row in self.meta.latency_table(name):
-                if row["config_key"] in configs and row["precision"] == "fp32":
-                    gf = gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"])
-                    borrowed.append((gf, row["ms"] * p.speed_score))
-        return measured, LatencyModel(borrowed)
+    def latency_estimates(self, model: LoadedModel, profile: str | None, seq_len: int, batch: int,
+                          speed_score: float | None = None, threads: int | None = None) -> Estimates:
+        """(config key, precision) -> latency estimate on a device of ``profile`` at a shape (cached)."""
+        return self.latency.estimates(model.served.name, model.dims, model.configs(), profile, seq_len, batch,
+                                      speed_score, threads)
 
     def choose(self, model: LoadedModel, budget: Budget, profile: str | None = None,
-               speed_score: float | None = None) -> Choice:
+               speed_score: float | None = None, threads: int | None = None) -> Choice:
         """The best config for the budget; the device's speed score defaults to its profile's."""
         if profile is not None and profile not in self.profiles:
             raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
-        if speed_score is None:
-            speed_score = self.profiles[profile].speed_score if profile else 1.0
         failed = self.unbuildable.get(model.served.name, set())
         if budget.precision == "auto" and any(p == "int8" for _, p in failed):
             # one int8 build of this model failed its quality gate: the others would too, each after a full build
             budget = dataclasses.replace(budget, precision="fp32")
-        measured, predictor = self.predictor(model, budget, profile)
-        return choose(model.dims, model.candidates, budget, measured, predictor, speed_score, exclude=failed)
+        latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
+        return choose(model.dims, model.candidates, budget, latency, exclude=failed)
+
+    def report_latency(self, artifact: Entry, profile: str, latency_ms: float, seq_len: int, batch: int,
+                       threads: int | None, address: str | None) -> None:
+        """Store a device's measurement after the rate limit and the bounds (``telemetry.check_report``)."""
+        self.report_limiter.take(address or "?")
+        if profile not in self.profiles:
+            raise ReportRejected(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
+        info = artifact.record.info
+        model = self.models.get(info.get("model", ""))
+        if model is None:
+            raise ReportRejected(f"artifact of model {info.get('model')!r}, which is not served")
+        estimate = self.latency_estimates(model, profile, seq_len, batch).get((info["config_key"], info["precision"]))
+        check_report(latency_ms, threads, self.profiles[profile].threads, estimate, self.settings.telemetry_max_factor)
+        self.meta.put_latency(profile, info["config_key"], info["precision"], seq_len, batch, latency_ms, "device",
+                              threads=self.profiles[profile].threads, client=client_id(address))
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)

@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 64 * 1024
     max_upload_mb: int = 256  # adapter stack uploads (PUT /v1/models/{name})
     profiles_file: Path | None = None
+    # Latency telemetry (POST /v1/telemetry/latency) and estimates; see README "Latency estimates".
+    device_token: SecretStr | None = None  # when set, telemetry reports need 'Authorization: Bearer <token>'
+    telemetry_min_clients: int = Field(3, ge=1)  # distinct clients before device reports override the table
+    telemetry_rate_per_minute: float = Field(30.0, gt=0)  # reports per client (address), bursts of 10
+    telemetry_max_factor: float = Field(5.0, gt=1)  # a report beyond estimate x/÷ this factor is refused
+    latency_calibration: bool = True  # calibrate at start when the store has no calibration for a profile
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides) -> Settings:
