@@ -112,25 +112,45 @@ def fit_coeffs(points: list[tuple[float, int, float]]) -> tuple[float, float, fl
     return coeffs[0], coeffs[1], coeffs[2]
 
 
-def calibrate(thread_counts: Iterable[int], rounds: int = 3, runs: int = 9,
+def calibrate(thread_counts: Iterable[int], rounds: int = 4, runs: int = 12,
               allow_spinning: bool = ALLOW_SPINNING) -> list[Calibration]:
-    """Time the synthetic stacks at each thread count (interleaved, warm-up discarded, medians) and fit."""
+    """Time the synthetic stacks at each thread count (interleaved, warm-up discarded, medians) and fit.
+
+    Four points per thread count are too few for three free coefficients on a busy machine (one slow spell
+    moves them anywhere), so the model is constrained: one shape ``(a, b, c)`` fitted on all points, each thread
+    count's points first divided by that thread count's speed factor, the median over stacks of its time
+    relative to the fewest threads measured. Per thread count the coefficients are shape x factor.
+    """
     start = time.perf_counter()
-    out = []
+    counts = sorted(set(thread_counts))
+    loads: dict[int, float | None] = {}
     with tempfile.TemporaryDirectory(prefix="mlfs-calibration-") as tmp:
         paths = []
         for i, (layers, heads, ffn) in enumerate(STACKS):
             paths.append(Path(tmp) / f"stack{i}.onnx")
             onnx.save(stack_graph(layers, heads, ffn), paths[-1])
-        for threads in sorted(set(thread_counts)):
-            t0 = time.perf_counter()
-            results = measure_interleaved(paths, threads, SEQ_LEN, 1, rounds=rounds, runs=runs, warmup=2,
-                                          allow_spinning=allow_spinning)
-            points = [(stack_gflops(*stack), stack[0], r.median_ms) for stack, r in zip(STACKS, results)]
-            coeffs = fit_coeffs(points)
-            info = {"points": [{"gflops": round(gf, 4), "layers": layers, "ms": round(ms, 3)} for gf, layers, ms in points],
-                    "load": results[0].load, "allow_spinning": allow_spinning, "seconds": round(time.perf_counter() - t0, 2)}
-            out.append(Calibration(threads, coeffs, info))
-            log.info("latency calibration, %d threads: a=%.3f ms, b=%.2f ms/GFLOP, c=%.3f ms/layer", threads, *coeffs)
+        # Rounds alternate the thread counts, so a busy spell does not fall on one thread count only (the
+        # scaling between them is what carries one profile's measurements to another).
+        per_round: dict[int, list[list[float]]] = {t: [] for t in counts}
+        for r in range(rounds):
+            for threads in counts if r % 2 == 0 else counts[::-1]:
+                results = measure_interleaved(paths, threads, SEQ_LEN, 1, rounds=1, runs=max(1, runs // rounds),
+                                              warmup=1, allow_spinning=allow_spinning)
+                per_round[threads].append([x.median_ms for x in results])
+                loads[threads] = results[0].load
+        measured = {t: [float(np.median(col)) for col in zip(*rows)] for t, rows in per_round.items()}
+        seconds = {t: round((time.perf_counter() - start) / len(counts), 2) for t in counts}
+    ref = measured[counts[0]]
+    factor = {t: float(np.median([m / r for m, r in zip(measured[t], ref)])) for t in counts}
+    features = [(stack_gflops(*stack), stack[0]) for stack in STACKS]
+    shape = fit_coeffs([(gf, layers, ms / factor[t]) for t in counts for (gf, layers), ms in zip(features, measured[t])])
+    out = []
+    for t in counts:
+        coeffs = (shape[0] * factor[t], shape[1] * factor[t], shape[2] * factor[t])
+        info = {"points": [{"gflops": round(gf, 4), "layers": layers, "ms": round(ms, 3)}
+                           for (gf, layers), ms in zip(features, measured[t])],
+                "factor": round(factor[t], 4), "load": loads[t], "allow_spinning": allow_spinning, "seconds": seconds[t]}
+        out.append(Calibration(t, coeffs, info))
+        log.info("latency calibration, %d threads: a=%.3f ms, b=%.2f ms/GFLOP, c=%.3f ms/layer", t, *coeffs)
     log.info("latency calibration took %.1f s", time.perf_counter() - start)
     return out
