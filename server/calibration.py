@@ -101,11 +101,12 @@ def fit_coeffs(points: list[tuple[float, int, float]]) -> tuple[float, float, fl
     y = np.array([ms for _, _, ms in points])
     weights = 1 / y
     active = [0, 1, 2]
-    while True:  # drop a coefficient that comes out negative and refit the rest (a tiny NNLS)
+    while True:  # drop a fixed cost (a or c) that comes out negative and refit the rest (a tiny NNLS); compute stays
         sol, *_ = np.linalg.lstsq(x[:, active] * weights[:, None], y * weights, rcond=None)
-        if (sol >= 0).all() or len(active) == 1:
+        negative = [(value, i) for value, i in zip(sol, active) if value < 0 and i != 1]
+        if not negative:
             break
-        active.pop(int(np.argmin(sol)))
+        active.remove(min(negative)[1])
     coeffs = [0.0, 0.0, 0.0]
     for i, value in zip(active, sol):
         coeffs[i] = max(0.0, float(value))

@@ -88,7 +88,7 @@ def warm_cmd(
     subnet: SubnetOpt = None,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="Warm the best config for this device profile (its memory); repeatable.")] = None,
     max_memory_mb: Annotated[float | None, typer.Option("--max-memory-mb", min=1, help="Memory budget (with profiles: the lower of the two).")] = None,
-    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0.001, help="Latency budget (needs a measured profile).")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0.001, help="Latency budget (checked against the conservative estimate).")] = None,
     seq_len: SeqOpt = 128,
     batch_size: BatchOpt = 1,
     precision: Annotated[str, typer.Option("--precision", help="fp32, int8 or auto (budgets); fp32 or int8 (--subnet).")] = "auto",
@@ -169,7 +169,12 @@ def bench_latency_cmd(
 
 
 @bench_app.command("calibrate")
-def bench_calibrate_cmd(store: StoreOpt = None, config: SettingsOpt = None) -> None:
+def bench_calibrate_cmd(
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds, alternating thread counts.")] = 4,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per stack and thread count, over the rounds.")] = 12,
+    store: StoreOpt = None,
+    config: SettingsOpt = None,
+) -> None:
     """Re-run the built-in latency calibration (synthetic encoder stacks per profile thread count, a few seconds):
     the estimates a store gives before any bench run, and the thread-scaling model between profiles."""
     from .metrics import Metrics
@@ -180,7 +185,7 @@ def bench_calibrate_cmd(store: StoreOpt = None, config: SettingsOpt = None) -> N
     svc = DeliveryService(settings, Metrics())
     try:
         with err.status("calibrating"):
-            done = svc.calibrate(force=True)
+            done = svc.calibrate(force=True, rounds=rounds, runs=runs)
     finally:
         svc.close()
     table = Table("threads", "ms per call", "ms per GFLOP", "ms per layer", "load", title="latency calibration")

@@ -106,12 +106,12 @@ class DeliveryService:
             self.calibrate(force=False)
         self.ready = True
 
-    def calibrate(self, force: bool = True) -> list:
+    def calibrate(self, force: bool = True, **options) -> list:
         """The built-in latency calibration for every profile's thread count (only missing ones unless forced)."""
         have = self.meta.calibration()
         threads = {p.threads for p in self.profiles.values()} | {1}
         todo = threads if force else threads - set(have)
-        done = calibrate(todo) if todo else []
+        done = calibrate(todo, **options) if todo else []
         for c in done:
             self.meta.put_calibration(c.threads, c.coeffs, c.info)
         return done

@@ -149,6 +149,15 @@ def test_bench_latency_stores_a_table_that_selection_then_uses(tmp_path):
     svc.close()
 
 
+def test_bench_calibrate_stores_a_calibration_per_profile_thread_count(tmp_path):
+    store = make_store(tmp_path / "store")
+    result = CliRunner().invoke(app, ["bench", "calibrate", "--store", str(store), "--rounds", "1", "--runs", "1"])
+    assert result.exit_code == 0, result.output
+    calibration = SQLiteMetadata(store / "meta.sqlite").calibration()
+    assert 1 in calibration and 2 in calibration
+    assert all(c["coeffs"][1] > 0 and c["info"]["allow_spinning"] is False for c in calibration.values())
+
+
 def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path):
     from slicer import export
     from slicer.model import build_model
