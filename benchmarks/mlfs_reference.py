@@ -40,26 +40,28 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from slicer.adapter_stack import STACK_META
-from slicer.batching import Examples, batch_indices, collate, eval_batches, tokenize_stream
-from slicer.calibration import load_tokenizer
-from slicer.data import load_dataset_dir
-from slicer.elastic import ElasticRMSNorm
+from slicer.data.batching import Examples, batch_indices, collate, eval_batches, tokenize_stream
+from slicer.data.calibration import load_tokenizer
+from slicer.data.datasets import load_dataset_dir
+from slicer.data.examples import load_examples
 from slicer.errors import MLFSError
-from slicer.evaluate import evaluate_config, read_palette
-from slicer.fit import load_examples
-from slicer.losses import causal_lm_loss, classification_loss, kd_loss
-from slicer.model import SlicedTransformer, build_model
-from slicer.slicing import open_supernet, read_config_arg, reorder_by_importance
-from slicer.storage import load_base
-from slicer.subnet_config import SubnetConfig
-from slicer.supernet import Supernet
-from slicer.teachers import resolve_base
-from slicer.train import Trainer, TrainSettings
+from slicer.formats.adapter_stack import STACK_META
+from slicer.formats.storage import load_base
+from slicer.formats.teachers import resolve_base
+from slicer.nn.elastic import ElasticRMSNorm
+from slicer.nn.factory import build_model
+from slicer.nn.model import SlicedTransformer
+from slicer.nn.supernet import Supernet
+from slicer.slicing import open_supernet, read_config_arg
+from slicer.spec.subnet_config import SubnetConfig
+from slicer.train.evaluate import evaluate_config, read_palette
+from slicer.train.losses import causal_lm_loss, classification_loss, kd_loss
+from slicer.train.reorder import reorder_by_importance
+from slicer.train.trainer import Trainer, TrainSettings
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DECODER_CONFIG = '{"layers": 10, "heads": 6, "ffn": 768}'
-REORDER_CALIBRATION_EXAMPLES = 32  # what slicer.fit uses: the first 32 training examples, in batches of 8
+REORDER_CALIBRATION_EXAMPLES = 32  # what slicer.train.fit uses: the first 32 training examples, in batches of 8
 
 app = typer.Typer(help="MLFS reference benchmarks (issue 3): full fine-tuning, no stages 1-2, gamma, decoder.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -139,7 +141,7 @@ def plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: 
 
 # ----- training helpers ---------------------------------------------------------------------------------------
 def lr_at(step: int, total: int, lr: float, warmup: float) -> float:
-    """Linear warm-up over ``warmup`` of the steps, then linear decay to zero (as slicer.train.Trainer.lr_at)."""
+    """Linear warm-up over ``warmup`` of the steps, then linear decay to zero (as slicer.train.trainer.Trainer.lr_at)."""
     warm = max(1, round(warmup * total))
     if step < warm:
         return lr * (step + 1) / warm
@@ -176,7 +178,7 @@ def autocast(device: torch.device):
 
 @torch.no_grad()
 def accuracy(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Accuracy of a standalone classifier (slicer.evaluate.evaluate_config needs a Supernet)."""
+    """Accuracy of a standalone classifier (slicer.train.evaluate.evaluate_config needs a Supernet)."""
     was_training = model.training
     model.eval()
     correct = total = 0
@@ -201,7 +203,7 @@ def probe_task_loss(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, to
 
 @torch.no_grad()
 def lm_loss(model: nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device) -> float:
-    """Mean next-token loss per token (the formula of slicer.evaluate, for a standalone model)."""
+    """Mean next-token loss per token (the formula of slicer.train.evaluate, for a standalone model)."""
     was_training = model.training
     model.eval()
     loss_sum = tokens = 0.0
@@ -233,7 +235,7 @@ def full_training(model: nn.Module, params: list[nn.Parameter], examples: Exampl
                   total: int, *, lr: float, warmup: float, weight_decay: float, clip: float, batch_size: int,
                   seed: int, device: torch.device, log_every: int, label: str,
                   on_step_end: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """AdamW over ``params`` for ``total`` steps; batch ``k`` is slicer.batching.batch_indices(stage 0, step k)."""
+    """AdamW over ``params`` for ``total`` steps; batch ``k`` is slicer.data.batching.batch_indices(stage 0, step k)."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     model.train()
     losses, seconds = [], []

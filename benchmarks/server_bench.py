@@ -121,7 +121,7 @@ def finish(name: str, what: str, settings: dict, results: dict, started: float, 
 def build(model: ModelOpt = "minilm-sentiment", out_dir: OutOpt = RESULTS) -> None:
     """Cold builds of three shapes, fp32 and int8: where the seconds go."""
     from slicer.errors import ExportError
-    from slicer.subnet_config import SubnetConfig
+    from slicer.spec.subnet_config import SubnetConfig
 
     started = time.perf_counter()
     rows = []

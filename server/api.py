@@ -30,9 +30,9 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from prometheus_client import generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.errors import ConfigError, MLFSError
-from slicer.evaluate import PALETTE_FILE
+from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
+from slicer.train.evaluate import PALETTE_FILE
 
 from .cache import CacheError
 from .metrics import Metrics

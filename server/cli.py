@@ -1,6 +1,6 @@
 """``mlfs serve``, ``mlfs warm`` and ``mlfs bench latency``: the delivery server and its operator tasks.
 
-Registered on the main app by ``slicer.cli``; heavy imports happen inside the commands so that ``mlfs --help``
+Registered on the main app by ``slicer.cli.main``; heavy imports happen inside the commands so that ``mlfs --help``
 stays fast. Server-side errors are re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
 """
 
@@ -141,7 +141,7 @@ def bench_latency_cmd(
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
     from client_sdk.latency import ALLOW_SPINNING
-    from slicer.subnet_config import SubnetConfig
+    from slicer.spec.subnet_config import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from slicer.dims import ModelDims
-from slicer.subnet_config import SubnetConfig
+from slicer.spec.dims import ModelDims
+from slicer.spec.subnet_config import SubnetConfig
 
 from .profiles import DeviceProfile
 

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slicer.dims import ModelDims
-from slicer.subnet_config import BYTES_PER_PARAM, SubnetConfig
+from slicer.spec.dims import ModelDims
+from slicer.spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 
 from .latency_model import Estimates, LatencyEstimate, gflops
 

@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.adapter_stack import stack_fingerprint
 from slicer.errors import ConfigError, MLFSError
-from slicer.evaluate import read_palette
-from slicer.export import EXPORTER_VERSION
-from slicer.reordering_cache import CACHE_SUBDIR
+from slicer.formats.adapter_stack import stack_fingerprint
+from slicer.formats.reordering_cache import CACHE_SUBDIR
+from slicer.onnx.export import EXPORTER_VERSION
 from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
-from slicer.subnet_config import SubnetConfig
+from slicer.spec.subnet_config import SubnetConfig
+from slicer.train.evaluate import read_palette
 
 from .cache import ArtifactCache, Entry, artifact_key
 from .calibration import calibrate

@@ -13,12 +13,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slicer.adapter_stack import STACK_META, STACK_WEIGHTS
 from slicer.errors import ConfigError, MLFSError, TeacherError
-from slicer.evaluate import PALETTE_FILE
+from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
+from slicer.formats.teachers import list_teachers, prepare_teacher
 from slicer.paths import safe_join
 from slicer.slicing import OpenSupernet, open_supernet
-from slicer.teachers import list_teachers, prepare_teacher
+from slicer.train.evaluate import PALETTE_FILE
 
 log = logging.getLogger(__name__)
 MODELS_FILE = "models.json"
@@ -72,7 +72,7 @@ def prepare_default_store(root: Path) -> None:
 
 def _prepared_dataset(name: str) -> str | None:
     """Prepare a built-in dataset (seconds, offline) so exports are validated on its dev split; None if it fails."""
-    from slicer.data import prepare_dataset
+    from slicer.data.datasets import prepare_dataset
 
     try:
         prepare_dataset(name)

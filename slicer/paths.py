@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -47,3 +49,77 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Flush every file under ``root`` and the folders holding them, so a rename publishes complete bytes."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(folder))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in ``folder`` durable (a no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def partial_name(target: Path, kind: str = "incomplete") -> Path:
+    """The hidden sibling a writer of ``target`` works in (``.<name>.<kind>-<pid>-<thread>``)."""
+    return target.with_name(f".{target.name}.{kind}-{os.getpid()}-{threading.get_ident()}")
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Remove the work folders a killed writer of ``target`` left behind. Call it while holding the writer's lock."""
+    removed = []
+    for kind in ("incomplete", "old"):
+        for stale in target.parent.glob(f".{target.name}.{kind}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+            removed.append(stale)
+    return removed
+
+
+def replace_directory(src: Path, target: Path) -> None:
+    """Rename the finished folder ``src`` to ``target``. An existing ``target`` is renamed aside first and removed
+    after, so at every instant ``target`` is either the old folder or the new one."""
+    old = None
+    if target.exists():
+        old = partial_name(target, "old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(src, target)
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, fsync: bool = True) -> Iterator[Path]:
+    """Write a folder all at once: yields an empty work folder beside ``target``; when the block ends normally its
+    files are flushed (``fsync``) and it replaces ``target`` (see ``replace_directory``); when the block raises,
+    the work folder is removed and ``target`` is left as it was. Readers never see a half-written folder."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = partial_name(target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if fsync:
+            _fsync_tree(tmp)
+        replace_directory(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -12,17 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .adapter_stack import load_adapter_stack, read_stack_meta
-from .calibration import calibration_batches
-from .errors import CheckpointError, ConfigError
-from .evaluate import read_palette
-from .importance import compute_reordering
-from .losses import causal_lm_loss
-from .reordering_cache import ReorderingCache
-from .storage import fingerprint, load_base, save_subnet
-from .subnet_config import SubnetConfig
-from .supernet import Supernet
-from .teachers import resolve_base
+from .data.calibration import calibration_batches
+from .errors import ConfigError
+from .formats.adapter_stack import load_adapter_stack, read_stack_meta
+from .formats.reordering_cache import ReorderingCache
+from .formats.storage import fingerprint, load_base, save_subnet
+from .formats.teachers import resolve_base
+from .nn.supernet import Supernet
+from .spec.subnet_config import SubnetConfig
+from .train.evaluate import read_palette
+from .train.reorder import reorder_by_importance
 
 log = logging.getLogger(__name__)
 
@@ -51,33 +50,6 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
         cache = ReorderingCache(reordering_cache, fp) if reordering_cache is not None else None
         reorder_by_importance(model, base_dir, cache=cache)
     return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)
-
-
-def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = None, cache: ReorderingCache | None = None):
-    """Rank units on real text (given batches, else stdlib prose or code) and permute the model in place.
-
-    Without a tokenizer (and no batches) the ranking falls back to weight magnitude.
-    """
-    family = model.dims.family
-    if batches is None:
-        try:
-            batches = calibration_batches(base_dir, family, max_len=min(128, model.dims.max_positions))
-        except CheckpointError as err:
-            log.warning("no calibration text (%s); ranking by weight magnitude", err)
-            batches = []
-    batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    if family == "decoder" and batches:
-        # The decoder has its own objective, so rank by |activation x gradient| of the LM loss.
-        method, loss = "taylor", causal_lm_loss
-    else:
-        method, loss = ("activation" if batches else "magnitude"), None
-
-    def compute():
-        return compute_reordering(model, batches, method, loss)
-
-    reordering = cache.get_or_compute(model.dims, method, batches, compute) if cache is not None else compute()
-    reordering.apply(model)
-    return reordering
 
 
 def read_config_arg(value: str) -> Any:
@@ -119,8 +91,8 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
     max_len = min(max_len, opened.supernet.dims.max_positions)
     if data is None:
         return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
-    from .batching import eval_batches
-    from .fit import load_examples
+    from .data.batching import eval_batches
+    from .data.examples import load_examples
 
     task = "classification" if family == "encoder" else "causal-lm"
     _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
@@ -144,7 +116,7 @@ def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any]
 def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, precision: str = "fp32",
                      data: str | Path | None = None) -> dict[str, Any]:
     """Slice, merge, export, validate (and quantise) one config into an artifact folder; returns its manifest."""
-    from .export import build_artifact
+    from .onnx.export import build_artifact
 
     cfg = SubnetConfig.parse(config, opened.supernet.dims)
     timings = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 # ----- tiny model dims (unit tests build models from these; no checkpoints, no network) -----------------------
 import pytest as _pytest
 
-from slicer.dims import ModelDims as _ModelDims
+from slicer.spec.dims import ModelDims as _ModelDims
 
 
 def tiny_encoder_dims() -> _ModelDims:
@@ -51,8 +51,8 @@ from pathlib import Path as _Path  # noqa: E402
 def prepared_teacher() -> _Callable[[str], _Path]:
     """``prepared(name) -> folder``: the teacher's checkpoint folder in the data home ($MLFS_HOME or
     ~/.cache/mlfs), prepared on first use (smollm2 takes about a minute once, then is instant)."""
+    from slicer.formats.teachers import prepare_teacher
     from slicer.paths import data_home
-    from slicer.teachers import prepare_teacher
 
     home = data_home()  # fixed for the session, whatever a test later does to $MLFS_HOME
     folders: dict[str, _Path] = {}

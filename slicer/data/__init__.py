@@ -1,0 +1,1 @@
+"""Data: readers for user files, prepared data sets, tokenised batches, calibration text."""

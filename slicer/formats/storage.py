@@ -1,0 +1,165 @@
+"""Model folders on disk: load a base (HF checkpoint), save and load standalone subnets, fingerprints.
+
+Weights are read from safetensors only (never pickle). Folders are written under a temporary name and
+renamed into place, so a failed save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from ..errors import CheckpointError
+from ..nn.factory import build_model
+from ..nn.model import SlicedTransformer
+from ..spec.dims import ModelDims
+from ..spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
+from .checkpoint import (
+    check_state,
+    dims_from_hf_config,
+    hf_config_for,
+    hf_to_ours,
+    ours_to_hf,
+    read_json,
+    read_safetensors,
+)
+
+log = logging.getLogger(__name__)
+
+SUBNET_FORMAT = "mlfs-subnet/1"
+SUBNET_META = "mlfs_model.json"
+WEIGHTS = "model.safetensors"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+HF_SUBDIR = "transformers"
+
+
+def fingerprint(folder: Path) -> str:
+    """sha256 over a base model's config.json and weights: what adapters and artifacts are tied to."""
+    h = hashlib.sha256()
+    for name in ("config.json", WEIGHTS):
+        path = folder / name
+        if not path.is_file():
+            raise CheckpointError(f"missing file: {path}")
+        h.update(name.encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def materialise(dims: ModelDims, cfg: SubnetConfig, state: dict[str, torch.Tensor], source: str) -> SlicedTransformer:
+    """Build the model ``(dims, cfg)`` around ``state`` without a throwaway random init; shapes are checked."""
+    model = build_model(dims, cfg, device="meta")
+    check_state(state, model.expected_shapes(), source)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, assign=True)
+    return model.eval()
+
+
+def read_dims(folder: str | Path) -> ModelDims:
+    """A base folder's architecture from its config.json alone (cheap: validate configs before loading weights)."""
+    return dims_from_hf_config(read_json(Path(folder) / "config.json"))
+
+
+def load_base(folder: str | Path) -> SlicedTransformer:
+    """Load a Hugging Face checkpoint folder (config.json + model.safetensors) as an elastic model."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"base model folder not found: {folder}")
+    dims = read_dims(folder)
+    state = hf_to_ours(read_safetensors(folder / WEIGHTS), dims)
+    return materialise(dims, SubnetConfig.maximal(dims), state, str(folder / WEIGHTS))
+
+
+def copy_tokenizer(source: Path | None, dest: Path) -> list[str]:
+    copied = []
+    if source is not None:
+        for name in TOKENIZER_FILES:
+            if (source / name).is_file():
+                shutil.copy2(source / name, dest / name)
+                copied.append(name)
+    return copied
+
+
+def subnet_summary(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any]:
+    count = cfg.param_count(dims)
+    return {
+        "params": {"total": count.total, "embedding": count.embedding, "non_embedding": count.non_embedding},
+        "weight_bytes": {p: count.total * b for p, b in BYTES_PER_PARAM.items()},
+    }
+
+
+def check_output_folder(out: str | Path, overwrite: bool) -> Path:
+    """Refuse to replace a non-empty folder unless asked to."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise CheckpointError(f"output folder {out} exists and is not empty; choose another or pass --overwrite")
+    return out
+
+
+def save_subnet(
+    model: SlicedTransformer,
+    out: str | Path,
+    tokenizer_from: Path | None = None,
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write a standalone subnet folder; also a stock-transformers checkpoint when transformers can describe it.
+
+    Returns the metadata written to ``mlfs_model.json``.
+    """
+    out = check_output_folder(out, overwrite)
+    dims, cfg = model.dims, model.cfg
+    meta = {
+        "format": SUBNET_FORMAT,
+        "family": dims.family,
+        "dims": dims.to_dict(),
+        "config": cfg.to_dict(),
+        "config_key": cfg.key,
+        **subnet_summary(dims, cfg),
+        "provenance": provenance or {},
+        "transformers_checkpoint": None,
+    }
+    tmp = out.with_name(f".{out.name}.incomplete-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS))
+        meta["tokenizer_files"] = copy_tokenizer(tokenizer_from, tmp)
+        hf_config = hf_config_for(dims, cfg)
+        if hf_config is not None:
+            hf_dir = tmp / HF_SUBDIR
+            hf_dir.mkdir()
+            (hf_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
+            save_file(ours_to_hf(state, dims.family), str(hf_dir / WEIGHTS))
+            copy_tokenizer(tokenizer_from, hf_dir)
+            meta["transformers_checkpoint"] = HF_SUBDIR
+        (tmp / SUBNET_META).write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+    log.info("saved subnet %s to %s", cfg.describe(), out)
+    return meta
+
+
+def load_subnet(folder: str | Path) -> SlicedTransformer:
+    """Load a folder written by ``save_subnet``; shapes are checked against its config."""
+    folder = Path(folder)
+    meta = read_json(folder / SUBNET_META)
+    if meta.get("format") != SUBNET_FORMAT:
+        raise CheckpointError(f"{folder / SUBNET_META}: format {meta.get('format')!r}, expected {SUBNET_FORMAT!r}")
+    dims = ModelDims.from_dict(meta["dims"])
+    cfg = SubnetConfig.from_dict(meta["config"]).validate(dims)
+    return materialise(dims, cfg, read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))

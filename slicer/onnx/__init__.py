@@ -1,0 +1,1 @@
+"""Artifacts: ONNX export, validation against PyTorch, quantisation."""

@@ -1,0 +1,1 @@
+"""MLFS training: the stage loop, losses, evaluation of palettes, whole training jobs."""

