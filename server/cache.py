@@ -24,14 +24,11 @@ from typing import Any
 
 from slicer.paths import file_lock, sha256_file
 
+from .errors import CacheError, InvalidArtifactId, MissingArtifactFile
 from .metadata import ArtifactRecord, MetadataStore
 
 log = logging.getLogger(__name__)
 KEY = re.compile(r"^[0-9a-f]{64}$")
-
-
-class CacheError(Exception):
-    """An artifact id that cannot be an artifact, or a build that produced no usable artifact."""
 
 
 def artifact_key(base_fingerprint: str, adapters_fingerprint: str | None, config_key: str, precision: str,
@@ -43,10 +40,8 @@ def artifact_key(base_fingerprint: str, adapters_fingerprint: str | None, config
 def check_key(key: str) -> str:
     """Artifact ids are 64 hex digits, nothing else: no path can be smuggled through one."""
     if not isinstance(key, str) or not KEY.match(key):
-        raise CacheError(f"artifact id must be 64 lowercase hex digits, got {key[:80]!r}")
+        raise InvalidArtifactId(f"artifact id must be 64 lowercase hex digits, got {key[:80]!r}")
     return key
-
-
 
 
 @dataclass
@@ -57,7 +52,7 @@ class Entry:
 
     def file(self, name: str) -> Path:
         if name not in self.record.files:
-            raise CacheError(f"artifact {self.key[:12]} has no file {name!r}; it has {sorted(self.record.files)}")
+            raise MissingArtifactFile(f"artifact {self.key[:12]} has no file {name!r}; it has {sorted(self.record.files)}")
         return self.path / name
 
 

@@ -54,11 +54,9 @@ def serve_cmd(
 @contextmanager
 def _service(store: Path | None, config: Path | None, model: str) -> Iterator[tuple]:
     """The store's service with one model loaded; server errors become ConfigError."""
-    from .cache import CacheError
+    from .errors import ServerError
     from .metrics import Metrics
-    from .profiles import ProfileError
-    from .selection import NoFit
-    from .service import DeliveryService, UnknownModel
+    from .service import DeliveryService
     from .settings import Settings
     from .store import prepare_default_store
 
@@ -72,7 +70,7 @@ def _service(store: Path | None, config: Path | None, model: str) -> Iterator[tu
             yield svc, svc.model(model)
         finally:
             svc.close()
-    except (NoFit, UnknownModel, ProfileError, CacheError) as e:
+    except ServerError as e:
         raise ConfigError(str(e)) from None
 
 

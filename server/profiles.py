@@ -9,9 +9,7 @@ from pathlib import Path
 
 import yaml
 
-
-class ProfileError(ValueError):
-    pass
+from .errors import ProfileError
 
 
 @dataclass(frozen=True)

@@ -14,15 +14,12 @@ from typing import Any
 from slicer.spec.dims import ModelDims
 from slicer.spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 
+from .errors import NoFit
 from .latency_model import Estimates, LatencyEstimate, gflops
 
 __all__ = ["Budget", "Candidate", "Choice", "NoFit", "candidates_from_palette", "choose", "gflops", "memory_mb"]
 
 RUNTIME_BASE_MB = 25.0  # onnxruntime session overhead, measured order of magnitude for these graphs
-
-
-class NoFit(Exception):
-    """Nothing in the palette fits; the message names the smallest option and what it needs."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import math
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,24 +29,25 @@ from slicer.train.evaluate import read_palette
 
 from .cache import ArtifactCache, Entry, artifact_key
 from .calibration import calibrate
+from .errors import (
+    AlreadyExists,
+    ArtifactNotFound,
+    BuildFailed,
+    BuildQueueFull,
+    NoFit,
+    ProfileError,
+    UnknownModel,
+)
 from .latency_model import Estimates, LatencyEstimator
 from .metadata import SQLiteMetadata
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
-from .selection import Budget, Candidate, Choice, NoFit, candidates_from_palette, choose
+from .selection import Budget, Candidate, Choice, candidates_from_palette, choose
 from .settings import Settings
 from .store import ServedModel, load_models, prepared_teacher_names, register_adapter_stack
 from .telemetry import RateLimiter, ReportRejected, check_report, client_id
 
 log = logging.getLogger(__name__)
-
-
-class UnknownModel(LookupError):
-    pass
-
-
-class BuildQueueFull(RuntimeError):
-    pass
 
 
 @dataclass
@@ -65,6 +67,14 @@ class LoadedModel:
 
     def configs(self) -> list[SubnetConfig]:
         return list(self._configs)
+
+    @property
+    def quality_metric(self) -> str | None:
+        """What ``quality`` means for this model (higher is better): palette accuracy, or -loss for a language
+        model's palette (``neg_loss``); None without a palette table."""
+        if not self.palette:
+            return None
+        return "accuracy" if self.palette.get("metric") == "accuracy" else "neg_loss"
 
     @functools.cached_property
     def candidates(self) -> list[Candidate]:
@@ -118,6 +128,8 @@ class DeliveryService:
 
     def register(self, name: str, base: str, files: dict[str, Path]) -> LoadedModel:
         """Validate an uploaded adapter stack against its base, add it to the store and serve it."""
+        if name in self.models:
+            raise AlreadyExists(f"model {name!r} already exists")
         if base not in {m.base for m in self._served.values()} and base not in prepared_teacher_names():
             raise ConfigError(f"unknown base {base!r}: use the base of a served model or a prepared teacher")
         served, opened = register_adapter_stack(Path(self.settings.store), name, base, files)
@@ -143,6 +155,55 @@ class DeliveryService:
             raise UnknownModel(f"unknown model {name!r}; served models: {sorted(self.models)}")
         return self.models[name]
 
+    def entry(self, artifact_id: str) -> Entry:
+        """The cached, verified artifact; raises ArtifactNotFound (InvalidArtifactId for a malformed id)."""
+        entry = self.cache.get(artifact_id)
+        if entry is None:
+            raise ArtifactNotFound(f"no artifact {artifact_id}; resolve a budget to get one built")
+        return entry
+
+    async def resolve(self, name: str, budget: Budget, profile: str | None, speed_score: float | None,
+                      threads: int | None = None) -> tuple[Choice, Entry | None]:
+        """The best config for the budget and its artifact (None while it is still building after
+        ``build_wait_s``). With ``auto`` precision, a config whose build fails is excluded and the next best tried."""
+        model = self.model(name)
+        for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
+            choice = self.choose(model, budget, profile, speed_score, threads)
+            try:
+                return choice, await self.artifact(model, choice.config, choice.precision, self.settings.build_wait_s)
+            except BuildFailed:
+                if attempt == 2 or budget.precision != "auto":
+                    raise
+        raise AssertionError("unreachable")
+
+    async def warm(self, name: str, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
+                   ) -> list[tuple[Entry, SubnetConfig, str]]:
+        """Build (waiting as long as it takes) and pin explicit configs and the best config per budget."""
+        model = self.model(name)
+        warmed = []
+        for cfg, precision in self.warm_targets(model, configs, budgets):
+            entry = await self.artifact(model, cfg, precision, wait_s=math.inf)
+            self.cache.pin(entry.key)
+            warmed.append((entry, cfg, precision))
+        return warmed
+
+    def record_latency(self, artifact_id: str, profile: str, latency_ms: float, seq_len: int, batch_size: int,
+                       threads: int | None = None, address: str | None = None) -> None:
+        """A device's measured latency of an artifact under a profile, stored after the client's rate limit and
+        the bounds (``telemetry.check_report``); how reports feed selection is ``latency_model``'s business."""
+        self.report_limiter.take(address or "?")
+        entry = self.entry(artifact_id)
+        if profile not in self.profiles:
+            raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
+        info = entry.record.info
+        model = self.models.get(info.get("model", ""))
+        if model is None:
+            raise ReportRejected(f"artifact of model {info.get('model')!r}, which is not served")
+        estimate = self.latency_estimates(model, profile, seq_len, batch_size).get((info["config_key"], info["precision"]))
+        check_report(latency_ms, threads, self.profiles[profile].threads, estimate, self.settings.telemetry_max_factor)
+        self.meta.put_latency(profile, info["config_key"], info["precision"], seq_len, batch_size, latency_ms, "device",
+                              threads=self.profiles[profile].threads, client=client_id(address))
+
     # ----- selection ----------------------------------------------------------------------------------------
     def latency_estimates(self, model: LoadedModel, profile: str | None, seq_len: int, batch: int,
                           speed_score: float | None = None, threads: int | None = None) -> Estimates:
@@ -154,28 +215,13 @@ class DeliveryService:
                speed_score: float | None = None, threads: int | None = None) -> Choice:
         """The best config for the budget; the device's speed score defaults to its profile's."""
         if profile is not None and profile not in self.profiles:
-            raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
+            raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
         failed = self.unbuildable.get(model.served.name, set())
         if budget.precision == "auto" and any(p == "int8" for _, p in failed):
             # one int8 build of this model failed its quality gate: the others would too, each after a full build
             budget = dataclasses.replace(budget, precision="fp32")
         latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
         return choose(model.dims, model.candidates, budget, latency, exclude=failed)
-
-    def report_latency(self, artifact: Entry, profile: str, latency_ms: float, seq_len: int, batch: int,
-                       threads: int | None, address: str | None) -> None:
-        """Store a device's measurement after the rate limit and the bounds (``telemetry.check_report``)."""
-        self.report_limiter.take(address or "?")
-        if profile not in self.profiles:
-            raise ReportRejected(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
-        info = artifact.record.info
-        model = self.models.get(info.get("model", ""))
-        if model is None:
-            raise ReportRejected(f"artifact of model {info.get('model')!r}, which is not served")
-        estimate = self.latency_estimates(model, profile, seq_len, batch).get((info["config_key"], info["precision"]))
-        check_report(latency_ms, threads, self.profiles[profile].threads, estimate, self.settings.telemetry_max_factor)
-        self.meta.put_latency(profile, info["config_key"], info["precision"], seq_len, batch, latency_ms, "device",
-                              threads=self.profiles[profile].threads, client=client_id(address))
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         return artifact_key(model.opened.base_fingerprint, model.adapters_fingerprint, cfg.key, precision, EXPORTER_VERSION)
@@ -235,6 +281,10 @@ class DeliveryService:
             return await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
         except asyncio.TimeoutError:
             return None
+        except BuildFailed:
+            raise
+        except MLFSError as err:
+            raise BuildFailed(f"{cfg.describe()} {precision} cannot be built: {err}") from err
 
 
-__all__ = ["BuildQueueFull", "DeliveryService", "NoFit", "UnknownModel"]
+__all__ = ["BuildFailed", "BuildQueueFull", "DeliveryService", "NoFit", "UnknownModel"]

@@ -15,17 +15,21 @@ import threading
 import time
 from collections import OrderedDict
 
+from .errors import ServerError
 from .latency_model import LatencyEstimate
 
 
-class ReportRejected(ValueError):
+class ReportRejected(ServerError, ValueError):
     """A report that is out of bounds or out of scope (HTTP 422)."""
 
 
-class RateLimited(RuntimeError):
+class RateLimited(ServerError):
+    """Over the per-client report rate (HTTP 429 with Retry-After)."""
+
     def __init__(self, retry_after: float) -> None:
         super().__init__(f"too many latency reports from this client; retry in {math.ceil(retry_after)} s")
         self.retry_after = retry_after
+        self.retry_after_s = max(1, math.ceil(retry_after))
 
 
 class RateLimiter:

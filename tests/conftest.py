@@ -27,6 +27,12 @@ def minilm_dims() -> _ModelDims:
 
 
 @_pytest.fixture(scope="session")
+def minilm() -> _ModelDims:
+    """MiniLM's dims as a fixture (``from conftest import ...`` is ambiguous once tests/<room>/conftest.py exist)."""
+    return minilm_dims()
+
+
+@_pytest.fixture(scope="session")
 def encoder_dims() -> _ModelDims:
     return tiny_encoder_dims()
 
@@ -74,21 +80,3 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-# ----- the delivery server (module scope: each test module gets its own store and uvicorn) -------------------
-@_pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """A store serving a tiny random BERT as model ``tiny``."""
-    from tiny_store import make_store
-
-    return make_store(tmp_path_factory.mktemp("store"))
-
-
-@_pytest.fixture(scope="module")
-def server(store):
-    """The base URL of a real uvicorn server on a loopback port over ``store``."""
-    from tiny_store import running_server
-
-    with running_server(store) as url:
-        yield url

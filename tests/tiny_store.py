@@ -29,11 +29,16 @@ def make_store(root: Path, layers: int = 4, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     BertModel(BertConfig(vocab_size=97, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
                          intermediate_size=64, max_position_embeddings=64), add_pooling_layer=False).save_pretrained(base)
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.save(str(base / "tokenizer.json"))
+    save_tokenizer(base)
     (root / "models.json").write_text(json.dumps({"models": [{"name": "tiny", "base": str(base), "adapters": None}]}))
     return root
+
+
+def save_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer over ``WORDS`` (97 ids) in ``folder/tokenizer.json``."""
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
 
 
 @contextmanager

@@ -14,8 +14,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from slicer.cli import data as cli_data
-from slicer.data import datasets as D
 from slicer.cli.data import data_app
+from slicer.data import datasets as D
 from slicer.data.datasets import (
     ClassificationData,
     DataError,

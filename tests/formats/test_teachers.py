@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from slicer.formats import teachers
 from slicer.errors import CheckpointError, TeacherError
+from slicer.formats import teachers
 from slicer.formats.teachers import (
     TEACHERS,
     TeacherSpec,

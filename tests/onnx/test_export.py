@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from slicer.onnx import export
 from slicer.errors import ExportError
 from slicer.nn.factory import build_model
+from slicer.onnx import export
 from slicer.spec.subnet_config import SubnetConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")

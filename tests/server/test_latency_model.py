@@ -19,10 +19,8 @@ TRUTH = {1: Coeffs(0.4, 40.0, 0.3), 2: Coeffs(0.5, 20.0, 0.4)}
 
 
 @pytest.fixture
-def model():
-    from conftest import minilm_dims
-
-    dims = minilm_dims()
+def model(minilm):
+    dims = minilm
     configs = list(SearchSpace.from_dict({"layers": [3, 4, 5, 6], "heads": [6, 12], "ffn": [768, 1536], "hidden": [384]}).enumerate(dims))
     return dims, sorted(configs, key=lambda c: gflops(dims, c, 128, 1))
 

@@ -27,13 +27,6 @@ def palette(minilm):
     return configs, {"metric": "accuracy", "configs": rows}
 
 
-@pytest.fixture
-def minilm():
-    from conftest import minilm_dims
-
-    return minilm_dims()
-
-
 def test_memory_and_flops_grow_with_the_config(minilm):
     small = SubnetConfig.parse({"layers": 3, "heads": 6, "ffn": 768}, minilm)
     full = SubnetConfig.maximal(minilm)

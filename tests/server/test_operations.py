@@ -159,8 +159,8 @@ def test_bench_calibrate_stores_a_calibration_per_profile_thread_count(tmp_path)
 
 
 def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path):
-    from slicer.onnx import export
     from slicer.nn.factory import build_model
+    from slicer.onnx import export
 
     model = build_model(decoder_dims).eval()
     ids = torch.randint(1, decoder_dims.vocab_size, (1, 6))
@@ -176,8 +176,8 @@ def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path)
 
 def test_an_int8_model_that_fails_its_gate_is_a_clear_4xx_and_auto_falls_back_to_fp32(server, store, monkeypatch):
     from server.selection import memory_mb
-    from slicer.onnx import export
     from slicer.formats.storage import read_dims
+    from slicer.onnx import export
 
     def rejecting(*args, **kwargs):
         return {"accepted": False, "criterion": "none passed: argmax agreement >= 99%"}

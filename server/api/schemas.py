@@ -1,0 +1,189 @@
+"""Request and response bodies. Requests are strict: unknown fields and non-finite numbers are refused."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Precision = Literal["fp32", "int8", "auto"]
+QualityMetric = Literal["accuracy", "neg_loss"]
+QUALITY_DOC = ("higher is better: the palette's dev accuracy (`accuracy`), or the negative mean token "
+               "cross-entropy (`neg_loss`) for language models; null without a palette table")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# ----- requests -----------------------------------------------------------------------------------------------
+class DeviceInfo(Strict):
+    memory_available_mb: float | None = Field(None, gt=0)
+    cpu_count: int | None = Field(None, ge=1)
+    profile: str | None = Field(None, max_length=64)
+    speed_score: float | None = Field(None, gt=0)
+
+
+class BudgetIn(Strict):
+    max_memory_mb: float | None = Field(None, gt=0)
+    max_latency_ms: float | None = Field(None, gt=0)
+    seq_len: int = Field(128, ge=1, le=8192)
+    batch_size: int = Field(1, ge=1, le=1024)
+    precision: Precision = "auto"
+
+
+class ResolveRequest(Strict):
+    model: str = Field(..., max_length=128)
+    device: DeviceInfo = DeviceInfo()
+    budget: BudgetIn = BudgetIn()
+
+
+class LatencyReport(Strict):
+    artifact_id: str = Field(..., min_length=64, max_length=64)
+    profile: str = Field(..., max_length=64)
+    latency_ms: float = Field(..., gt=0, lt=1e7)
+    seq_len: int = Field(128, ge=1, le=8192)
+    batch_size: int = Field(1, ge=1, le=1024)
+    threads: int | None = Field(None, ge=1, le=1024, description="intra-op threads the device measured with; "
+                                "a report from another thread count than the profile's is refused")
+
+
+class WarmRequest(Strict):
+    model: str = Field(..., max_length=128)
+    configs: list[dict[str, Any]] = []
+    budgets: list[ResolveRequest] = []
+
+
+# ----- responses ----------------------------------------------------------------------------------------------
+class ErrorItem(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorBody(BaseModel):
+    """Every error the server answers: ``detail`` says what was wrong in one readable line; ``errors`` lists the
+    fields a request failed validation on (empty for other errors)."""
+
+    detail: str
+    errors: list[ErrorItem] = []
+
+
+class LatencyFields(BaseModel):
+    """A latency estimate on the device (see README "Latency estimates"); all null without any estimate."""
+
+    latency_ms: float | None = Field(description="central estimate")
+    latency_ms_upper: float | None = Field(None, description="conservative (90 % upper) estimate: latency budgets are checked against it")
+    latency_rel_sd: float | None = Field(None, description="relative standard deviation")
+    latency_source: Literal["measured", "device", "fit", "level", "transfer", "calibration"] | None = Field(
+        None, description="where it comes from; `calibration`: the store's built-in calibration, nothing measured yet")
+
+
+class Estimates(LatencyFields):
+    memory_mb: float
+    quality: float | None = Field(description=QUALITY_DOC)
+    quality_metric: QualityMetric | None = None
+
+
+class ResolveResponse(BaseModel):
+    artifact_id: str
+    config: dict[str, Any]
+    precision: str
+    url: str
+    manifest_url: str
+    sha256: str
+    size_bytes: int
+    estimates: Estimates
+
+
+class Building(BaseModel):
+    """202: the artifact is being built; resolve again after Retry-After seconds."""
+
+    artifact_id: str
+    status: Literal["building"]
+    config: dict[str, Any]
+
+
+class ProfileEstimate(LatencyFields):
+    memory_mb: float
+    fits_memory: bool
+
+
+class PaletteRow(BaseModel):
+    key: str
+    config: dict[str, Any]
+    shape: str
+    params: int
+    params_non_embedding: int
+    quality: float | None = Field(description=QUALITY_DOC)
+    quality_metric: QualityMetric | None
+    estimates: dict[str, ProfileEstimate]
+
+
+class Shape(BaseModel):
+    seq_len: int
+    batch_size: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    description: str
+    search_space: dict[str, Any]
+    palette: list[PaletteRow]
+    metric: str | None = Field(description="the palette table's own metric (accuracy or loss)")
+    quality_metric: QualityMetric | None
+    estimates_at: Shape
+
+
+class Profile(BaseModel):
+    name: str
+    threads: int
+    memory_mb: int
+    speed_score: float
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelInfo]
+    profiles: list[Profile]
+
+
+class CachedArtifact(BaseModel):
+    artifact_id: str
+    size_bytes: int
+    pinned: bool
+    hits: int
+    build_seconds: float
+    info: dict[str, Any]
+
+
+class CacheListing(BaseModel):
+    budget_bytes: int
+    total_bytes: int
+    artifacts: list[CachedArtifact]
+
+
+class Warmed(BaseModel):
+    artifact_id: str
+    config: dict[str, Any]
+    precision: str
+
+
+class WarmResponse(BaseModel):
+    warmed: list[Warmed]
+
+
+class Registered(BaseModel):
+    name: str
+    base: str
+    configs: int
+    adapters_fingerprint: str | None
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    status: Literal["ready"]
+    models: list[str]

@@ -1,0 +1,69 @@
+"""The delivery server's exceptions: one branch of the project's tree (``slicer.errors.MLFSError``).
+
+They say what went wrong and what would be accepted; they know nothing of HTTP. ``server.api.errors`` maps
+each class to its status code, in one table.
+"""
+
+from __future__ import annotations
+
+from slicer.errors import MLFSError
+
+
+class ServerError(MLFSError):
+    """Base of every error the delivery server raises on purpose."""
+
+
+class NotFound(ServerError, LookupError):
+    """Something named in a request does not exist."""
+
+
+class UnknownModel(NotFound):
+    """The store serves no model of that name."""
+
+
+class ArtifactNotFound(NotFound):
+    """No cached artifact (or no such file in it) for a valid id."""
+
+
+class CacheError(ServerError):
+    """An artifact id that cannot be an artifact, or a build that produced no usable artifact."""
+
+
+class InvalidArtifactId(CacheError, ValueError):
+    """An artifact id that is not 64 lowercase hex digits (so no path can be smuggled through one)."""
+
+
+class MissingArtifactFile(CacheError, ArtifactNotFound):
+    """An artifact exists but has no file of that name."""
+
+
+class Unauthorized(ServerError):
+    """An operator route without the server's operator token."""
+
+
+class AlreadyExists(ServerError):
+    """A model of that name is already served."""
+
+
+class NoFit(ServerError):
+    """Nothing in the palette fits; the message names the smallest option and what it needs."""
+
+
+class ProfileError(ServerError, ValueError):
+    """A device profile (built in, from a file, or named in a request) is invalid or unknown."""
+
+
+class BuildFailed(ServerError):
+    """An artifact could not be built (for example an int8 model rejected by its quality gate)."""
+
+
+class BuildQueueFull(ServerError):
+    """Too many builds are queued or running; the caller should retry after ``retry_after_s``."""
+
+    retry_after_s = 30
+
+
+class NotReady(ServerError):
+    """The server is still loading its models."""
+
+    retry_after_s = 5
