@@ -28,7 +28,6 @@ def minilm_dims() -> _ModelDims:
 
 @_pytest.fixture(scope="session")
 def minilm() -> _ModelDims:
-    """MiniLM's dims as a fixture (``from conftest import ...`` is ambiguous once tests/<room>/conftest.py exist)."""
     return minilm_dims()
 
 
