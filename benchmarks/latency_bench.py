@@ -11,9 +11,11 @@
 4. Errors per profile: prediction / truth - 1, median and worst absolute; how often the truth is under the
    conservative estimate; for the 1-thread profile also the estimate before its single bench row (carried
    from the 2-thread fit by the calibration's thread scaling only).
-5. Scoping: one device report on ``small-2t-1g`` changes no other profile's estimates (nor, below
+5. The same with bench and held-out configs timed in the same rounds (``same_rounds``): the predictor's own
+   error, without the load drift between step 2 and step 3 (on a shared machine the drift dominates).
+6. Scoping: one device report on ``small-2t-1g`` changes no other profile's estimates (nor, below
    ``telemetry_min_clients``, its own).
-6. Spinning: one config at 2 threads with onnxruntime's spinning on and off, rounds alternating.
+7. Spinning: one config at 2 threads with onnxruntime's spinning on and off, rounds alternating.
 
 Writes ``benchmarks/results/latency.json`` (and ``latency.png``, predicted vs measured, with matplotlib).
 Run: ``.venv/bin/python benchmarks/latency_bench.py`` (about 2 minutes after the artifacts are cached; the
@@ -151,16 +153,43 @@ def main(
     results["profiles"] = per_profile
     results["load_during_truth"] = [load_before, load_after]
 
-    # 5. scoping: one device report on the benched profile
+    # 5. the same, with bench and held-out configs timed in the same rounds: the predictor's own error, without
+    #    the load drift between a bench run and a later timing (large on a shared machine)
+    svc.meta._execute("DELETE FROM latency")
+    with console.status("timing all configs in the same rounds"):
+        same = truth([entries[c.key].file("model.onnx") for c in train + held], [2, 1], seq_len, rounds,
+                     runs // rounds or 1, ALLOW_SPINNING)
+    load = load_average()
+    for i, cfg in enumerate(train):
+        svc.meta.put_latency(BENCHED, cfg.key, "fp32", seq_len, 1, same[2][i], "bench", threads=2, load=load,
+                             spinning=ALLOW_SPINNING)
+    carried = svc.latency_estimates(loaded, SPARSE, seq_len, 1)
+    svc.meta.put_latency(SPARSE, sparse_cfg.key, "fp32", seq_len, 1, same[1][train.index(sparse_cfg)], "bench",
+                         threads=1, load=load, spinning=ALLOW_SPINNING)
+    same_rounds = {}
+    for name, threads in ((BENCHED, 2), (SPARSE, 1)):
+        est = svc.latency_estimates(loaded, name, seq_len, 1)
+        pred = [est[(c.key, "fp32")] for c in held]
+        truth_ms = same[threads][len(train):]
+        same_rounds[name] = {"threads": threads, "benched_configs": len(train) if name == BENCHED else 1,
+                             "bench_ms": [round(m, 3) for m in same[threads][:len(train)]],
+                             "measured_ms": [round(m, 3) for m in truth_ms],
+                             "predicted_ms": [round(p.ms, 3) for p in pred], "sources": sorted({p.source for p in pred}),
+                             **errors([p.ms for p in pred], truth_ms, [p.upper_ms for p in pred])}
+    same_rounds[SPARSE]["carried_before_its_own_row"] = errors([carried[(c.key, "fp32")].ms for c in held], same[1][len(train):])
+    results["same_rounds"] = same_rounds
+    results["load_same_rounds"] = load
+
+    # 6. scoping: one device report on the benched profile
     before = {p: svc.latency_estimates(loaded, p, seq_len, 1) for p in profiles}
     cfg = held[len(held) // 2]
     report_ms = before[BENCHED][(cfg.key, "fp32")].ms * 1.5
-    svc.report_latency(entries[cfg.key], BENCHED, report_ms, seq_len, 1, 2, "bench-client")
+    svc.record_latency(entries[cfg.key].key, BENCHED, report_ms, seq_len, 1, 2, "bench-client")
     after = {p: svc.latency_estimates(loaded, p, seq_len, 1) for p in profiles}
     results["one_report"] = {"profile": BENCHED, "config": cfg.describe(), "latency_ms": round(report_ms, 3),
                              "changed_profiles": sorted(p for p in profiles if after[p] != before[p])}
 
-    # 6. spinning on and off at 2 threads, rounds alternating
+    # 7. spinning on and off at 2 threads, rounds alternating
     spin_cfg = train[len(train) // 2]
     spin: dict[bool, list[float]] = {False: [], True: []}
     loads = []
@@ -186,6 +215,10 @@ def main(
                       f"{r['worst_abs_error']:.1%}", f"{r['truth_under_upper']:.0%}",
                       f"{c['median_abs_error']:.1%} / {c['worst_abs_error']:.1%}")
     console.print(table)
+    for name, r in same_rounds.items():
+        console.print(f"same rounds, {name}: median {r['median_abs_error']:.1%}, worst {r['worst_abs_error']:.1%}")
+    c = same_rounds[SPARSE]["carried_before_its_own_row"]
+    console.print(f"same rounds, {SPARSE} before its one row: {c['median_abs_error']:.1%} / {c['worst_abs_error']:.1%}")
     c = per_profile[SPARSE]["carried_before_its_own_row"]
     console.print(f"{SPARSE} before its one row (thread scaling only): {c['median_abs_error']:.1%} / {c['worst_abs_error']:.1%}")
     console.print(f"fresh store: {fresh}")
@@ -202,13 +235,14 @@ def main(
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(5, 5))
-        for name, r in per_profile.items():
-            ax.scatter(r["measured_ms"], r["predicted_ms"], label=f"{name} ({r['threads']} thr)")
-        top = max(max(r["measured_ms"] + r["predicted_ms"]) for r in per_profile.values()) * 1.1
+        for label, group, marker in (("sequential", per_profile, "o"), ("same rounds", same_rounds, "x")):
+            for name, r in group.items():
+                ax.scatter(r["measured_ms"], r["predicted_ms"], marker=marker, label=f"{name} ({r['threads']} thr), {label}")
+        top = max(max(r["measured_ms"] + r["predicted_ms"]) for g in (per_profile, same_rounds) for r in g.values()) * 1.1
         ax.plot([0, top], [0, top], "k--", lw=1)
         ax.set_xlabel("measured ms (held out)")
         ax.set_ylabel("predicted ms")
-        ax.legend()
+        ax.legend(fontsize=7)
         out_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(plot, dpi=100, bbox_inches="tight")
     except ImportError:
