@@ -40,7 +40,7 @@ from server.selection import Budget
 from server.service import DeliveryService
 from server.settings import Settings
 from server.store import prepare_default_store
-from slicer.paths import data_home
+from slicer import data_home
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "minilm-sentiment"

@@ -1,4 +1,5 @@
-"""Reference points for the MLFS results of issue 3 (DESIGN.md §1): what MLFS is compared against.
+"""Reference points for the MLFS results (the method of Kundu et al., NAACL 2024 Industry, arXiv 2404.01353):
+what MLFS is compared against.
 
 Subcommands (each prints a table and writes ``benchmarks/results/<subcommand>[_<tag>].json``, plus a PNG
 where a curve is asked for and matplotlib is installed):
@@ -42,8 +43,8 @@ from torch import nn
 
 from slicer.data.batching import Examples, batch_indices, collate, eval_batches, tokenize_stream
 from slicer.data.calibration import load_tokenizer
-from slicer.data.datasets import load_dataset_dir
 from slicer.data.examples import load_examples
+from slicer.data.readers import load_dataset_dir
 from slicer.errors import MLFSError
 from slicer.formats.adapter_stack import STACK_META
 from slicer.formats.storage import load_base
@@ -53,8 +54,9 @@ from slicer.nn.factory import build_model
 from slicer.nn.model import SlicedTransformer
 from slicer.nn.supernet import Supernet
 from slicer.slicing import open_supernet, read_config_arg
+from slicer.spec.palette import read_palette
 from slicer.spec.subnet_config import SubnetConfig
-from slicer.train.evaluate import evaluate_config, read_palette
+from slicer.train.evaluate import evaluate_config
 from slicer.train.losses import causal_lm_loss, classification_loss, kd_loss
 from slicer.train.reorder import reorder_by_importance
 from slicer.train.trainer import Trainer, TrainSettings
@@ -63,7 +65,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DECODER_CONFIG = '{"layers": 10, "heads": 6, "ffn": 768}'
 REORDER_CALIBRATION_EXAMPLES = 32  # what slicer.train.fit uses: the first 32 training examples, in batches of 8
 
-app = typer.Typer(help="MLFS reference benchmarks (issue 3): full fine-tuning, no stages 1-2, gamma, decoder.",
+app = typer.Typer(help="MLFS reference benchmarks: full fine-tuning, no stages 1-2, gamma, decoder.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 console = Console(width=None if sys.stdout.isatty() else 140)  # wide tables in logs, too
 

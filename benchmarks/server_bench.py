@@ -1,4 +1,4 @@
-"""Delivery-server benchmarks (issue 4), each printed as ratios measured side by side in one run.
+"""Delivery-server benchmarks, each printed as ratios measured side by side in one run.
 
 - ``build``     cold artifact builds, broken down into slice, merge, export, validate and quantise.
 - ``resolve``   warm ``POST /v1/resolve`` latency (p50/p99) and throughput at 1-64 concurrent clients, against
@@ -120,8 +120,7 @@ def finish(name: str, what: str, settings: dict, results: dict, started: float, 
 @app.command("build")
 def build(model: ModelOpt = "minilm-sentiment", out_dir: OutOpt = RESULTS) -> None:
     """Cold builds of three shapes, fp32 and int8: where the seconds go."""
-    from slicer.errors import ExportError
-    from slicer.spec.subnet_config import SubnetConfig
+    from slicer import ExportError, SubnetConfig
 
     started = time.perf_counter()
     rows = []

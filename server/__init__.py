@@ -1,1 +1,1 @@
-"""MLFS Edge delivery server (see issue 4)."""
+"""MLFS Edge delivery server: resolves a device's budget to a subnet, builds its artifact once, serves it."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.paths import file_lock, sha256_file
+from slicer import file_lock, sha256_file
 
 from .errors import CacheError, InvalidArtifactId, MissingArtifactFile
 from .metadata import ArtifactRecord, MetadataStore

@@ -1,7 +1,9 @@
-"""``mlfs serve``, ``mlfs warm`` and ``mlfs bench latency``: the delivery server and its operator tasks.
+"""The ``mlfs`` program: the slicer's commands (``slicer.cli``) plus the delivery server's ``serve``, ``warm`` and
+``bench latency``, composed here, above both libraries.
 
-Registered on the main app by ``slicer.cli.main``; heavy imports happen inside the commands so that ``mlfs --help``
-stays fast. Server-side errors are re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
+Heavy imports happen inside the commands, so ``mlfs --help`` stays fast and the slicer's commands work in an
+install without the server extra, where the server's commands say which extra to install. Server-side errors are
+re-raised as ``ConfigError`` so the CLI prints one ``error:`` line.
 """
 
 from __future__ import annotations
@@ -16,11 +18,25 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from slicer.errors import ConfigError
+from slicer import ConfigError
+from slicer.cli.main import root_app, run
+
+SERVER_EXTRA = "mlfs-edge[server]"
 
 out = Console()
 err = Console(stderr=True)
 bench_app = typer.Typer(help="Measure latency tables that model selection uses.", no_args_is_help=True)
+
+
+def _need_server_extra(command: str) -> None:
+    """Fail with one line naming the extra to install when the server's dependencies are missing."""
+    try:
+        import fastapi  # noqa: F401
+        import torch  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"`mlfs {command}` needs the server extra, which is not installed here (no module "
+                          f"{e.name!r}): pip install '{SERVER_EXTRA}'") from None
 
 StoreOpt = Annotated[Path | None, typer.Option("--store", help="Store folder (default $MLFS_STORE or <data home>/store).")]
 SettingsOpt = Annotated[Path | None, typer.Option("--config", help="YAML settings file (flags > environment > file).")]
@@ -37,6 +53,7 @@ def serve_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Run the delivery server; prepares the default store (MiniLM + the shipped sentiment palette) on first start."""
+    _need_server_extra("serve")
     import uvicorn
 
     from .api import create_app
@@ -94,6 +111,7 @@ def warm_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Pre-build and pin artifacts in the store's cache: explicit subnets, or the best config per profile/budget."""
+    _need_server_extra("warm")
     from .selection import Budget
 
     if precision not in ("fp32", "int8", "auto"):
@@ -138,8 +156,9 @@ def bench_latency_cmd(
     config: SettingsOpt = None,
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
+    _need_server_extra("bench latency")
     from client_sdk.latency import ALLOW_SPINNING
-    from slicer.spec.subnet_config import SubnetConfig
+    from slicer import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 
@@ -175,6 +194,7 @@ def bench_calibrate_cmd(
 ) -> None:
     """Re-run the built-in latency calibration (synthetic encoder stacks per profile thread count, a few seconds):
     the estimates a store gives before any bench run, and the thread-scaling model between profiles."""
+    _need_server_extra("bench calibrate")
     from .metrics import Metrics
     from .service import DeliveryService
     from .settings import Settings
@@ -191,3 +211,18 @@ def bench_calibrate_cmd(
         load = c.info.get("load")
         table.add_row(str(c.threads), *(f"{x:.3f}" for x in c.coeffs), "" if load is None else f"{load:.2f}")
     out.print(table)
+
+
+app = root_app()
+app.command("serve")(serve_cmd)
+app.command("warm")(warm_cmd)
+app.add_typer(bench_app, name="bench")
+
+
+def main() -> None:
+    """The ``mlfs`` console script."""
+    run(app)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,7 @@ each class to its status code, in one table.
 
 from __future__ import annotations
 
-from slicer.errors import MLFSError
+from slicer import MLFSError
 
 
 class ServerError(MLFSError):

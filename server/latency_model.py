@@ -30,8 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from slicer.spec.dims import ModelDims
-from slicer.spec.subnet_config import SubnetConfig
+from slicer import ModelDims, SubnetConfig
 
 from .profiles import DeviceProfile
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from client_sdk.latency import ALLOW_SPINNING, LatencyResult, measure_interleaved
-from slicer.spec.subnet_config import SubnetConfig
+from slicer import SubnetConfig
 
 from .profiles import DeviceProfile
 from .service import DeliveryService, LoadedModel

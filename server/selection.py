@@ -11,8 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from slicer.spec.dims import ModelDims
-from slicer.spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
+from slicer import BYTES_PER_PARAM, ModelDims, SubnetConfig, row_quality
 
 from .errors import NoFit
 from .latency_model import Estimates, LatencyEstimate, gflops
@@ -108,6 +107,5 @@ def candidates_from_palette(dims: ModelDims, palette: dict[str, Any] | None, con
     out = []
     for cfg in configs:
         row = rows.get(cfg.key)
-        quality = None if row is None else (row["accuracy"] if metric == "accuracy" else -row["loss"])
-        out.append(Candidate(cfg, quality, cfg.param_count(dims).total))
+        out.append(Candidate(cfg, row_quality(row, metric), cfg.param_count(dims).total))
     return out

@@ -19,13 +19,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slicer.errors import ConfigError, MLFSError
-from slicer.formats.adapter_stack import stack_fingerprint
-from slicer.formats.reordering_cache import CACHE_SUBDIR
-from slicer.onnx.export import EXPORTER_VERSION
-from slicer.slicing import OpenSupernet, export_to_folder, open_supernet
-from slicer.spec.subnet_config import SubnetConfig
-from slicer.train.evaluate import read_palette
+from slicer import (
+    CACHE_SUBDIR,
+    EXPORTER_VERSION,
+    ConfigError,
+    MLFSError,
+    OpenSupernet,
+    SubnetConfig,
+    export_to_folder,
+    open_supernet,
+    quality_metric,
+    read_palette,
+    stack_fingerprint,
+)
 
 from .cache import ArtifactCache, Entry, artifact_key
 from .calibration import calibrate
@@ -72,9 +78,7 @@ class LoadedModel:
     def quality_metric(self) -> str | None:
         """What ``quality`` means for this model (higher is better): palette accuracy, or -loss for a language
         model's palette (``neg_loss``); None without a palette table."""
-        if not self.palette:
-            return None
-        return "accuracy" if self.palette.get("metric") == "accuracy" else "neg_loss"
+        return quality_metric(self.palette.get("metric")) if self.palette else None
 
     @functools.cached_property
     def candidates(self) -> list[Candidate]:

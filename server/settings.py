@@ -8,7 +8,7 @@ import yaml
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from slicer.paths import data_home
+from slicer import data_home
 
 
 class Settings(BaseSettings):

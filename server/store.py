@@ -13,12 +13,21 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from slicer.errors import ConfigError, MLFSError, TeacherError
-from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.formats.teachers import list_teachers, prepare_teacher
-from slicer.paths import safe_join
-from slicer.slicing import OpenSupernet, open_supernet
-from slicer.train.evaluate import PALETTE_FILE
+from slicer import (
+    PALETTE_FILE,
+    STACK_META,
+    STACK_WEIGHTS,
+    ConfigError,
+    MLFSError,
+    OpenSupernet,
+    TeacherError,
+    atomic_directory,
+    list_teachers,
+    open_supernet,
+    prepare_teacher,
+    read_palette,
+    safe_join,
+)
 
 log = logging.getLogger(__name__)
 MODELS_FILE = "models.json"
@@ -72,7 +81,7 @@ def prepare_default_store(root: Path) -> None:
 
 def _prepared_dataset(name: str) -> str | None:
     """Prepare a built-in dataset (seconds, offline) so exports are validated on its dev split; None if it fails."""
-    from slicer.data.datasets import prepare_dataset
+    from slicer import prepare_dataset
 
     try:
         prepare_dataset(name)
@@ -126,8 +135,7 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
                           f"missing {sorted(missing)}, not allowed {sorted(unknown)}")
     dest = safe_join(root, f"adapters/{name}")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{name}.incoming-"))
-    try:
+    with atomic_directory(dest) as work:
         for fname, src in files.items():
             shutil.copyfile(src, work / fname)
         try:
@@ -136,17 +144,11 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
         except Exception as err:  # the safetensors parser raises several types for a bad header
             raise ConfigError(f"{STACK_WEIGHTS} is not a valid safetensors file ({err})") from None
         if PALETTE_FILE in files:
-            try:
-                json.loads((work / PALETTE_FILE).read_text())["configs"]
-            except (ValueError, KeyError, TypeError) as err:
-                raise ConfigError(f"{PALETTE_FILE}: not a palette table ({err})") from None
+            read_palette(work)  # raises ConfigError unless it is a palette table
         try:
             opened = open_supernet(base, work)  # shapes, base fingerprint, search space: every mismatch raises
         except MLFSError as err:
             raise ConfigError(f"the adapter stack does not fit base {base!r}: {err}") from None
-        os.replace(work, dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     served = ServedModel(name, base, dest, description)
     write_models(root, {**models, name: served})
     log.info("registered adapter stack %s on %s", name, base)

@@ -1,5 +1,10 @@
 """The slicer's exception tree. User mistakes say what was wrong and what would be accepted."""
 
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 
 class MLFSError(Exception):
     """Base of every error the slicer raises on purpose."""
@@ -27,3 +32,31 @@ class MergeError(MLFSError):
 
 class ExportError(MLFSError):
     """An export failed, or its validation against PyTorch or its quantisation quality gate did not pass."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    """One rejected data row: where it is and why."""
+
+    path: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}: {self.reason}"
+
+
+def describe_bad_rows(path: object, problems: list[BadRow], total_rows: int, shown: int = 5) -> str:
+    """``N bad row(s) of M in PATH:`` and the first ``shown`` of them, one per line."""
+    lines = "\n".join(f"  {p}" for p in problems[:shown])
+    more = f"\n  ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    return f"{len(problems)} bad row(s) of {total_rows} in {path}:\n{lines}{more}"
+
+
+class DataError(MLFSError):
+    """A data file is malformed (the message names ``file:line`` and the reason), or a dataset could not be
+    prepared from its source. ``problems`` holds every bad row found, not only those in the message."""
+
+    def __init__(self, message: str, problems: Iterable[BadRow] = ()) -> None:
+        super().__init__(message)
+        self.problems: list[BadRow] = list(problems)

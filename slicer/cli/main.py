@@ -1,6 +1,10 @@
-"""The ``mlfs`` command line. It prints and shows progress; the library only logs.
+"""The slicer's commands (teachers, data, config, slice, export, train, eval). It prints and shows progress; the
+library only logs.
 
-Every user mistake ends in one ``error:`` line and a non-zero exit; ``--debug`` shows the traceback.
+``commands`` holds them without a root; ``app`` is them alone (``python -m slicer.cli``, which torchrun uses). The
+``mlfs`` program is composed above the libraries, in ``server.cli``, which adds the server's commands: the library
+never imports the application. Every user mistake ends in one ``error:`` line and a non-zero exit; ``--debug``
+shows the traceback.
 """
 
 from __future__ import annotations
@@ -13,22 +17,21 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
-from server.cli import bench_app, serve_cmd, warm_cmd
-
 from ..errors import MLFSError
+from ..spec.vocab import CLASSIFICATION, TASKS, Task
 from .data import data_app
 
-app = typer.Typer(help="MLFS Edge: slice one pretrained transformer into a palette of smaller models.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+HELP = "MLFS Edge: slice one pretrained transformer into a palette of smaller models."
+ROOT_SETTINGS = {"no_args_is_help": True, "pretty_exceptions_enable": False, "add_completion": False}
+
+commands = typer.Typer()  # no callback: a root (``app`` here, ``mlfs`` in server.cli) adds the global options
 teacher_app = typer.Typer(help="Prepare and list the real pretrained teachers (offline, from PyPI packages).",
                           no_args_is_help=True)
-app.add_typer(teacher_app, name="teacher")
-app.add_typer(data_app, name="data")
-app.command("serve")(serve_cmd)
-app.command("warm")(warm_cmd)
-app.add_typer(bench_app, name="bench")
+commands.add_typer(teacher_app, name="teacher")
+commands.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)
@@ -38,7 +41,6 @@ BaseOpt = Annotated[str, typer.Option("--base", help="A prepared teacher name (s
 ConfigOpt = Annotated[str, typer.Option("--config", help='Subnet config as JSON, e.g. \'{"layers": 3, "heads": 6, "ffn": 768}\', or a JSON file.')]
 
 
-@app.callback()
 def main_options(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks and debug logs.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show progress logs.")] = False,
@@ -77,7 +79,7 @@ def teacher_list() -> None:
     out.print(table)
 
 
-@app.command("config")
+@commands.command("config")
 def config_show(base: BaseOpt, config: ConfigOpt) -> None:
     """Validate a subnet config against a base and print its canonical form, key and size (builds nothing)."""
     from ..formats.storage import read_dims, subnet_summary
@@ -101,7 +103,7 @@ def _print_size(summary: dict, teacher_total: int, teacher_layers: int) -> None:
     out.print("bytes       " + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in b.items() if k != "bf16"))
 
 
-@app.command("slice")
+@commands.command("slice")
 def slice_cmd(
     base: BaseOpt,
     config: ConfigOpt,
@@ -131,7 +133,7 @@ def slice_cmd(
     out.print(f"saved       {out_dir}" + (f" (+ stock transformers checkpoint in {out_dir / hf})" if hf else ""))
 
 
-@app.command("export")
+@commands.command("export")
 def export_cmd(
     base: BaseOpt,
     config: ConfigOpt,
@@ -167,7 +169,7 @@ def export_cmd(
     out.print(f"saved       {out_dir}")
 
 
-@app.command("train")
+@commands.command("train")
 def train_cmd(
     base: BaseOpt,
     data: Annotated[str, typer.Option("--data", help="Data folder (train/dev files) or a prepared dataset name.")],
@@ -236,8 +238,8 @@ def train_cmd(
     out.print(f"adapters    {out_dir / 'adapters'}\nreport      {out_dir / 'report.json'}")
 
 
-def _print_palette(rows: list[dict], task: str) -> None:
-    metric = "accuracy" if task == "classification" else "loss"
+def _print_palette(rows: list[dict], task: Task) -> None:
+    metric = "accuracy" if task == CLASSIFICATION else "loss"
     table = Table("shape", "key", "params", "non-embedding", metric)
     for r in rows:
         value = f"{r['accuracy']:.2%}" if metric == "accuracy" else f"{r['loss']:.4f} (ppl {r['perplexity']:.1f})"
@@ -245,7 +247,7 @@ def _print_palette(rows: list[dict], task: str) -> None:
     out.print(table)
 
 
-@app.command("eval")
+@commands.command("eval")
 def eval_cmd(
     base: BaseOpt,
     adapters: Annotated[Path, typer.Option("--adapters", help="Adapter stack folder (a run's adapters/).")],
@@ -258,10 +260,11 @@ def eval_cmd(
     from ..data.examples import load_examples
     from ..formats.adapter_stack import read_stack_meta
     from ..slicing import open_supernet
-    from ..train.evaluate import evaluate_palette, resolve_configs, write_palette
+    from ..spec.palette import write_palette
+    from ..train.evaluate import evaluate_palette, resolve_configs
 
     task = read_stack_meta(adapters).get("task")
-    if task not in ("classification", "causal-lm"):
+    if task not in TASKS:
         raise typer.BadParameter(f"{adapters}: the stack records no task (classification or causal-lm)")
     with err.status("loading base and adapters"):
         opened = open_supernet(base, adapters)
@@ -274,17 +277,33 @@ def eval_cmd(
         out.print(f"saved       {write_palette(adapters, rows, task, info['fingerprint'])}")
 
 
-def main() -> None:
+def root_app(help: str = HELP) -> typer.Typer:
+    """A root with the global options (--debug, --verbose) and the slicer's commands; callers may add more."""
+    root = typer.Typer(help=help, **ROOT_SETTINGS)
+    root.callback()(main_options)
+    root.add_typer(commands)
+    return root
+
+
+app = root_app()
+
+
+def run(root: typer.Typer) -> None:
+    """Run a command line: an ``MLFSError`` is one ``error:`` line and exit 2 (``--debug`` shows the traceback)."""
     try:
-        app()
+        root()
     except MLFSError as e:
         if _state["debug"]:
             raise
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)  # text, not markup
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+
+
+def main() -> None:
+    run(app)
 
 
 if __name__ == "__main__":

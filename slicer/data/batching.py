@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import ConfigError
+from ..spec.vocab import DECODER, ENCODER, Family
 
 
 @dataclass
@@ -21,20 +22,20 @@ class Examples:
 
     ids: list[list[int]]
     labels: list[int] | None
-    family: str
+    family: Family
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def tokenize_pairs(tokenizer: Tokenizer, texts: Sequence[tuple[str, ...]], labels: Sequence[int], max_len: int, family: str) -> Examples:
+def tokenize_pairs(tokenizer: Tokenizer, texts: Sequence[tuple[str, ...]], labels: Sequence[int], max_len: int, family: Family) -> Examples:
     """Classification examples: single sentences or sentence pairs, truncated to ``max_len`` tokens."""
     tokenizer = _truncating(tokenizer, max_len)
     inputs = [t[0] if len(t) == 1 else (t[0], t[1]) for t in texts]
     return Examples([e.ids for e in tokenizer.encode_batch(inputs)], list(labels), family)
 
 
-def tokenize_stream(tokenizer: Tokenizer, text: str, block: int, family: str = "decoder") -> Examples:
+def tokenize_stream(tokenizer: Tokenizer, text: str, block: int, family: Family = DECODER) -> Examples:
     """Language-modelling examples: the whole text as one token stream cut into blocks of ``block`` tokens."""
     tokenizer = Tokenizer.from_str(tokenizer.to_str())
     tokenizer.no_truncation()
@@ -65,7 +66,7 @@ def collate(examples: Examples, indices: Sequence[int], pad_id: int = 0) -> dict
         input_ids[k, : len(r)] = torch.tensor(r)
         mask[k, : len(r)] = 1
     batch = {"input_ids": input_ids, "attention_mask": mask}
-    if examples.family == "encoder":
+    if examples.family == ENCODER:
         batch["token_type_ids"] = torch.zeros_like(input_ids)
     if examples.labels is not None:
         batch["labels"] = torch.tensor([examples.labels[i] for i in indices])

@@ -13,6 +13,7 @@ import torch
 from tokenizers import Tokenizer
 
 from ..errors import CheckpointError
+from ..spec.vocab import DECODER, ENCODER, Family
 
 
 def _stdlib_files() -> list[Path]:
@@ -20,7 +21,7 @@ def _stdlib_files() -> list[Path]:
     return sorted(p for p in root.glob("*.py") if not p.name.startswith(("test", "_")))
 
 
-def calibration_texts(family: str, n: int = 32) -> list[str]:
+def calibration_texts(family: Family, n: int = 32) -> list[str]:
     """``n`` deterministic snippets: docstring paragraphs (encoder) or source chunks (decoder)."""
     texts: list[str] = []
     for path in _stdlib_files():
@@ -28,7 +29,7 @@ def calibration_texts(family: str, n: int = 32) -> list[str]:
             source = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
             continue
-        if family == "decoder":
+        if family == DECODER:
             texts.append(source[:1500])
         else:
             try:
@@ -51,7 +52,7 @@ def load_tokenizer(folder: Path) -> Tokenizer:
         raise CheckpointError(f"{path}: not a valid tokenizer.json ({err})") from None
 
 
-def encode(tokenizer: Tokenizer, texts: list[str], max_len: int, family: str) -> dict[str, torch.Tensor]:
+def encode(tokenizer: Tokenizer, texts: list[str], max_len: int, family: Family) -> dict[str, torch.Tensor]:
     """Right-padded batch of model inputs (``token_type_ids`` only for encoders)."""
     encodings = [e for e in tokenizer.encode_batch(texts)]
     ids = [e.ids[:max_len] for e in encodings]
@@ -62,11 +63,11 @@ def encode(tokenizer: Tokenizer, texts: list[str], max_len: int, family: str) ->
         input_ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
     batch = {"input_ids": input_ids, "attention_mask": mask}
-    if family == "encoder":
+    if family == ENCODER:
         batch["token_type_ids"] = torch.zeros_like(input_ids)
     return batch
 
 
-def calibration_batches(folder: Path, family: str, n: int = 32, max_len: int = 128, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
+def calibration_batches(folder: Path, family: Family, n: int = 32, max_len: int = 128, batch_size: int = 8) -> list[dict[str, torch.Tensor]]:
     tokenizer, texts = load_tokenizer(folder), calibration_texts(family, n)
     return [encode(tokenizer, texts[i : i + batch_size], max_len, family) for i in range(0, len(texts), batch_size)]

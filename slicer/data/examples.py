@@ -6,16 +6,17 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from ..spec.vocab import CLASSIFICATION, Family, Task
 from .batching import Examples, tokenize_pairs, tokenize_stream
 from .calibration import load_tokenizer
-from .datasets import load_dataset_dir
+from .readers import load_dataset_dir
 
 
-def load_examples(base_dir: Path, data_dir: str | Path, task: str, max_len: int, family: str) -> tuple[Examples, Examples, dict[str, Any]]:
+def load_examples(base_dir: Path, data_dir: str | Path, task: Task, max_len: int, family: Family) -> tuple[Examples, Examples, dict[str, Any]]:
     """Tokenised train and evaluation splits, and what the report says about the data."""
     tokenizer = load_tokenizer(base_dir)
     train, dev = load_dataset_dir(data_dir, task)
-    if task == "classification":
+    if task == CLASSIFICATION:
         info = {"train": len(train), "dev": len(dev), "label_names": train.label_names,
                 "fingerprint": hashlib.sha256((train.fingerprint() + dev.fingerprint()).encode()).hexdigest()}
         return (tokenize_pairs(tokenizer, train.texts, train.labels, max_len, family),

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,7 @@ from ..nn.adapters import AdapterSettings
 from ..nn.importance import Reordering
 from ..nn.model import SlicedTransformer
 from ..nn.supernet import Supernet, adapter_shapes
+from ..paths import atomic_directory
 from ..spec.search_space import SearchSpace
 from .checkpoint import read_json, read_safetensors
 
@@ -57,17 +56,9 @@ def save_adapter_stack(
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if reordering is not None:
         tensors.update({REORDER_PREFIX + k: v.contiguous() for k, v in reordering.to_tensors().items()})
-    tmp = out.with_name(f".{out.name}.incomplete-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         save_file(tensors, str(tmp / STACK_WEIGHTS))
         (tmp / STACK_META).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return meta
 
 

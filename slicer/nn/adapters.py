@@ -15,11 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError, MergeError
+from ..spec.shapes import PROJECTIONS
+from ..spec.vocab import Family
 from .elastic import ElasticLinear
 
 NUM_STAGES = 3
 DEFAULT_TARGETS = {"encoder": ("q", "k", "v", "up"), "decoder": ("q", "k", "v", "gate", "up")}
-TARGET_PATHS = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.o", "up": "ffn.up", "gate": "ffn.gate", "down": "ffn.down"}
+TARGET_PATHS = PROJECTIONS  # adapter targets are projections, by short name
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class AdapterSettings:
     def scale(self) -> float:
         return 1.0 if self.alpha is None else self.alpha / self.rank
 
-    def for_family(self, family: str) -> AdapterSettings:
+    def for_family(self, family: Family) -> AdapterSettings:
         return self if self.targets else AdapterSettings(self.rank, DEFAULT_TARGETS[family], self.stages, self.alpha)
 
 
@@ -106,9 +108,3 @@ class AdaptedLinear(nn.Module):
             return
         self.base.weight.copy_(self.effective_weight(self.base.out_features, self.base.in_features))
         self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base.weight.sub_(self.adapter.delta(self.base.out_features, self.base.in_features))
-            self.merged = False

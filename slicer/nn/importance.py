@@ -17,15 +17,11 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..spec.dims import ModelDims
+from ..spec.shapes import HIDDEN_COLS, HIDDEN_ROWS, KV_ROWS, NEURON_COLS, NEURON_ROWS, QUERY_ROWS, UNIT_COLS
 from .model import ModelOutput, SlicedTransformer
 
 METHODS = ("taylor", "activation", "magnitude")
 LossFn = Callable[[ModelOutput, dict[str, torch.Tensor]], torch.Tensor]  # (output, the batch it came from)
-
-# Tensors with a hidden-sized axis, by name suffix: (axis, suffixes).
-_HIDDEN_COLS = (".word.weight", ".position.weight", ".token_type.weight", "attn.q.weight", "attn.k.weight",
-                "attn.v.weight", "ffn.up.weight", "ffn.gate.weight", "lm_head.weight", "head.weight")
-_HIDDEN_ROWS = ("attn.o.weight", "attn.o.bias", "ffn.down.weight", "ffn.down.bias", "norm.weight", "norm.bias")
 
 
 @dataclass
@@ -47,20 +43,22 @@ class Reordering:
         for i, (units, neurons) in enumerate(zip(self.attn_units, self.ffn)):
             p = f"layers.{i}."
             n = len(units)
-            for name in ("attn.q.weight", "attn.q.bias"):
+            for name in QUERY_ROWS:
                 _permute(state, p + name, lambda t, u=units, n=n: t.view(n, unit, *t.shape[1:])[u].flatten(0, 1))
-            for name in ("attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias"):
+            for name in KV_ROWS:
                 _permute(state, p + name, lambda t, u=units, n=n: t.view(n, dims.head_dim, *t.shape[1:])[u].flatten(0, 1))
-            _permute(state, p + "attn.o.weight", lambda t, u=units, n=n: t.view(t.shape[0], n, unit)[:, u].flatten(1))
-            for name in ("ffn.up.weight", "ffn.up.bias", "ffn.gate.weight"):
+            for name in UNIT_COLS:
+                _permute(state, p + name, lambda t, u=units, n=n: t.view(t.shape[0], n, unit)[:, u].flatten(1))
+            for name in NEURON_ROWS:
                 _permute(state, p + name, lambda t, k=neurons: t[k])
-            _permute(state, p + "ffn.down.weight", lambda t, k=neurons: t[:, k])
+            for name in NEURON_COLS:
+                _permute(state, p + name, lambda t, k=neurons: t[:, k])
         if self.hidden is not None:
             c = self.hidden
             for name in state:
-                if name.endswith(_HIDDEN_COLS):
+                if name.endswith(HIDDEN_COLS):
                     _permute(state, name, lambda t: t[:, c])
-                elif name.endswith(_HIDDEN_ROWS):
+                elif name.endswith(HIDDEN_ROWS):
                     _permute(state, name, lambda t: t[c])
 
     def to_tensors(self) -> dict[str, torch.Tensor]:

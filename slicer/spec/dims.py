@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from ..errors import ConfigError
-
-Family = Literal["encoder", "decoder"]
-FAMILIES: tuple[str, ...] = ("encoder", "decoder")
+from .vocab import ENCODER, FAMILIES, Family
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class ModelDims:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
-        if self.num_labels and self.family != "encoder":
+        if self.num_labels and self.family != ENCODER:
             raise ConfigError("num_labels: classification heads are for encoders; decoders predict tokens")
         if self.num_kv_heads == 0:
             object.__setattr__(self, "num_kv_heads", self.num_heads)

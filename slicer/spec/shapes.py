@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .dims import ModelDims
+from .vocab import ENCODER
 
 
 class SubnetConfig(Protocol):
@@ -23,6 +24,22 @@ class SubnetConfig(Protocol):
     hidden: int
 
 Shape = tuple[int, ...]
+
+# The linear projections of a layer by short name (adapter targets use these names), and their module paths.
+PROJECTIONS: dict[str, str] = {"q": "attn.q", "k": "attn.k", "v": "attn.v", "o": "attn.o",
+                               "gate": "ffn.gate", "up": "ffn.up", "down": "ffn.down"}
+
+# How a layer's tensors follow its units when heads or neurons are reordered or sliced (names inside a layer):
+QUERY_ROWS = ("attn.q.weight", "attn.q.bias")  # group_size * head_dim rows per attention unit
+KV_ROWS = ("attn.k.weight", "attn.k.bias", "attn.v.weight", "attn.v.bias")  # head_dim rows per unit
+UNIT_COLS = ("attn.o.weight",)  # group_size * head_dim columns per unit
+NEURON_ROWS = ("ffn.up.weight", "ffn.up.bias", "ffn.gate.weight")  # one row per FFN neuron
+NEURON_COLS = ("ffn.down.weight",)  # one column per FFN neuron
+
+# The hidden axis, by name suffix: tensors whose columns are hidden channels, and those whose rows are.
+HIDDEN_COLS = (".word.weight", ".position.weight", ".token_type.weight", "attn.q.weight", "attn.k.weight",
+               "attn.v.weight", "ffn.up.weight", "ffn.gate.weight", "lm_head.weight", "head.weight")
+HIDDEN_ROWS = ("attn.o.weight", "attn.o.bias", "ffn.down.weight", "ffn.down.bias", "norm.weight", "norm.bias")
 
 
 def encoder_shapes(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Shape]:
@@ -80,7 +97,7 @@ def decoder_shapes(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Shape]:
 
 def parameter_shapes(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Shape]:
     """Every parameter of the model ``(dims, cfg)``, by state-dict name, in module order."""
-    return encoder_shapes(dims, cfg) if dims.family == "encoder" else decoder_shapes(dims, cfg)
+    return encoder_shapes(dims, cfg) if dims.family == ENCODER else decoder_shapes(dims, cfg)
 
 
 def is_embedding(name: str) -> bool:

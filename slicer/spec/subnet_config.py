@@ -22,6 +22,7 @@ from typing import Any
 from ..errors import ConfigError
 from .dims import ModelDims
 from .shapes import is_embedding, parameter_shapes
+from .vocab import DECODER
 
 USER_KEYS = ("layers", "heads", "ffn", "hidden")
 BYTES_PER_PARAM = {"fp32": 4, "fp16": 2, "bf16": 2, "int8": 1}
@@ -44,7 +45,7 @@ def depth_map(num_layers: int, keep: int, keep_first: bool = False) -> tuple[int
 
 def depth_map_for(dims: ModelDims, keep: int) -> tuple[int, ...]:
     """The family's depth map: decoders keep their first layer as well as their last."""
-    return depth_map(dims.num_layers, keep, keep_first=dims.family == "decoder")
+    return depth_map(dims.num_layers, keep, keep_first=dims.family == DECODER)
 
 
 @dataclass(frozen=True)

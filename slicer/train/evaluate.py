@@ -18,16 +18,15 @@ from ..data.batching import Examples, eval_batches
 from ..errors import ConfigError
 from ..nn.supernet import Supernet
 from ..spec.subnet_config import SubnetConfig
-
-PALETTE_FILE = "palette.json"
+from ..spec.vocab import CLASSIFICATION, Task
 
 
 @torch.no_grad()
-def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: str,
+def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], task: Task,
                    device: torch.device | None = None) -> dict[str, float]:
     """Accuracy and mean cross-entropy (classification), or token-weighted loss and perplexity (causal LM)."""
     model.eval()
-    if task == "classification":
+    if task == CLASSIFICATION:
         correct = total = 0
         loss_sum = 0.0
         for b in batches:
@@ -49,7 +48,7 @@ def evaluate_model(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
 
 
-def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: str,
+def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, torch.Tensor]], task: Task,
                     device: torch.device | None = None) -> dict[str, float]:
     """The supernet at ``cfg`` computes exactly the extracted subnet (tested), so no model is built per config."""
     net.set_active(cfg)
@@ -59,7 +58,7 @@ def evaluate_config(net: Supernet, cfg: SubnetConfig, batches: list[dict[str, to
         net.set_max()
 
 
-def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examples, task: str,
+def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examples, task: Task,
                      batch_size: int = 64, device: torch.device | None = None,
                      on_config: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """One row per config: key, config, label, parameter counts and the task metric."""
@@ -89,18 +88,3 @@ def resolve_configs(net: Supernet, spec: str | None) -> list[SubnetConfig]:
     if not isinstance(items, list) or not items:
         raise ConfigError(f"--configs {path}: expected a non-empty JSON list of configs")
     return [SubnetConfig.parse(item, net.dims) for item in items]
-
-
-def read_palette(folder: Path | None) -> dict[str, Any] | None:
-    """A stack's palette table (``palette.json``), or None when the folder has none."""
-    if folder is None or not (Path(folder) / PALETTE_FILE).is_file():
-        return None
-    return json.loads((Path(folder) / PALETTE_FILE).read_text())
-
-
-def write_palette(folder: Path, rows: list[dict[str, Any]], task: str, data_fingerprint: str) -> Path:
-    metric = "accuracy" if task == "classification" else "loss"
-    path = Path(folder) / PALETTE_FILE
-    path.write_text(json.dumps({"task": task, "metric": metric, "data_fingerprint": data_fingerprint,
-                                "configs": rows}, indent=2))
-    return path

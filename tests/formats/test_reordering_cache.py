@@ -6,7 +6,6 @@ import logging
 
 import pytest
 import torch
-from tiny_store import make_store
 
 import slicer.train.reorder as reorder
 from slicer.data.calibration import calibration_batches
@@ -15,7 +14,7 @@ from slicer.slicing import open_supernet
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(tmp_path_factory, make_store):
     return make_store(tmp_path_factory.mktemp("store")) / "tiny-bert"
 
 

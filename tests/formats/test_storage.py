@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_inputs import output, padded_batch, randomize_adapters
+from helpers.models import output, padded_batch, randomize_adapters
 from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 

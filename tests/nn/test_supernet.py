@@ -7,9 +7,9 @@ import random
 
 import pytest
 import torch
+from helpers.models import output, padded_batch, randomize_adapters
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model_inputs import output, padded_batch, randomize_adapters
 from torch import nn
 
 from slicer.errors import ConfigError, MergeError

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from tiny_store import TOKEN
+from helpers.store import TOKEN
 
 from slicer.slicing import open_supernet
 from slicer.spec.subnet_config import SubnetConfig

@@ -11,7 +11,7 @@ from server.latency_model import REL_SD, Coeffs, LatencyEstimator, Point, Thread
 from server.metadata import DEVICE_RECENT, SQLiteMetadata
 from server.profiles import DeviceProfile
 from server.telemetry import RateLimited, RateLimiter, ReportRejected, check_report
-from slicer.spec.search_space import SearchSpace
+from slicer import SearchSpace
 
 PROFILES = {p.name: p for p in (DeviceProfile("one", threads=1, memory_mb=512), DeviceProfile("two", threads=2, memory_mb=1024))}
 # this machine's "truth": 1 thread computes at half the speed of 2; per-call and per-layer costs as in a calibration

@@ -11,13 +11,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from model_inputs import randomize_adapters
-from tiny_store import TOKEN, make_store
+from helpers.models import randomize_adapters
+from helpers.store import TOKEN, make_store
 from typer.testing import CliRunner
 
 from client_sdk.latency import measure_latency, synthetic_inputs
+from server.cli import app
 from server.metadata import SQLiteMetadata
-from slicer.cli.main import app
 from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS, save_adapter_stack
 from slicer.formats.storage import fingerprint, load_base
 from slicer.nn.adapters import AdapterSettings

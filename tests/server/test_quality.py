@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 import torch
-from tiny_store import running_server, save_tokenizer
+from helpers.store import running_server, save_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slicer.formats.adapter_stack import save_adapter_stack
@@ -16,7 +16,7 @@ from slicer.formats.storage import fingerprint, load_base
 from slicer.nn.adapters import AdapterSettings
 from slicer.nn.supernet import Supernet
 from slicer.slicing import open_supernet
-from slicer.train.evaluate import write_palette
+from slicer.spec.palette import write_palette
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def lm_server(tmp_path_factory):
     configs = list(opened.supernet.space.enumerate(opened.supernet.dims))
     # bigger configs have lower loss; losses are positive, so +loss and -loss cannot be confused
     rows = [{"key": c.key, "loss": 5.0 - c.param_count(opened.supernet.dims).non_embedding / 1e5} for c in configs]
-    write_palette(stack, rows, "causal_lm", "test")
+    write_palette(stack, rows, "causal-lm", "test")
     (root / "models.json").write_text(json.dumps({"models": [{"name": "lm", "base": str(base), "adapters": "adapters/lm"}]}))
     with running_server(root) as url:
         yield url, {r["key"]: r["loss"] for r in rows}

@@ -10,8 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, Security, UploadFile
 
-from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
-from slicer.train.evaluate import PALETTE_FILE
+from slicer import PALETTE_FILE, STACK_META, STACK_WEIGHTS
 
 from ..deps import OperatorRoute, Service, operator_scheme
 from ..errors import responses

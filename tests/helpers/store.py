@@ -1,4 +1,6 @@
-"""A delivery-server store around a tiny random BERT, and a real uvicorn server on a loopback port."""
+"""A delivery-server store around a tiny random BERT, and a real uvicorn server on a loopback port.
+
+Building a store needs only torch and transformers; the server's packages load when a server is started."""
 
 from __future__ import annotations
 
@@ -10,14 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import torch
-import uvicorn
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertModel
-
-from server.api import create_app
-from server.settings import Settings
 
 TOKEN = "s3cret-operator-token"
 WORDS = ["[PAD]", "[UNK]"] + [f"w{i}" for i in range(95)]
@@ -44,6 +41,12 @@ def save_tokenizer(folder: Path) -> None:
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
     """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
+    import httpx
+    import uvicorn
+
+    from server.api import create_app
+    from server.settings import Settings
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
