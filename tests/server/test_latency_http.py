@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from tiny_store import make_store, running_server
+from helpers.store import make_store, running_server
 
 DEVICE_TOKEN = "device-s3cret"
 
