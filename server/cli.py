@@ -15,16 +15,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from slicer import ConfigError
+from slicer.cli.common import make_console
 from slicer.cli.main import root_app, run
 
 SERVER_EXTRA = "mlfs-edge[server]"
 
-out = Console()
-err = Console(stderr=True)
+out = make_console()
+err = make_console(stderr=True)
 bench_app = typer.Typer(help="Measure latency tables that model selection uses.", no_args_is_help=True)
 
 
@@ -52,20 +52,33 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option("--port", help="Port (default 8000).")] = None,
     config: SettingsOpt = None,
 ) -> None:
-    """Run the delivery server; prepares the default store (MiniLM + the shipped sentiment palette) on first start."""
+    """Run the delivery server. The port is bound at once (/healthz answers, /readyz says what is loading); the
+    default store (MiniLM + the shipped sentiment palette) is prepared on first start. Without MLFS_OPERATOR_TOKEN,
+    an operator token is generated into the store (0600) on first start and reused after."""
+    import logging
+
     _need_server_extra("serve")
     import uvicorn
+    from pydantic import SecretStr
 
     from .api import create_app
     from .settings import Settings
-    from .store import prepare_default_store
+    from .store import ensure_operator_token
 
     settings = Settings.load(config, store=store, host=host, port=port)
-    with err.status(f"preparing the store at {settings.store}"):
-        prepare_default_store(settings.store)
     if settings.operator_token is None:
-        err.print("note: MLFS_OPERATOR_TOKEN is not set, so operator endpoints (cache, warm, models) refuse every request")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        token, path, created = ensure_operator_token(settings.store)
+        settings = settings.model_copy(update={"operator_token": SecretStr(token)})
+        err.print(f"operator token: {'generated into' if created else 'read from'} {path} (owner-only); operator "
+                  f"routes need -H \"Authorization: Bearer $(cat {path})\" (set MLFS_OPERATOR_TOKEN to choose one)")
+    else:
+        err.print("operator token: from MLFS_OPERATOR_TOKEN / settings")
+    # The server's own progress (store preparation, each model loading, ready) beside uvicorn's lines.
+    for name in ("server", "slicer"):
+        logging.getLogger(name).setLevel(logging.INFO)
+    err.print(f"binding http://{settings.host}:{settings.port} now; /readyz answers 503 with progress until the "
+              "models are loaded")
+    uvicorn.run(create_app(settings, prepare_store=True), host=settings.host, port=settings.port, log_level="info")
 
 
 @contextmanager

@@ -50,7 +50,15 @@ from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
 from .selection import Budget, Candidate, Choice, candidates_from_palette, choose
 from .settings import Settings
-from .store import ServedModel, load_models, prepared_teacher_names, register_adapter_stack
+from .store import (
+    ServedModel,
+    attach_validation,
+    check_palette,
+    load_models,
+    prepared_teacher_names,
+    register_adapter_stack,
+    remove_model,
+)
 from .telemetry import RateLimiter, ReportRejected, check_report, client_id
 
 log = logging.getLogger(__name__)
@@ -62,6 +70,7 @@ class LoadedModel:
     opened: OpenSupernet
     adapters_fingerprint: str | None
     palette: dict[str, Any] | None
+    palette_check: dict[str, Any] = dataclasses.field(default_factory=lambda: {"verified": None, "reason": "", "data": None})
 
     @property
     def dims(self):
@@ -86,10 +95,18 @@ class LoadedModel:
         return candidates_from_palette(self.dims, self.palette, self._configs)
 
 
-def load_model(served: ServedModel, opened: OpenSupernet | None = None, reordering_cache: Path | None = None) -> LoadedModel:
+def load_model(served: ServedModel, opened: OpenSupernet | None = None, reordering_cache: Path | None = None,
+               palette_check: dict[str, Any] | None = None) -> LoadedModel:
     opened = opened or open_supernet(served.base, served.adapters, reordering_cache=reordering_cache)
     fp = stack_fingerprint(served.adapters) if served.adapters is not None else None
-    return LoadedModel(served, opened, fp, read_palette(served.adapters))
+    if palette_check is None:
+        try:
+            palette_check = check_palette(served.adapters, served.validation_data)
+        except MLFSError as err:  # unreadable validation data: serve, but say the palette is unchecked
+            palette_check = {"verified": False, "reason": str(err), "data": None}
+        if palette_check["verified"] is False:
+            log.warning("model %s: palette not verified (%s)", served.name, palette_check["reason"])
+    return LoadedModel(served, opened, fp, read_palette(served.adapters), palette_check)
 
 
 class DeliveryService:
@@ -107,15 +124,25 @@ class DeliveryService:
         self.latency = LatencyEstimator(self.meta, self.profiles, settings.telemetry_min_clients)
         self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
+        self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
 
     def load(self, names: list[str] | None = None) -> None:
-        """Load the served models (all, or ``names``); called once at start-up, off the request path."""
-        for name in names if names is not None else list(self._served):
+        """Load the served models (all, or ``names``); called once at start-up, off the request path. Progress
+        is in ``self.loading`` (``/readyz`` shows it) and in the log."""
+        todo = names if names is not None else list(self._served)
+        self.loading["total"] = len(todo)
+        for i, name in enumerate(todo, 1):
             if name not in self._served:
                 raise UnknownModel(f"unknown model {name!r}; the store serves {sorted(self._served)}")
+            started = time.perf_counter()
+            self.loading.update(current=name, since=time.time())
+            log.info("loading model %s (%d of %d): base %s%s", name, i, len(todo), self._served[name].base,
+                     " + adapter stack" if self._served[name].adapters else "")
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
-            log.info("serving %s (%s)", name, self._served[name].base)
+            self.loading["loaded"].append(name)
+            log.info("serving %s (loaded in %.1f s)", name, time.perf_counter() - started)
+        self.loading.update(current=None, since=None)
         if self.settings.latency_calibration:
             self.calibrate(force=False)
         self.ready = True
@@ -130,16 +157,38 @@ class DeliveryService:
             self.meta.put_calibration(c.threads, c.coeffs, c.info)
         return done
 
-    def register(self, name: str, base: str, files: dict[str, Path]) -> LoadedModel:
-        """Validate an uploaded adapter stack against its base, add it to the store and serve it."""
-        if name in self.models:
-            raise AlreadyExists(f"model {name!r} already exists")
+    def register(self, name: str, base: str, files: dict[str, Path], description: str = "",
+                 validation: Path | None = None, replace: bool = False) -> LoadedModel:
+        """Validate an uploaded adapter stack against its base, add it to the store and serve it; with
+        ``replace`` an existing model of that name is replaced (its failed-build memory is forgotten)."""
+        if name in self.models and not replace:
+            raise AlreadyExists(f"model {name!r} already exists; PUT replaces it, DELETE removes it")
         if base not in {m.base for m in self._served.values()} and base not in prepared_teacher_names():
             raise ConfigError(f"unknown base {base!r}: use the base of a served model or a prepared teacher")
-        served, opened = register_adapter_stack(Path(self.settings.store), name, base, files)
-        loaded = load_model(served, opened)
+        served, opened, check = register_adapter_stack(Path(self.settings.store), name, base, files, description,
+                                                       validation, replace)
+        loaded = load_model(served, opened, palette_check=check)
         self._served[name] = served
         self.models[name] = loaded
+        self.unbuildable.pop(name, None)
+        return loaded
+
+    def remove(self, name: str) -> None:
+        """Stop serving ``name`` and remove it from the store (its cached artifacts age out of the cache)."""
+        self.model(name)
+        remove_model(Path(self.settings.store), name)
+        self.models.pop(name, None)
+        self._served.pop(name, None)
+        self.unbuildable.pop(name, None)
+
+    def attach_validation(self, name: str, file: Path) -> LoadedModel:
+        """Judge ``name``'s int8 builds on this dev file from now on; its palette is checked against it."""
+        model = self.model(name)
+        served, check = attach_validation(Path(self.settings.store), name, file)
+        loaded = dataclasses.replace(model, served=served, palette_check=check)
+        self._served[name] = served
+        self.models[name] = loaded
+        self.unbuildable.pop(name, None)  # int8 was judged on calibration text before: give it another chance
         return loaded
 
     def warm_targets(self, model: LoadedModel, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
@@ -162,19 +211,24 @@ class DeliveryService:
     def entry(self, artifact_id: str) -> Entry:
         """The cached, verified artifact; raises ArtifactNotFound (InvalidArtifactId for a malformed id)."""
         entry = self.cache.get(artifact_id)
+        if entry is None and artifact_id in self._inflight:
+            raise ArtifactNotFound(f"artifact {artifact_id} is still building; wait on the resolve_url of the 202 "
+                                   "(GET /v1/resolutions/...), which answers 200 with the artifact when it is ready")
         if entry is None:
             raise ArtifactNotFound(f"no artifact {artifact_id}; resolve a budget to get one built")
         return entry
 
     async def resolve(self, name: str, budget: Budget, profile: str | None, speed_score: float | None,
-                      threads: int | None = None) -> tuple[Choice, Entry | None]:
-        """The best config for the budget and its artifact (None while it is still building after
-        ``build_wait_s``). With ``auto`` precision, a config whose build fails is excluded and the next best tried."""
+                      wait_s: float | None = None, threads: int | None = None) -> tuple[Choice, Entry | None]:
+        """The best config for the budget and its artifact (None while it is still building after ``wait_s``,
+        default ``build_wait_s``). With ``auto`` precision, a config whose build fails is excluded and the next
+        best tried. ``threads``: a device without a profile (its cpu_count), for the latency estimates."""
         model = self.model(name)
+        wait = self.settings.build_wait_s if wait_s is None else wait_s
         for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
             choice = self.choose(model, budget, profile, speed_score, threads)
             try:
-                return choice, await self.artifact(model, choice.config, choice.precision, self.settings.build_wait_s)
+                return choice, await self.artifact(model, choice.config, choice.precision, wait)
             except BuildFailed:
                 if attempt == 2 or budget.precision != "auto":
                     raise

@@ -3,15 +3,20 @@ and metadata. ``models.json`` lists the models; the default store is prepared on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slicer import (
     PALETTE_FILE,
@@ -28,6 +33,8 @@ from slicer import (
     read_palette,
     safe_join,
 )
+
+from .errors import AlreadyExists, UnknownModel
 
 log = logging.getLogger(__name__)
 MODELS_FILE = "models.json"
@@ -53,8 +60,11 @@ def load_models(root: Path) -> dict[str, ServedModel]:
     models = {}
     for item in items:
         adapters = safe_join(Path(root), item["adapters"]) if item.get("adapters") else None
+        validation = item.get("validation_data")
+        if validation and validation.startswith(f"{VALIDATION_DIR}/"):
+            validation = str(safe_join(Path(root), validation))  # a folder in the store, wherever the cwd is
         models[item["name"]] = ServedModel(item["name"], item["base"], adapters, item.get("description", ""),
-                                           item.get("validation_data"))
+                                           validation)
     return models
 
 
@@ -98,10 +108,19 @@ def prepared_teacher_names() -> set[str]:
         return set()
 
 
+def _store_relative(validation: str | None, resolved_root: Path) -> str | None:
+    """A validation folder inside the store as its store-relative name (a dataset name stays as it is)."""
+    if validation and Path(validation).is_absolute():
+        with contextlib.suppress(ValueError):
+            return Path(validation).resolve().relative_to(resolved_root).as_posix()
+    return validation
+
+
 def write_models(root: Path, models: dict[str, ServedModel]) -> None:
     """Rewrite models.json atomically (temporary file, fsync, rename)."""
     resolved = root.resolve()
-    items = [{"name": m.name, "base": m.base, "description": m.description, "validation_data": m.validation_data,
+    items = [{"name": m.name, "base": m.base, "description": m.description,
+              "validation_data": _store_relative(m.validation_data, resolved),
               "adapters": None if m.adapters is None else str(m.adapters.resolve().relative_to(resolved))}
              for m in models.values()]
     fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{MODELS_FILE}.")
@@ -112,13 +131,20 @@ def write_models(root: Path, models: dict[str, ServedModel]) -> None:
     os.replace(tmp, root / MODELS_FILE)
 
 
-def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Path],
-                           description: str = "") -> tuple[ServedModel, OpenSupernet]:
-    """Add an adapter stack to the store as model ``name``; it is opened against ``base`` first.
+VALIDATION_DIR = "validation"
+VALIDATION_SUFFIXES = (".jsonl", ".csv", ".tsv")
+
+
+def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Path], description: str = "",
+                           validation: Path | None = None, replace: bool = False,
+                           ) -> tuple[ServedModel, OpenSupernet, dict[str, Any]]:
+    """Add (or with ``replace``, replace) model ``name``: an adapter stack opened against ``base`` first.
 
     Only the stack's own files are accepted; the weights must be safetensors (a header is parsed, nothing is
-    unpickled) and every tensor must have the shape the base needs. Nothing is added unless all of it holds.
-    Returns the served model and the supernet opened to check it, so the caller need not load it again.
+    unpickled) and every tensor must have the shape the base needs. ``validation`` is a dev file
+    (``.jsonl``/``.csv``/``.tsv``, read as the stack's training read it) that int8 builds are judged on; a
+    ``palette.json`` whose data fingerprint differs from it is refused. Nothing changes unless all of it holds.
+    Returns the served model, the supernet opened to check it, and the palette check (:func:`check_palette`).
     """
     from safetensors import safe_open
 
@@ -126,8 +152,8 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
     if not MODEL_NAME.match(name):
         raise ConfigError(f"model name {name!r}: 1-64 lowercase letters, digits, '.', '_' or '-'")
     models = load_models(root)
-    if name in models:
-        raise ConfigError(f"model {name!r} already exists; pick another name")
+    if name in models and not replace:
+        raise AlreadyExists(f"model {name!r} already exists; PUT replaces it, DELETE removes it")
     unknown = set(files) - set(STACK_FILES)
     missing = {STACK_META, STACK_WEIGHTS} - set(files)
     if unknown or missing:
@@ -149,7 +175,119 @@ def register_adapter_stack(root: Path, name: str, base: str, files: dict[str, Pa
             opened = open_supernet(base, work)  # shapes, base fingerprint, search space: every mismatch raises
         except MLFSError as err:
             raise ConfigError(f"the adapter stack does not fit base {base!r}: {err}") from None
-    served = ServedModel(name, base, dest, description)
+        with _staged_validation(root, name, validation) as (val_dir, val_ref):
+            if validation is None:  # a replaced model keeps its validation data
+                val_dir = val_ref = models[name].validation_data if name in models else None
+            check = check_palette(work, val_dir)
+            if check["verified"] is False and val_dir is not None:
+                raise ConfigError(f"{PALETTE_FILE} does not come from the validation data: {check['reason']}")
+    served = ServedModel(name, base, dest, description, val_ref)
     write_models(root, {**models, name: served})
-    log.info("registered adapter stack %s on %s", name, base)
-    return served, dataclasses.replace(opened, adapters_dir=dest)
+    log.info("%s adapter stack %s on %s", "replaced" if name in models else "registered", name, base)
+    return served, dataclasses.replace(opened, adapters_dir=dest), check
+
+
+@contextmanager
+def _staged_validation(root: Path, name: str, file: Path | None) -> Iterator[tuple[Path | None, str | None]]:
+    """A validation file staged under ``<store>/validation/<name>`` (as ``dev<suffix>``) while the caller checks
+    it; kept when the block ends normally. Yields (folder, reference for models.json)."""
+    if file is None:
+        yield None, None
+        return
+    suffix = Path(file).suffix.lower()
+    if suffix not in VALIDATION_SUFFIXES:
+        raise ConfigError(f"validation data must be one of {', '.join(VALIDATION_SUFFIXES)} (a dev split), "
+                          f"got {Path(file).name!r}")
+    target = safe_join(root, f"{VALIDATION_DIR}/{name}")
+    with atomic_directory(target, fsync=False) as work:
+        shutil.copyfile(file, work / f"dev{suffix}")
+        yield work, str(target)
+
+
+def attach_validation(root: Path, name: str, file: Path) -> tuple[ServedModel, dict[str, Any]]:
+    """Attach a dev file to model ``name`` (refused if its palette's numbers come from other data)."""
+    root = Path(root)
+    models = load_models(root)
+    if name not in models:
+        raise UnknownModel(f"unknown model {name!r}; the store serves {sorted(models)}")
+    served = models[name]
+    with _staged_validation(root, name, file) as (val_dir, ref):
+        check = check_palette(served.adapters, val_dir)
+        if check["verified"] is False:
+            raise ConfigError(f"{PALETTE_FILE} of {name!r} does not come from this validation data: {check['reason']}")
+    served = dataclasses.replace(served, validation_data=ref)
+    write_models(root, {**models, name: served})
+    return served, check
+
+
+def remove_model(root: Path, name: str) -> None:
+    """Stop listing model ``name``; its uploaded stack and validation data (folders inside the store) go too."""
+    root = Path(root)
+    models = load_models(root)
+    if name not in models:
+        raise UnknownModel(f"unknown model {name!r}; the store serves {sorted(models)}")
+    served = models.pop(name)
+    write_models(root, models)
+    for folder in (served.adapters, root / VALIDATION_DIR / name):
+        if folder is not None and folder.is_dir() and folder.resolve().parent in (
+                (root / "adapters").resolve(), (root / VALIDATION_DIR).resolve()):
+            shutil.rmtree(folder, ignore_errors=True)
+    log.info("removed model %s", name)
+
+
+def check_palette(adapters: Path | None, validation: str | Path | None) -> dict[str, Any]:
+    """Whether a stack's ``palette.json`` numbers come from its validation data: ``verified`` True (same data
+    fingerprint), False (other data, or no validation data to check against; ``reason`` says which), or None
+    (no palette). The validation split is read as the stack's training read its data."""
+    from slicer.data.readers import ClassificationData, ReadOptions, load_eval_split
+    from slicer.formats.adapter_stack import read_stack_meta
+    from slicer.spec.palette import palette_data_fingerprint, read_palette
+
+    palette = read_palette(adapters) if adapters is not None else None
+    if palette is None:
+        return {"verified": None, "reason": "no palette table", "data": None}
+    data = palette.get("data") if isinstance(palette.get("data"), dict) else None
+    shown = {k: data.get(k) for k in ("name", "split", "fingerprint", "examples")} if data else None
+    claimed = palette_data_fingerprint(palette)
+    if validation is None:
+        return {"verified": False, "reason": "no validation data attached to check the palette against", "data": shown}
+    meta = read_stack_meta(adapters)
+    trained_on = meta.get("data") or {}
+    task = meta.get("task") or "classification"
+    try:
+        dev, _ = load_eval_split(validation, task, trained_on.get("label_names"),
+                                 ReadOptions.from_dict(trained_on.get("read")))
+    except MLFSError as err:
+        raise ConfigError(f"the validation data cannot be read as the stack's training data was: {err}") from None
+    fp = dev.fingerprint() if isinstance(dev, ClassificationData) else hashlib.sha256(dev.encode()).hexdigest()
+    if fp != claimed:
+        return {"verified": False, "data": shown,
+                "reason": f"the palette's data fingerprint is {str(claimed)[:12]}..., the validation data's {fp[:12]}..."}
+    return {"verified": True, "reason": "the palette's data fingerprint matches the validation data", "data": shown}
+
+
+OPERATOR_TOKEN_FILE = "operator_token"
+
+
+def ensure_operator_token(root: Path) -> tuple[str, Path, bool]:
+    """The store's operator token: ``(token, file, created)``. Generated on first use (``secrets``, 256 bits)
+    into ``<store>/operator_token``, readable by its owner only (0600), so a fresh server can take the uploads
+    the README shows without a restart."""
+    import secrets
+
+    root = Path(root)
+    path = root / OPERATOR_TOKEN_FILE
+    if path.is_file():
+        token = path.read_text().strip()
+        if token:
+            return token, path, False
+    root.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{OPERATOR_TOKEN_FILE}.")  # created 0600
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    log.info("generated an operator token in %s", path)
+    return token, path, True

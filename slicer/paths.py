@@ -123,3 +123,20 @@ def atomic_directory(target: Path, fsync: bool = True) -> Iterator[Path]:
         replace_directory(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: read by setting it (restored at once)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(path: Path) -> None:
+    """Give ``path`` the mode a newly created file gets (0666 under the umask: 0644 usually). Writers that go
+    through a private temporary file (safetensors does) leave 0600, unreadable to the group a model is shared with."""
+    os.chmod(path, 0o666 & ~_umask())

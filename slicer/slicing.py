@@ -14,7 +14,7 @@ from typing import Any
 
 from .data.calibration import calibration_batches
 from .errors import ConfigError
-from .formats.adapter_stack import load_adapter_stack, read_stack_meta
+from .formats.adapter_stack import load_adapter_stack, read_stack_meta, stack_fingerprint
 from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
@@ -93,10 +93,15 @@ def validation_batches(opened: OpenSupernet, data: str | Path | None = None, max
     if data is None:
         return calibration_batches(opened.base_dir, family, n=16, max_len=max_len)
     from .data.batching import eval_batches
-    from .data.examples import load_examples
+    from .data.examples import load_eval_examples
+    from .data.readers import ReadOptions
+    from .formats.adapter_stack import read_stack_meta
 
     task = TASK_OF_FAMILY[family]
-    _, dev, _ = load_examples(opened.base_dir, data, task, max_len, family)
+    trained_on = (read_stack_meta(opened.adapters_dir).get("data") or {}) if opened.adapters_dir else {}
+    # Only the dev split is read, its labels numbered as the model was trained.
+    dev, _ = load_eval_examples(opened.base_dir, data, task, max_len, family, trained_on.get("label_names"),
+                                ReadOptions.from_dict(trained_on.get("read")))
     # Evenly spaced, not a prefix: prepared splits may be sorted by label.
     n = len(dev.ids)
     keep = sorted({round(i * (n - 1) / max(1, limit - 1)) for i in range(min(limit, n))})
@@ -119,6 +124,9 @@ def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, p
     """Slice, merge, export, validate (and quantise) ``cfg`` into an artifact folder; returns its manifest.
     ``cfg`` is parsed by the caller; extraction checks that it fits the base."""
     from .onnx.export import build_artifact
+    from .onnx.quiet import quiet_build_logs
+
+    quiet_build_logs()
 
     timings = {}
     start = time.perf_counter()
@@ -126,7 +134,8 @@ def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, p
     timings["slice_merge_s"] = time.perf_counter() - start
     extra = {
         "base_fingerprint": opened.base_fingerprint,
-        "adapters": str(opened.adapters_dir) if opened.adapters_dir else None,
+        # the stack by content, never by path: a manifest is served to devices and must not expose server folders
+        "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
         "slice_timings": timings,
     }

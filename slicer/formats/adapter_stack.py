@@ -19,7 +19,7 @@ from ..nn.adapters import AdapterSettings
 from ..nn.importance import Reordering
 from ..nn.model import SlicedTransformer
 from ..nn.supernet import Supernet, adapter_shapes
-from ..paths import atomic_directory
+from ..paths import atomic_directory, new_file_mode
 from ..spec.search_space import SearchSpace
 from .checkpoint import read_json, read_safetensors
 
@@ -58,6 +58,7 @@ def save_adapter_stack(
         tensors.update({REORDER_PREFIX + k: v.contiguous() for k, v in reordering.to_tensors().items()})
     with atomic_directory(out) as tmp:
         save_file(tensors, str(tmp / STACK_WEIGHTS))
+        new_file_mode(tmp / STACK_WEIGHTS)  # safetensors leaves 0600
         (tmp / STACK_META).write_text(json.dumps(meta, indent=2))
     return meta
 

@@ -117,17 +117,27 @@ def dims_from_hf_config(hf: dict[str, Any]) -> ModelDims:
 
 
 def hf_config_for(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any] | None:
-    """A stock transformers config describing subnet ``cfg``, or None when transformers cannot describe it.
+    """A stock transformers config describing subnet ``cfg``, or None when transformers cannot describe it."""
+    return hf_config_or_reason(dims, cfg)[0]
+
+
+def hf_config_or_reason(dims: ModelDims, cfg: SubnetConfig) -> tuple[dict[str, Any] | None, str | None]:
+    """``(config, None)``, or ``(None, why)`` when stock transformers cannot describe subnet ``cfg``.
 
     Stock configs need uniform widths; BERT also derives head size as hidden / heads.
     """
     if not cfg.is_uniform:
-        return None
+        return None, "its layers have different widths; stock transformers configs need the same width in every layer"
     n, heads, ffn, h = len(cfg.layers), cfg.heads[0], cfg.ffn[0], cfg.hidden
     if dims.family == ENCODER:
         # Stock BERT heads pool the first token; ours pools the mean, so a headed subnet has no stock twin.
-        if dims.position_offset or dims.num_labels or heads * dims.head_dim != h:
-            return None
+        if dims.num_labels:
+            return None, "it has a classification head over mean pooling; stock BERT heads pool the first token"
+        if dims.position_offset:
+            return None, "its positions start at an offset that stock BERT does not have"
+        if heads * dims.head_dim != h:
+            return None, (f"{heads} heads x {dims.head_dim} != hidden {h}; stock BERT derives the head size as "
+                          "hidden / heads")
         return {
             "architectures": ["BertModel"], "model_type": "bert", "vocab_size": dims.vocab_size,
             "hidden_size": h, "num_hidden_layers": n, "num_attention_heads": heads, "intermediate_size": ffn,
@@ -135,9 +145,9 @@ def hf_config_for(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any] | None:
             "type_vocab_size": dims.type_vocab_size, "layer_norm_eps": dims.norm_eps,
             "pad_token_id": dims.pad_token_id or 0, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
             "add_pooling_layer": False,
-        }
+        }, None
     if h % heads:
-        return None  # transformers' LlamaConfig rejects hidden sizes that are not a multiple of the heads
+        return None, f"hidden {h} is not a multiple of {heads} heads, which transformers' LlamaConfig rejects"
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": dims.vocab_size,
         "hidden_size": h, "num_hidden_layers": n, "num_attention_heads": heads,
@@ -146,7 +156,7 @@ def hf_config_for(dims: ModelDims, cfg: SubnetConfig) -> dict[str, Any] | None:
         "rope_theta": dims.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": dims.rope_theta},
         "tie_word_embeddings": dims.tie_embeddings, "attention_bias": False, "mlp_bias": False,
         "pad_token_id": dims.pad_token_id,
-    }
+    }, None
 
 
 # ----- tensors ------------------------------------------------------------------------------------------------

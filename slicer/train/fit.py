@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from ..data.batching import collate
+from ..data.batching import Examples, collate, eval_batches
 from ..data.examples import load_examples
+from ..data.readers import ReadOptions
 from ..errors import ConfigError
 from ..formats.adapter_stack import save_adapter_stack
 from ..formats.storage import fingerprint, load_base
@@ -29,7 +30,7 @@ from ..nn.supernet import Supernet
 from ..spec.palette import write_palette
 from ..spec.search_space import SearchSpace
 from ..spec.vocab import CLASSIFICATION, FAMILY_OF_TASK
-from .evaluate import evaluate_palette
+from .evaluate import evaluate_config, evaluate_palette, resolve_configs
 from .reorder import reorder_by_importance
 from .trainer import StepMetrics, Trainer, TrainSettings
 
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 ADAPTERS_SUBDIR = "adapters"
 REORDERING_FILE = "reordering.safetensors"
 CALIBRATION_EXAMPLES = 32
+#: Dev examples (evenly spaced) behind the maxnet/minnet figures printed after each stage.
+STAGE_EVAL_EXAMPLES = 1000
 
 
 def init_distributed() -> bool:
@@ -94,7 +97,17 @@ def fit(
     device: str = "auto",
     resume: bool = False,
     on_step: Callable[[StepMetrics, int], None] | None = None,
+    read: ReadOptions = ReadOptions(),
+    eval_configs: str = "grid",
+    on_stage: Callable[[dict[str, Any]], None] | None = None,
+    on_eval: Callable[[dict[str, Any], int], None] | None = None,
 ) -> dict[str, Any]:
+    """Train, save the adapter stack, evaluate the palette and write the report.
+
+    ``eval_configs`` picks the configs of the final palette evaluation ('grid': all; N: N spread by size; a JSON
+    file; '0': none, no palette.json). After each stage the maxnet and minnet are evaluated on up to
+    ``STAGE_EVAL_EXAMPLES`` dev examples (``on_stage`` gets the summary); ``on_eval(row, total)`` follows the
+    final evaluation config by config."""
     out = Path(out)
     with distributed_training():
         if not resume and (out / "checkpoint").exists():
@@ -104,7 +117,7 @@ def fit(
         family = FAMILY_OF_TASK[settings.task]
         if model.dims.family != family:
             raise ConfigError(f"task {settings.task!r} needs an {family} base; {base} is a {model.dims.family}")
-        train_ex, dev_ex, data_info = load_examples(base_dir, data_dir, settings.task, settings.max_len, family)
+        train_ex, dev_ex, data_info = load_examples(base_dir, data_dir, settings.task, settings.max_len, family, read)
         out.mkdir(parents=True, exist_ok=True)
 
         # Reorder on the training text itself (the first examples), and keep the permutation for --resume.
@@ -130,7 +143,21 @@ def fit(
         net.to(dev)
         trainer = Trainer(net, train_ex, settings, out, dev)
         log.info("training %s on %s: %d examples, %d steps per stage", base, data_dir, len(train_ex), trainer.stage_steps())
-        result = trainer.run(resume=resume, on_step=on_step)
+        summaries: list[dict[str, Any]] = []
+        stage_batches = eval_batches(_evenly_spaced(dev_ex, STAGE_EVAL_EXAMPLES), 64)
+
+        def stage_done(stage: int) -> None:
+            if not is_main_process():
+                return
+            summary = {"stage": stage, "dev_examples": sum(len(b["input_ids"]) for b in stage_batches)}
+            for name, cfg in (("maxnet", net.max_config), ("minnet", net.space.smallest(net.dims))):
+                summary[name] = {"key": cfg.key, **evaluate_config(net, cfg, stage_batches, settings.task, dev)}
+            log.info("after stage %d: %s", stage, summary)
+            summaries.append(summary)
+            if on_stage:
+                on_stage(summary)
+
+        result = trainer.run(resume=resume, on_step=on_step, on_stage_end=stage_done)
     if not is_main_process():
         return result
 
@@ -138,14 +165,26 @@ def fit(
     extra = {"task": settings.task, "data": data_info, "train_settings": asdict(settings)}
     save_adapter_stack(net.cpu(), out / ADAPTERS_SUBDIR, fp, reordering, extra)
     started = time.perf_counter()
-    rows = evaluate_palette(net, space.enumerate(net.dims), dev_ex, settings.task)
-    write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["fingerprint"])
+    configs = [] if eval_configs == "0" else resolve_configs(net, eval_configs)
+    rows = evaluate_palette(net, configs, dev_ex, settings.task,
+                            on_config=(lambda row: on_eval(row, len(configs))) if on_eval else None)
+    if rows:
+        write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["eval"])
     report = {
         "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": rank, "reordered": reordering is not None,
         "search_space": space.to_dict(), "settings": asdict(settings), "data": data_info,
         "train_seconds": result["seconds"], "eval_seconds": time.perf_counter() - started,
-        "steps_per_stage": result["steps_per_stage"], "device": str(dev),
+        "steps_per_stage": result["steps_per_stage"], "device": str(dev), "stage_summaries": summaries,
+        "threads": torch.get_num_threads(),
         "versions": {"torch": torch.__version__, "python": platform.python_version()}, "palette": rows,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     return report
+
+
+def _evenly_spaced(ex: Examples, limit: int) -> Examples:
+    """At most ``limit`` examples spread over the split (prepared splits may be sorted by label)."""
+    if len(ex) <= limit:
+        return ex
+    keep = [k * len(ex) // limit for k in range(limit)]
+    return Examples([ex.ids[i] for i in keep], [ex.labels[i] for i in keep] if ex.labels else None, ex.family)

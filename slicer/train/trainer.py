@@ -224,7 +224,10 @@ class Trainer:
                            time.perf_counter() - start, [c.describe() for c in configs])
 
     # ----- the loop -----------------------------------------------------------------------------------------
-    def run(self, resume: bool = False, on_step: Callable[[StepMetrics, int], None] | None = None) -> dict[str, Any]:
+    def run(self, resume: bool = False, on_step: Callable[[StepMetrics, int], None] | None = None,
+            on_stage_end: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Run the stages; ``on_stage_end(stage)`` after each stage's last step (the net is put back in training
+        mode and at its maxnet afterwards)."""
         s = self.s
         self.net.train()
         position = self.load_checkpoint() if resume else None
@@ -266,6 +269,10 @@ class Trainer:
                     done = step + 1
                     if done % s.checkpoint_every == 0 or done == total:
                         self.save_checkpoint(stage, done, opt, named)
+                if on_stage_end:
+                    on_stage_end(stage)
+                    self.net.set_max()
+                    self.net.train()
         finally:
             self._release_data_parallel()
             if metrics_log:

@@ -93,7 +93,7 @@ def test_registering_refuses_bad_stacks_and_keeps_the_store_unchanged(server, st
     assert upload(server, "Bad Name!", good, base).status_code == 422
     r = upload(server, "elsewhere", good, "/etc")
     assert r.status_code == 422 and "unknown base" in r.text
-    assert upload(server, "tiny", good, base).status_code == 409
+    # PUT on an existing name replaces that model (issue 15): tests/server/test_new_user.py
     assert upload(server, "no-token", good, base, headers={}).status_code == 401
     assert (store / "models.json").read_text() == models_before
     assert listing() == adapters_before  # nothing half-registered left behind, hidden work folders included

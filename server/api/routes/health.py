@@ -3,26 +3,31 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ...errors import NotReady
-from ..errors import responses
-from ..schemas import Health, Ready
+from ..deps import loading_progress
+from ..errors import error_body
+from ..schemas import Health, NotReadyBody, Ready
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health)
 async def healthz():
+    """Alive: answers as soon as the port is bound, while models still load."""
     return Health(status="ok")
 
 
-@router.get("/readyz", response_model=Ready, responses=responses(503))
+@router.get("/readyz", response_model=Ready,
+            responses={503: {"model": NotReadyBody, "description": "Still starting: what it is doing and how far it got"}})
 async def readyz(request: Request):
-    svc = getattr(request.app.state, "service", None)
+    svc = request.app.state.service
     if svc is None or not svc.ready:
-        raise NotReady("loading models")
+        line, progress = loading_progress(request.app)
+        return JSONResponse({**error_body(line), "progress": progress}, status_code=503,
+                            headers={"Retry-After": str(NotReady.retry_after_s)})
     return Ready(status="ready", models=sorted(svc.models))
 
 

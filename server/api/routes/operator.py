@@ -14,7 +14,15 @@ from slicer import PALETTE_FILE, STACK_META, STACK_WEIGHTS
 
 from ..deps import OperatorRoute, Service, operator_scheme
 from ..errors import responses
-from ..schemas import CachedArtifact, CacheListing, Registered, Warmed, WarmRequest, WarmResponse
+from ..schemas import (
+    CachedArtifact,
+    CacheListing,
+    PaletteCheck,
+    Registered,
+    Warmed,
+    WarmRequest,
+    WarmResponse,
+)
 from .resolve import budget_of
 
 router = APIRouter(prefix="/v1", tags=["operator"], route_class=OperatorRoute,
@@ -42,27 +50,76 @@ async def cache_warm(req: WarmRequest, svc: Service):
     return WarmResponse(warmed=[Warmed(artifact_id=e.key, config=c.to_dict(), precision=p) for e, c, p in warmed])
 
 
+def _save_uploads(tmp: str, uploads: dict[str, UploadFile]) -> dict[str, Path]:
+    files = {}
+    for fname, upload in uploads.items():
+        files[fname] = Path(tmp) / fname
+        with files[fname].open("wb") as f:
+            shutil.copyfileobj(upload.file, f)
+    return files
+
+
+def _validation_name(upload: UploadFile) -> str:
+    """The uploaded dev file's suffix decides how it is read; only the suffix of the client's name is used."""
+    suffix = Path(upload.filename or "").suffix.lower()
+    return f"validation{suffix}"
+
+
+def _registered(loaded, replaced: bool) -> Registered:
+    return Registered(name=loaded.served.name, base=loaded.served.base, description=loaded.served.description,
+                      configs=len(loaded.configs()), adapters_fingerprint=loaded.adapters_fingerprint,
+                      replaced=replaced, palette_check=PaletteCheck(**loaded.palette_check),
+                      has_validation_data=loaded.served.validation_data is not None)
+
+
 @router.put("/models/{name}", status_code=201, response_model=Registered,
-            responses=responses(400, 409, 411, 413, 422))
+            responses={200: {"model": Registered, "description": "An existing model was replaced"},
+                       **responses(400, 411, 413, 422)})
 async def register_model(
     name: str,
     svc: Service,
+    response: Response,
     base: Annotated[str, Form(max_length=128, description="base of a served model, or a prepared teacher name")],
     adapter_config: Annotated[UploadFile, File(description="adapter_config.json")],
     adapters: Annotated[UploadFile, File(description="adapters.safetensors")],
-    palette: Annotated[UploadFile | None, File(description="palette.json (optional)")] = None,
+    palette: Annotated[UploadFile | None, File(description="palette.json (optional; checked against validation)")] = None,
+    validation: Annotated[UploadFile | None, File(description="dev split (.jsonl/.csv/.tsv, optional): int8 builds "
+                                                              "are judged on it, the palette is checked against it")] = None,
     description: Annotated[str, Form(max_length=500)] = "",
 ):
-    """Register an adapter stack trained on a served base as a new model (validated before it is served)."""
+    """Register an adapter stack trained on a served base as model NAME (201), or replace the model of that name
+    (200). Validated before it is served; a palette.json whose data fingerprint differs from the validation data
+    is refused (422); without validation data the palette is served marked unverified."""
     uploads = {STACK_META: adapter_config, STACK_WEIGHTS: adapters}
     if palette is not None:
         uploads[PALETTE_FILE] = palette
+    replaced = name in svc.models
     with tempfile.TemporaryDirectory(prefix="mlfs-upload-") as tmp:
-        files = {}
-        for fname, upload in uploads.items():
-            files[fname] = Path(tmp) / fname
-            with files[fname].open("wb") as f:
-                shutil.copyfileobj(upload.file, f)
-        loaded = await asyncio.to_thread(svc.register, name, base, files)  # opens the supernet: seconds
-    return Registered(name=name, base=base, configs=len(loaded.configs()),
-                      adapters_fingerprint=loaded.adapters_fingerprint)
+        files = _save_uploads(tmp, uploads)
+        val = _save_uploads(tmp, {_validation_name(validation): validation})[_validation_name(validation)] \
+            if validation is not None else None
+        loaded = await asyncio.to_thread(svc.register, name, base, files, description, val, True)  # seconds
+    if replaced:
+        response.status_code = 200
+    return _registered(loaded, replaced)
+
+
+@router.delete("/models/{name}", status_code=204, response_class=Response, responses=responses(404))
+async def delete_model(name: str, svc: Service) -> None:
+    """Stop serving model NAME and remove it (and its uploaded stack and validation data) from the store."""
+    await asyncio.to_thread(svc.remove, name)
+
+
+@router.put("/models/{name}/validation", response_model=Registered, responses=responses(400, 404, 411, 413, 422))
+async def attach_validation(
+    name: str,
+    svc: Service,
+    validation: Annotated[UploadFile, File(description="dev split (.jsonl/.csv/.tsv), read as the stack's "
+                                                       "training data was")],
+):
+    """Attach validation data to model NAME: its int8 builds are judged on it, and its palette is checked
+    against it (422 if the palette's numbers come from other data)."""
+    with tempfile.TemporaryDirectory(prefix="mlfs-upload-") as tmp:
+        val = _save_uploads(tmp, {_validation_name(validation): validation})[_validation_name(validation)]
+        loaded = await asyncio.to_thread(svc.attach_validation, name, val)
+    return _registered(loaded, False)
