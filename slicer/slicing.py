@@ -119,6 +119,30 @@ def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any]
     return None if row is None else {table["metric"]: row[table["metric"]], "data_fingerprint": table["data_fingerprint"]}
 
 
+def device_fields(opened: OpenSupernet) -> dict[str, Any]:
+    """What a device needs beside the graph to use an artifact: label names, the longest input the model was
+    trained at, how embeddings are pooled and the tokenizer's special ids (from the stack and the base's configs)."""
+    dims = opened.supernet.dims
+    meta = read_stack_meta(opened.adapters_dir) if opened.adapters_dir is not None else {}
+    labels = (meta.get("data") or {}).get("label_names")
+    if dims.num_labels and (not labels or len(labels) != dims.num_labels):
+        labels = [f"LABEL_{i}" for i in range(dims.num_labels)]
+    trained_len = (meta.get("train_settings") or {}).get("max_len")
+    special: dict[str, Any] = {"pad_token_id": dims.pad_token_id}
+    for name in ("config.json", "generation_config.json"):  # generation_config wins, as in transformers
+        path = opened.base_dir / name
+        if path.is_file():
+            data = json.loads(path.read_text())
+            special.update({k: data[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if data.get(k) is not None})
+    return {
+        "labels": labels if dims.num_labels else None,
+        "max_seq_len": min(trained_len or dims.max_positions, dims.max_positions),
+        "pooling": "mean" if dims.family == "encoder" else None,
+        # encoders were trained on the tokenizer's own template ([CLS] ... [SEP]); decoders on raw ids
+        "tokenizer": {**special, "add_special_tokens": dims.family == "encoder"},
+    }
+
+
 def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, precision: str = "fp32",
                      data: str | Path | None = None) -> dict[str, Any]:
     """Slice, merge, export, validate (and quantise) ``cfg`` into an artifact folder; returns its manifest.
@@ -138,6 +162,7 @@ def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, p
         "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
         "slice_timings": timings,
+        "device": device_fields(opened),
     }
     return build_artifact(subnet, Path(out), validation_batches(opened, data), tokenizer=opened.base_dir,
                           precision=precision, extra=extra)

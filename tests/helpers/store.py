@@ -40,16 +40,19 @@ def save_tokenizer(folder: Path) -> None:
 
 @contextmanager
 def running_server(store: Path, **settings) -> Iterator[str]:
-    """uvicorn in a thread on a free loopback port; yields the base URL once /readyz answers."""
+    """uvicorn in a thread on a free loopback port (or ``port=``, to restart a server where clients expect it);
+    yields the base URL once /readyz answers."""
     import httpx
     import uvicorn
 
     from server.api import create_app
     from server.settings import Settings
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = settings.pop("port", None)
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     options = {"operator_token": TOKEN, "build_wait_s": 120, "cache_budget_mb": 100, "max_body_bytes": 4096, **settings}
     srv = uvicorn.Server(uvicorn.Config(create_app(Settings(store=store, port=port, **options)), host="127.0.0.1",
                                         port=port, log_level="warning"))

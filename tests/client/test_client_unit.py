@@ -1,0 +1,125 @@
+"""Client SDK pieces that need no server: the light import, the probe's cgroup reading, the device cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from client_sdk import CachedArtifact, CacheError, DeviceCache, IntegrityError, Probe, SimulatedProbe
+from client_sdk.probe import read_cgroup
+
+ROOT = Path(__file__).resolve().parents[2]
+BLOCKER = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in {'torch', 'transformers', 'fastapi', 'uvicorn', 'pydantic'}:
+            raise ImportError('blocked: ' + name)
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_import_and_the_device_command_load_no_torch_transformers_or_fastapi():
+    code = BLOCKER + "import client_sdk, client_sdk.cli\nprint(sorted(client_sdk.__all__)[:3])"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    # the blocker works: the same subprocess cannot import torch
+    bad = subprocess.run([sys.executable, "-c", BLOCKER + "import torch"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "blocked: torch" in bad.stderr
+
+
+def fake_cgroup(root: Path, memory_max: str, memory_current: int, cpu_max: str) -> Path:
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    (root / "memory.max").write_text(memory_max + "\n")
+    (root / "memory.current").write_text(f"{memory_current}\n")
+    (root / "cpu.max").write_text(cpu_max + "\n")
+    proc = root / "proc-self-cgroup"
+    proc.write_text("0::/\n")
+    return proc
+
+
+def test_the_probe_reads_a_cgroup_v2_memory_limit_and_cpu_quota(tmp_path):
+    proc = fake_cgroup(tmp_path, str(512 * 2**20), 128 * 2**20, "150000 100000")
+    report = Probe(profile="small-2t-1g", cgroup_root=tmp_path, proc_cgroup=proc, measure_speed=False)()
+    assert report.memory_available_mb == pytest.approx(384.0)  # memory.max - memory.current (this host has more free)
+    assert report.memory_source == "cgroup"
+    assert report.cpu_count == 1  # 1.5 CPUs of quota -> one usable CPU
+    assert report.device_info() == {"memory_available_mb": 384.0, "cpu_count": 1, "profile": "small-2t-1g"}
+    # an unlimited cgroup leaves the system's figure
+    proc = fake_cgroup(tmp_path, "max", 128 * 2**20, "max 100000")
+    report = Probe(cgroup_root=tmp_path, proc_cgroup=proc, measure_speed=False)()
+    assert report.memory_source == "system" and report.memory_available_mb > 0
+    assert read_cgroup(tmp_path).cpu_quota is None
+
+
+def test_the_probe_finds_its_own_nested_cgroup(tmp_path):
+    nested = tmp_path / "app.slice" / "mlfs.scope"
+    nested.mkdir(parents=True)
+    fake_cgroup(tmp_path, "max", 0, "max")
+    fake_cgroup(nested, str(100 * 2**20), 40 * 2**20, "200000 100000")
+    proc = tmp_path / "proc"
+    proc.write_text("0::/app.slice/mlfs.scope\n")
+    report = Probe(cgroup_root=tmp_path, proc_cgroup=proc, measure_speed=False)()
+    assert report.memory_available_mb == pytest.approx(60.0) and report.memory_source == "cgroup"
+
+
+def test_a_simulated_probe_changes_when_told():
+    probe = SimulatedProbe(300, cpu_count=2, profile="p")
+    probe.set(memory_available_mb=50, on_battery=True)
+    r = probe()
+    assert (r.memory_available_mb, r.cpu_count, r.on_battery, r.profile) == (50, 2, True, "p")
+
+
+def stage(cache: DeviceCache, artifact_id: str, size: int, tamper: bool = False) -> CachedArtifact:
+    data = os.urandom(size)
+    staged = cache.staging(artifact_id)
+    (staged / "model.onnx").write_bytes(data[:-1] if tamper else data)
+    manifest = {"files": {"model.onnx": {"sha256": hashlib.sha256(data).hexdigest(), "size": size}}}
+    (staged / "manifest.json").write_text(json.dumps(manifest))
+    return CachedArtifact(artifact_id, "m", "http://s", {}, "fp32", 10.0, None, None, size)
+
+
+def test_the_cache_evicts_least_recently_used_but_never_what_is_in_use(tmp_path):
+    cache = DeviceCache(tmp_path, budget_mb=2.5)
+    a, b, c = ("a" * 64), ("b" * 64), ("c" * 64)
+    cache.install(stage(cache, a, 2**20))
+    cache.hold(a)  # loaded: must survive although least recently used
+    time.sleep(0.01)
+    cache.install(stage(cache, b, 2**20))
+    time.sleep(0.01)
+    cache.install(stage(cache, c, 2**20))  # 3 MiB > 2.5 MiB: the oldest not held goes
+    ids = {r.artifact_id for r in cache.entries()}
+    assert ids == {a, c}
+    cache.release(a)
+    cache.touch(c)
+    cache.budget_bytes = int(1.01 * 2**20)  # one artifact (and its manifest)
+    assert cache.evict() == [a]
+    assert cache.verified_manifest(c)["files"]["model.onnx"]["size"] == 2**20
+
+
+def test_a_tampered_or_truncated_file_is_never_installed_nor_loaded(tmp_path):
+    cache = DeviceCache(tmp_path)
+    with pytest.raises(IntegrityError, match="differs from its manifest"):
+        cache.install(stage(cache, "d" * 64, 1000, tamper=True))
+    assert cache.entries() == []
+    cache.install(stage(cache, "e" * 64, 1000))
+    model = cache.folder("e" * 64) / "model.onnx"
+    model.write_bytes(model.read_bytes()[:500])  # truncated on disk after install
+    with pytest.raises(IntegrityError):
+        cache.verified_manifest("e" * 64)
+    assert cache.get("e" * 64) is None and not model.exists()
+
+
+def test_artifact_ids_cannot_name_paths(tmp_path):
+    cache = DeviceCache(tmp_path)
+    for bad in ("../" + "a" * 61, "A" * 64, "a" * 63):
+        with pytest.raises(CacheError):
+            cache.folder(bad)
