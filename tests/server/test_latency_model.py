@@ -167,6 +167,9 @@ def test_reports_out_of_bounds_or_scope_are_refused():
             check_report(ms, 2, 2, est, 5.0)
     with pytest.raises(ReportRejected, match="another profile"):
         check_report(12.0, 1, 2, est, 5.0)
+    check_report(51.0, 2, 2, LatencyEstimate(10.0, 0.5, "calibration"), 5.0)  # nothing measured: no reference
+    with pytest.raises(ReportRejected):
+        check_report(math.nan, 2, 2, LatencyEstimate(10.0, 0.5, "calibration"), 5.0)
 
 
 def test_rate_limiter_allows_a_burst_then_refills():
