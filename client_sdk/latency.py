@@ -2,17 +2,29 @@
 
 Inputs are synthesised from the graph itself: token ids, an all-ones attention mask and, for decoders, an
 empty past, so any artifact the server builds can be timed at any (batch, sequence length).
+
+Spinning: onnxruntime's worker threads busy-wait between operators by default. On a device whose other cores
+are busy (the usual case for a phone or a shared board) the spinning threads compete with the work itself: on
+our 2-core machine with the other core loaded, 2 threads ran up to 3x slower than in quiet spells, and turning
+spinning off took one config from 22.8 ms to 17.1 ms median under the same load. With a core to itself,
+spinning saves a wake-up per operator (a few percent at most for these graphs). ``ALLOW_SPINNING`` is off
+because devices rarely have idle cores; every session opened here (timing and inference) uses it unless told
+otherwise, and every measurement records the setting it ran with.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+ALLOW_SPINNING = False  # the default for every session this SDK opens (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -23,15 +35,31 @@ class LatencyResult:
     threads: int
     seq_len: int
     batch_size: int
+    allow_spinning: bool = ALLOW_SPINNING
+    load: float | None = None  # the machine's 1-minute load average while measuring (None where unknown)
 
 
-def open_session(path: str | Path, threads: int) -> ort.InferenceSession:
-    """One session pinned to ``threads`` intra-op threads and no inter-op parallelism (a device's budget)."""
+def session_options(threads: int, allow_spinning: bool = ALLOW_SPINNING) -> ort.SessionOptions:
+    """``threads`` intra-op threads, no inter-op parallelism (a device's budget), spinning as chosen."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    spin = "1" if allow_spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return opts
+
+
+def open_session(path: str | Path, threads: int, allow_spinning: bool = ALLOW_SPINNING) -> ort.InferenceSession:
+    return ort.InferenceSession(str(path), session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on Windows
+        return None
 
 
 def synthetic_inputs(session: ort.InferenceSession, seq_len: int, batch_size: int) -> dict[str, np.ndarray]:
@@ -58,19 +86,42 @@ def synthetic_inputs(session: ort.InferenceSession, seq_len: int, batch_size: in
 
 
 def measure_latency(path: str | Path, threads: int = 1, seq_len: int = 128, batch_size: int = 1,
-                    runs: int = 20, warmup: int = 3) -> LatencyResult:
+                    runs: int = 20, warmup: int = 3, allow_spinning: bool = ALLOW_SPINNING) -> LatencyResult:
     """Median and p90 wall time of one forward pass, after ``warmup`` untimed passes."""
-    if runs < 1 or threads < 1 or seq_len < 1 or batch_size < 1:
-        raise ValueError("runs, threads, seq_len and batch_size must be >= 1")
-    session = open_session(path, threads)
-    feeds = synthetic_inputs(session, seq_len, batch_size)
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    p90 = times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]
-    return LatencyResult(statistics.median(times), p90, runs, threads, seq_len, batch_size)
+    return measure_interleaved([path], threads, seq_len, batch_size, rounds=1, runs=runs, warmup=warmup,
+                               allow_spinning=allow_spinning)[0]
+
+
+def measure_interleaved(paths: Sequence[str | Path], threads: int = 1, seq_len: int = 128, batch_size: int = 1,
+                        rounds: int = 3, runs: int = 20, warmup: int = 3,
+                        allow_spinning: bool = ALLOW_SPINNING) -> list[LatencyResult]:
+    """Time several artifacts fairly on a machine whose load changes: every session is opened and warmed
+    (``warmup`` untimed passes, discarded), then ``rounds`` rounds each time every artifact for its share of
+    ``runs`` passes, in a rotated order, so a busy spell hits all of them rather than one. Median and p90 over
+    all timed passes per artifact."""
+    if runs < 1 or rounds < 1 or threads < 1 or seq_len < 1 or batch_size < 1 or warmup < 0:
+        raise ValueError("runs, rounds, threads, seq_len and batch_size must be >= 1 (warmup >= 0)")
+    sessions = [open_session(p, threads, allow_spinning) for p in paths]
+    feeds = [synthetic_inputs(s, seq_len, batch_size) for s in sessions]
+    for session, feed in zip(sessions, feeds):
+        for _ in range(warmup):
+            session.run(None, feed)
+    per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
+    times: list[list[float]] = [[] for _ in sessions]
+    loads = [load_average()]
+    for r, n in enumerate(per_round):
+        order = list(range(len(sessions)))
+        order = order[r % len(order):] + order[:r % len(order)]
+        for i in order:
+            for _ in range(n):
+                start = time.perf_counter()
+                sessions[i].run(None, feeds[i])
+                times[i].append((time.perf_counter() - start) * 1000)
+    loads.append(load_average())
+    load = None if None in loads else sum(loads) / len(loads)
+    out = []
+    for t in times:
+        t.sort()
+        p90 = t[min(len(t) - 1, round(0.9 * (len(t) - 1)))]
+        out.append(LatencyResult(statistics.median(t), p90, len(t), threads, seq_len, batch_size, allow_spinning, load))
+    return out

@@ -117,7 +117,7 @@ def warm_cmd(
     subnet: SubnetOpt = None,
     profile: Annotated[list[str] | None, typer.Option("--profile", help="Warm the best config for this device profile (its memory); repeatable.")] = None,
     max_memory_mb: Annotated[float | None, typer.Option("--max-memory-mb", min=1, help="Memory budget (with profiles: the lower of the two).")] = None,
-    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0.001, help="Latency budget (needs a measured profile).")] = None,
+    max_latency_ms: Annotated[float | None, typer.Option("--max-latency-ms", min=0.001, help="Latency budget (checked against the conservative estimate).")] = None,
     seq_len: SeqOpt = 128,
     batch_size: BatchOpt = 1,
     precision: Annotated[str, typer.Option("--precision", help="fp32, int8 or auto (budgets); fp32 or int8 (--subnet).")] = "auto",
@@ -163,35 +163,69 @@ def bench_latency_cmd(
     seq_len: SeqOpt = 128,
     batch_size: BatchOpt = 1,
     precision: Annotated[str, typer.Option("--precision", help="fp32 or int8.")] = "fp32",
-    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per config (after 3 warm-up runs).")] = 20,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per config, spread over the rounds (after warm-up).")] = 30,
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds; each times every config in turn (interleaved).")] = 3,
+    spinning: Annotated[bool | None, typer.Option("--spinning/--no-spinning", help="onnxruntime thread spinning (default: client_sdk.latency.ALLOW_SPINNING, off).")] = None,
     store: StoreOpt = None,
     config: SettingsOpt = None,
 ) -> None:
     """Measure the palette's artifacts on this machine under a profile and store the table selection uses."""
     _need_server_extra("bench latency")
+    from client_sdk.latency import ALLOW_SPINNING
     from slicer import SubnetConfig
 
     from .latency_table import measure_profile, spread_by_size
 
     if precision not in ("fp32", "int8"):
         raise ConfigError(f"--precision must be fp32 or int8, got {precision!r}")
+    spin = ALLOW_SPINNING if spinning is None else spinning
     with _service(store, config, model) as (svc, loaded):
         if profile not in svc.profiles:
             raise ConfigError(f"unknown device profile {profile!r}; known: {sorted(svc.profiles)}")
         prof = svc.profiles[profile]
         cfgs = [SubnetConfig.parse(c, loaded.dims) for c in _subnets(subnet)] or spread_by_size(loaded, max_configs)
+        with err.status("building") as status:
+            rows = measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, rounds, spin,
+                                   on_build=lambda c: status.update(f"building or finding {c.describe()}"))
+        load = rows[0].result.load if rows else None
         table = Table("config", "params", "median ms", "p90 ms", "artifact",
-                      title=f"{model} on profile {profile} ({prof.threads} threads), seq {seq_len} x batch {batch_size}, {precision}")
-        with err.status("measuring") as status:
-            def row_done(row):
-                status.update(f"measured {len(table.rows) + 1}/{len(cfgs)}: {row.config.describe()}")
-                table.add_row(row.config.describe(), f"{row.params / 1e6:.2f}M", f"{row.result.median_ms:.2f}",
-                              f"{row.result.p90_ms:.2f}", row.artifact_id[:12])
-
-            measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, on_row=row_done)
+                      title=f"{model} on profile {profile} ({prof.threads} threads, spinning {'on' if spin else 'off'}), "
+                            f"seq {seq_len} x batch {batch_size}, {precision}, {rounds} rounds"
+                            + (f", load {load:.2f}" if load is not None else ""))
+        for row in rows:
+            table.add_row(row.config.describe(), f"{row.params / 1e6:.2f}M", f"{row.result.median_ms:.2f}",
+                          f"{row.result.p90_ms:.2f}", row.artifact_id[:12])
         out.print(table)
         where = Path(svc.settings.store) / "meta.sqlite" if svc.meta.dialect == "sqlite" else "the PostgreSQL metadata"
         out.print(f"stored {len(cfgs)} measurements for profile {profile} in {where}")
+
+
+@bench_app.command("calibrate")
+def bench_calibrate_cmd(
+    rounds: Annotated[int, typer.Option("--rounds", min=1, help="Rounds, alternating thread counts.")] = 4,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Timed runs per stack and thread count, over the rounds.")] = 12,
+    store: StoreOpt = None,
+    config: SettingsOpt = None,
+) -> None:
+    """Re-run the built-in latency calibration (synthetic encoder stacks per profile thread count, a few seconds):
+    the estimates a store gives before any bench run, and the thread-scaling model between profiles."""
+    _need_server_extra("bench calibrate")
+    from .metrics import Metrics
+    from .service import DeliveryService
+    from .settings import Settings
+
+    settings = Settings.load(config, store=store)
+    svc = DeliveryService(settings, Metrics())
+    try:
+        with err.status("calibrating"):
+            done = svc.calibrate(force=True, rounds=rounds, runs=runs)
+    finally:
+        svc.close()
+    table = Table("threads", "ms per call", "ms per GFLOP", "ms per layer", "load", title="latency calibration")
+    for c in done:
+        load = c.info.get("load")
+        table.add_row(str(c.threads), *(f"{x:.3f}" for x in c.coeffs), "" if load is None else f"{load:.2f}")
+    out.print(table)
 
 
 app = root_app()

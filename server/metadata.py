@@ -1,10 +1,15 @@
-"""Metadata of the delivery server: artifacts, pins, hits, build times and latency tables.
+"""Metadata of the delivery server: artifacts, pins, hits, build times, latency measurements and calibration.
 
 ``MetadataStore`` is the interface. ``SQLiteMetadata`` is the default (one file beside the store, WAL mode, safe
 across threads); ``PostgresMetadata`` holds the same tables in PostgreSQL, so several server replicas on one
 shared store see one set of artifacts, pins and latency tables (and coordinate builds, ``server.coordination``).
 Both speak the same SQL (``?`` placeholders, rewritten for psycopg) and share one versioned schema: ``MIGRATIONS``
 are applied in order on open, under a lock, and the version reached is recorded in ``schema_version``.
+
+Latency rows are kept one per measurement and summarised robustly when read: a bench row is one
+``mlfs bench latency`` median, summarised as the median of the latest few per (profile, config, precision,
+shape); device reports are summarised per client first (median of its latest reports), then as the median
+over clients, so one client is one vote however often it reports.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ import json
 import logging
 import socket
 import sqlite3
+import statistics
 import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,8 +60,13 @@ class MetadataStore(Protocol):
     def mark_evicting(self, key: str) -> bool: ...
     def revive(self, key: str) -> bool: ...
     def delete_evicted(self, key: str, grace_s: float) -> bool: ...
-    def put_latency(self, profile: str, config_key: str, precision: str, seq_len: int, batch: int, ms: float, source: str) -> None: ...
+    def put_latency(self, profile: str, config_key: str, precision: str, seq_len: int, batch: int, ms: float, source: str,
+                    threads: int | None = None, client: str | None = None, load: float | None = None,
+                    spinning: bool | None = None) -> None: ...
     def latency_table(self, profile: str) -> list[dict[str, Any]]: ...
+    def put_calibration(self, threads: int, coeffs: tuple[float, float, float], info: dict[str, Any]) -> None: ...
+    def calibration(self) -> dict[int, dict[str, Any]]: ...
+    def latency_version(self) -> tuple[int, int]: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
 
@@ -83,7 +95,21 @@ MIGRATIONS: list[list[tuple[str, tuple[str, ...]]]] = [
             key TEXT PRIMARY KEY, owner TEXT NOT NULL, generation BIGINT NOT NULL,
             expires DOUBLE PRECISION NOT NULL, acquired DOUBLE PRECISION NOT NULL)""", ("postgresql",)),
     ],
+    [  # 3: what each latency row was measured under (threads, load, spinning) and which client reported it;
+        # the built-in calibration per thread count (estimates on a store nothing was measured on yet)
+        ("ALTER TABLE latency ADD COLUMN threads INTEGER", ("sqlite", "postgresql")),
+        ("ALTER TABLE latency ADD COLUMN client TEXT", ("sqlite", "postgresql")),
+        ("ALTER TABLE latency ADD COLUMN load DOUBLE PRECISION", ("sqlite", "postgresql")),
+        ("ALTER TABLE latency ADD COLUMN spinning INTEGER", ("sqlite", "postgresql")),
+        ("""CREATE TABLE calibration (
+            threads INTEGER PRIMARY KEY, a DOUBLE PRECISION NOT NULL, b DOUBLE PRECISION NOT NULL,
+            c DOUBLE PRECISION NOT NULL, info TEXT NOT NULL, measured DOUBLE PRECISION NOT NULL)""",
+         ("sqlite", "postgresql")),
+    ],
 ]
+BENCH_RECENT = 5  # bench runs per (profile, config, precision, shape) that count: a re-bench replaces old tables
+DEVICE_RECENT = 20  # reports per client and key that count (older ones are deleted)
+DEVICE_WINDOW_S = 30 * 86400  # device reports older than this are ignored
 SCHEMA_VERSION = len(MIGRATIONS)
 COLUMNS = "key, size, files, info, pinned, hits, created, last_used, build_seconds, evicting"
 
@@ -167,17 +193,69 @@ class _SQLMetadata:
         return bool(rows)
 
     # ----- latency tables ----------------------------------------------------------------------------------
-    def put_latency(self, profile: str, config_key: str, precision: str, seq_len: int, batch: int, ms: float, source: str) -> None:
-        self._execute("INSERT INTO latency (profile, config_key, precision, seq_len, batch, ms, source, measured) "
-                      "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                      (profile, config_key, precision, seq_len, batch, ms, source, time.time()))
+    def put_latency(self, profile: str, config_key: str, precision: str, seq_len: int, batch: int, ms: float, source: str,
+                    threads: int | None = None, client: str | None = None, load: float | None = None,
+                    spinning: bool | None = None) -> None:
+        self._execute(
+            "INSERT INTO latency (profile, config_key, precision, seq_len, batch, ms, source, measured, threads, "
+            "client, load, spinning) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (profile, config_key, precision, seq_len, batch, ms, source, time.time(), threads, client, load,
+             None if spinning is None else int(spinning)))
+        if source == "device":  # keep a client's latest reports per key only: the table stays bounded
+            same = ("profile = ? AND config_key = ? AND precision = ? AND seq_len = ? AND batch = ? "
+                    "AND source = 'device' AND " + ("client IS NULL" if client is None else "client = ?"))
+            args = (profile, config_key, precision, seq_len, batch, *(() if client is None else (client,)))
+            older = self._execute(f"SELECT measured FROM latency WHERE {same} ORDER BY measured DESC "
+                                  f"LIMIT 1 OFFSET {DEVICE_RECENT}", args)
+            if older:
+                self._execute(f"DELETE FROM latency WHERE {same} AND measured <= ?", (*args, older[0][0]))
+        self._latency_writes += 1
 
     def latency_table(self, profile: str) -> list[dict[str, Any]]:
-        """Median-free summary: the mean of all measurements per (config, precision, seq_len, batch)."""
+        """One row per (config, precision, seq_len, batch, source): ``ms`` is the robust summary, ``samples`` the
+        measurements behind it, ``clients`` the distinct reporting clients (device rows; 1 for bench rows) and
+        ``spread`` the median absolute deviation relative to ``ms``."""
         rows = self._execute(
-            "SELECT config_key, precision, seq_len, batch, AVG(ms), COUNT(*) FROM latency WHERE profile = ? "
-            "GROUP BY config_key, precision, seq_len, batch", (profile,))
-        return [{"config_key": c, "precision": p, "seq_len": s, "batch": b, "ms": ms, "samples": n} for c, p, s, b, ms, n in rows]
+            "SELECT config_key, precision, seq_len, batch, source, client, ms FROM latency WHERE profile = ? "
+            "AND (source != 'device' OR measured >= ?) ORDER BY measured DESC",
+            (profile, time.time() - DEVICE_WINDOW_S))
+        groups: dict[tuple, dict[str | None, list[float]]] = defaultdict(lambda: defaultdict(list))
+        for config_key, precision, seq_len, batch, source, client, ms in rows:
+            groups[(config_key, precision, seq_len, batch, source)][client if source == "device" else None].append(ms)
+        out = []
+        for (config_key, precision, seq_len, batch, source), by_client in groups.items():
+            if source == "device":
+                votes = [statistics.median(v[:DEVICE_RECENT]) for v in by_client.values()]
+            else:
+                votes = [ms for v in by_client.values() for ms in v[:BENCH_RECENT]]
+            ms = statistics.median(votes)
+            spread = statistics.median(abs(v - ms) for v in votes) / ms
+            out.append({"config_key": config_key, "precision": precision, "seq_len": seq_len, "batch": batch,
+                        "source": source, "ms": ms, "samples": sum(len(v) for v in by_client.values()),
+                        "clients": len(by_client) if source == "device" else 1, "spread": spread})
+        return out
+
+    def put_calibration(self, threads: int, coeffs: tuple[float, float, float], info: dict[str, Any]) -> None:
+        a, b, c = coeffs
+        self._execute("INSERT INTO calibration (threads, a, b, c, info, measured) VALUES (?, ?, ?, ?, ?, ?) "
+                      "ON CONFLICT (threads) DO UPDATE SET a = excluded.a, b = excluded.b, c = excluded.c, "
+                      "info = excluded.info, measured = excluded.measured",
+                      (threads, a, b, c, json.dumps(info), time.time()))
+        self._latency_writes += 1
+
+    def calibration(self) -> dict[int, dict[str, Any]]:
+        """threads -> {"coeffs": (a, b, c), "info": {...}, "measured": unix time}."""
+        return {t: {"coeffs": (a, b, c), "info": json.loads(info), "measured": measured}
+                for t, a, b, c, info, measured in
+                self._execute("SELECT threads, a, b, c, info, measured FROM calibration")}
+
+    def latency_version(self) -> tuple[int, int]:
+        """Changes whenever latency rows or calibration change, through this object or another process (another
+        replica, ``mlfs bench latency`` run beside the server): estimates cached against it stay right."""
+        return self._latency_writes, self._external_version()
+
+    def _external_version(self) -> int:
+        raise NotImplementedError
 
     def ping(self) -> None:
         """Raise (DatabaseUnavailable) unless the database answers."""
@@ -194,6 +272,7 @@ class SQLiteMetadata(_SQLMetadata):
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=10000")  # a server and `mlfs warm` may open the file at once
         self._lock = threading.Lock()
+        self._latency_writes = 0
         self._migrate()
 
     def _migrate(self) -> None:
@@ -211,6 +290,10 @@ class SQLiteMetadata(_SQLMetadata):
     def _execute(self, sql: str, args: tuple = ()) -> list[tuple]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
+
+    def _external_version(self) -> int:
+        with self._lock:  # SQLite bumps data_version when another connection commits to the file
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     def close(self) -> None:
         pass  # a build thread may still record its artifact after the server stops; the file closes with the process
@@ -239,6 +322,8 @@ class PostgresMetadata(_SQLMetadata):
         self._conn = None
         self._lock = threading.Lock()
         self.round_trips = 0  # statements sent (a benchmark counts them per resolve)
+        self._latency_writes = 0
+        self._version_seen: tuple[float, int] = (0.0, 0)  # (when asked, answer): other replicas' writes, cached 1 s
         if migrate:
             self._migrate()
 
@@ -270,6 +355,17 @@ class PostgresMetadata(_SQLMetadata):
             except self._psycopg.OperationalError as err:  # connection lost, refused, timed out
                 self._drop_connection()
                 raise _unavailable(err) from None
+
+    def _external_version(self) -> int:
+        """A digest of the latency and calibration tables that any replica's write changes, asked at most once a
+        second (estimates may lag another replica's measurement by that much; a warm resolve costs no round trip)."""
+        now = time.monotonic()
+        if now - self._version_seen[0] >= 1.0:
+            count, newest, calibrated = self._execute(
+                "SELECT (SELECT COUNT(*) FROM latency), (SELECT COALESCE(MAX(measured), 0) FROM latency), "
+                "(SELECT COALESCE(MAX(measured), 0) FROM calibration)")[0]
+            self._version_seen = (now, hash((count, newest, calibrated)))
+        return self._version_seen[1]
 
     def _drop_connection(self) -> None:
         if self._conn is not None:

@@ -35,6 +35,7 @@ from slicer import (
 )
 
 from .cache import ArtifactCache, Entry, artifact_key
+from .calibration import calibrate
 from .coordination import open_shared_state
 from .errors import (
     AlreadyExists,
@@ -46,9 +47,10 @@ from .errors import (
     ProfileError,
     UnknownModel,
 )
+from .latency_model import Estimates, LatencyEstimator
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
-from .selection import Budget, Candidate, Choice, LatencyModel, candidates_from_palette, choose, gflops
+from .selection import Budget, Candidate, Choice, candidates_from_palette, choose
 from .settings import Settings
 from .store import (
     ServedModel,
@@ -59,6 +61,7 @@ from .store import (
     register_adapter_stack,
     remove_model,
 )
+from .telemetry import RateLimiter, ReportRejected, check_report, client_id
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,8 @@ class DeliveryService:
         self._inflight: dict[str, asyncio.Future] = {}
         self.unbuildable: dict[str, set[tuple[str, str]]] = {}  # model -> (config key, precision) whose build failed
         self.build_options("fp32")  # refuse a bad builder or graph mode at start-up, not at the first build
+        self.latency = LatencyEstimator(self.meta, self.profiles, settings.telemetry_min_clients)
+        self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
         self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
 
@@ -147,7 +152,19 @@ class DeliveryService:
             self.loading["loaded"].append(name)
             log.info("serving %s (loaded in %.1f s)", name, time.perf_counter() - started)
         self.loading.update(current=None, since=None)
+        if self.settings.latency_calibration:
+            self.calibrate(force=False)
         self.ready = True
+
+    def calibrate(self, force: bool = True, **options) -> list:
+        """The built-in latency calibration for every profile's thread count (only missing ones unless forced)."""
+        have = self.meta.calibration()
+        threads = {p.threads for p in self.profiles.values()} | {1}
+        todo = threads if force else threads - set(have)
+        done = calibrate(todo, **options) if todo else []
+        for c in done:
+            self.meta.put_calibration(c.threads, c.coeffs, c.info)
+        return done
 
     def register(self, name: str, base: str, files: dict[str, Path], description: str = "",
                  validation: Path | None = None, replace: bool = False) -> LoadedModel:
@@ -213,14 +230,14 @@ class DeliveryService:
         return entry
 
     async def resolve(self, name: str, budget: Budget, profile: str | None, speed_score: float | None,
-                      wait_s: float | None = None) -> tuple[Choice, Entry | None]:
+                      wait_s: float | None = None, threads: int | None = None) -> tuple[Choice, Entry | None]:
         """The best config for the budget and its artifact (None while it is still building after ``wait_s``,
         default ``build_wait_s``). With ``auto`` precision, a config whose build fails is excluded and the next
-        best tried."""
+        best tried. ``threads``: a device without a profile (its cpu_count), for the latency estimates."""
         model = self.model(name)
         wait = self.settings.build_wait_s if wait_s is None else wait_s
         for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
-            choice = self.choose(model, budget, profile, speed_score)
+            choice = self.choose(model, budget, profile, speed_score, threads)
             try:
                 return choice, await self.artifact(model, choice.config, choice.precision, wait)
             except BuildFailed:
@@ -239,54 +256,41 @@ class DeliveryService:
             warmed.append((entry, cfg, precision))
         return warmed
 
-    def record_latency(self, artifact_id: str, profile: str, latency_ms: float, seq_len: int, batch_size: int) -> None:
-        """A device's measured latency of an artifact under a profile, for selection to use."""
+    def record_latency(self, artifact_id: str, profile: str, latency_ms: float, seq_len: int, batch_size: int,
+                       threads: int | None = None, address: str | None = None) -> None:
+        """A device's measured latency of an artifact under a profile, stored after the client's rate limit and
+        the bounds (``telemetry.check_report``); how reports feed selection is ``latency_model``'s business."""
+        self.report_limiter.take(address or "?")
         entry = self.entry(artifact_id)
         if profile not in self.profiles:
             raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
         info = entry.record.info
-        self.meta.put_latency(profile, info["config_key"], info["precision"], seq_len, batch_size, latency_ms, "device")
+        model = self.models.get(info.get("model", ""))
+        if model is None:
+            raise ReportRejected(f"artifact of model {info.get('model')!r}, which is not served")
+        estimate = self.latency_estimates(model, profile, seq_len, batch_size).get((info["config_key"], info["precision"]))
+        check_report(latency_ms, threads, self.profiles[profile].threads, estimate, self.settings.telemetry_max_factor)
+        self.meta.put_latency(profile, info["config_key"], info["precision"], seq_len, batch_size, latency_ms, "device",
+                              threads=self.profiles[profile].threads, client=client_id(address))
 
     # ----- selection ----------------------------------------------------------------------------------------
-    def predictor(self, model: LoadedModel, budget: Budget, profile: str | None) -> tuple[dict, LatencyModel]:
-        """Measured (config key, precision) -> ms on the profile at the budget's shape, and a FLOPs fit.
-
-        The fit uses the profile's own fp32 points; a profile with fewer than two borrows every profile's points,
-        each scaled to speed 1.0 by its profile's speed score (the caller scales back by the device's).
-        """
-        configs = {c.key: c for c in model.configs()}
-        measured: dict[tuple[str, str], float] = {}
-        own: list[tuple[float, float]] = []
-        for row in self.meta.latency_table(profile) if profile else []:
-            if row["config_key"] not in configs:
-                continue
-            if (row["seq_len"], row["batch"]) == (budget.seq_len, budget.batch_size):
-                measured[(row["config_key"], row["precision"])] = row["ms"]
-            if row["precision"] == "fp32":
-                own.append((gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"]), row["ms"]))
-        if len(own) >= 2:
-            return measured, LatencyModel(own)
-        borrowed = []
-        for name, p in self.profiles.items():
-            for row in self.meta.latency_table(name):
-                if row["config_key"] in configs and row["precision"] == "fp32":
-                    gf = gflops(model.dims, configs[row["config_key"]], row["seq_len"], row["batch"])
-                    borrowed.append((gf, row["ms"] * p.speed_score))
-        return measured, LatencyModel(borrowed)
+    def latency_estimates(self, model: LoadedModel, profile: str | None, seq_len: int, batch: int,
+                          speed_score: float | None = None, threads: int | None = None) -> Estimates:
+        """(config key, precision) -> latency estimate on a device of ``profile`` at a shape (cached)."""
+        return self.latency.estimates(model.served.name, model.dims, model.configs(), profile, seq_len, batch,
+                                      speed_score, threads)
 
     def choose(self, model: LoadedModel, budget: Budget, profile: str | None = None,
-               speed_score: float | None = None) -> Choice:
+               speed_score: float | None = None, threads: int | None = None) -> Choice:
         """The best config for the budget; the device's speed score defaults to its profile's."""
         if profile is not None and profile not in self.profiles:
             raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
-        if speed_score is None:
-            speed_score = self.profiles[profile].speed_score if profile else 1.0
         failed = self.unbuildable.get(model.served.name, set())
         if budget.precision == "auto" and any(p == "int8" for _, p in failed):
             # one int8 build of this model failed its quality gate: the others would too, each after a full build
             budget = dataclasses.replace(budget, precision="fp32")
-        measured, predictor = self.predictor(model, budget, profile)
-        return choose(model.dims, model.candidates, budget, measured, predictor, speed_score, exclude=failed)
+        latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
+        return choose(model.dims, model.candidates, budget, latency, exclude=failed)
 
     def build_options(self, precision: str) -> BuildOptions:
         return BuildOptions(precision, self.settings.graph_builder, self.settings.graph_mode)

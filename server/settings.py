@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     db_statement_timeout_s: float = Field(10.0, gt=0)
     graph_builder: Builder = DEFAULT_BUILDER  # direct (graph written from the weights) or torch (torch.onnx.export)
     graph_mode: GraphMode = DEFAULT_GRAPH_MODE  # direct builder: fused (onnxruntime contrib operators) or plain
+    # Latency telemetry (POST /v1/telemetry/latency) and estimates; see README "Latency estimates".
+    device_token: SecretStr | None = None  # when set, telemetry reports need 'Authorization: Bearer <token>'
+    telemetry_min_clients: int = Field(3, ge=1)  # distinct clients before device reports override the table
+    telemetry_rate_per_minute: float = Field(30.0, gt=0)  # reports per client (address), bursts of 10
+    telemetry_max_factor: float = Field(5.0, gt=1)  # a report beyond estimate x/÷ this factor is refused
+    latency_calibration: bool = True  # calibrate at start when the store has no calibration for a profile
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides) -> Settings:

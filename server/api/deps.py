@@ -127,3 +127,24 @@ class OperatorRoute(StrictRoute):
             return await handler(request)
 
         return authorized
+
+
+def check_device(request: Request) -> None:
+    """With a configured device token, latency reports need it; without one, the route is open (and scoped)."""
+    token = request.app.state.settings.device_token
+    if token is not None and not hmac.compare_digest(request.headers.get("authorization", "").encode(),
+                                                     f"Bearer {token.get_secret_value()}".encode()):
+        raise Unauthorized("latency reports need 'Authorization: Bearer <token>' with the server's device token")
+
+
+class DeviceRoute(StrictRoute):
+    """Telemetry routes check the device token (when one is set) before the body is read."""
+
+    def get_route_handler(self) -> Handler:
+        handler = super().get_route_handler()
+
+        async def authorized(request: Request) -> Response:
+            check_device(request)
+            return await handler(request)
+
+        return authorized

@@ -26,6 +26,7 @@ from ..errors import (
     ProfileError,
     Unauthorized,
 )
+from ..telemetry import RateLimited, ReportRejected
 from .schemas import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ STATUS: dict[type[Exception], int] = {
     ProfileError: 422,
     NoFit: 422,
     BuildFailed: 422,
+    ReportRejected: 422,
+    RateLimited: 429,
     BuildQueueFull: 503,
     CoordinationError: 503,
     NotReady: 503,
@@ -47,13 +50,16 @@ STATUS: dict[type[Exception], int] = {
 
 DESCRIPTIONS = {
     400: "A malformed artifact id, or a multipart body that cannot be parsed",
-    401: "Operator route without the server's operator token (`Authorization: Bearer <token>`)",
+    401: "Operator route without the server's operator token, or a latency report without the device token where "
+         "one is set (`Authorization: Bearer <token>`)",
     404: "Unknown model, artifact or file",
     409: "A model of that name already exists",
     411: "A chunked request body (send a Content-Length)",
     413: "A request body over the server's limit",
     416: "A Range outside the file",
-    422: "Invalid request (fields, non-finite numbers), nothing in the palette fits, or the artifact cannot be built",
+    422: "Invalid request (fields, non-finite numbers), nothing in the palette fits, the artifact cannot be built, "
+         "or a latency report out of bounds or scope",
+    429: "Too many latency reports from this client; retry after Retry-After seconds",
     503: "Build queue full, models still loading, or the shared database unreachable; retry after Retry-After seconds",
 }
 

@@ -44,6 +44,8 @@ class LatencyReport(Strict):
     latency_ms: float = Field(..., gt=0, lt=1e7)
     seq_len: int = Field(128, ge=1, le=8192)
     batch_size: int = Field(1, ge=1, le=1024)
+    threads: int | None = Field(None, ge=1, le=1024, description="intra-op threads the device measured with; "
+                                "a report from another thread count than the profile's is refused")
 
 
 class WarmRequest(Strict):
@@ -67,9 +69,18 @@ class ErrorBody(BaseModel):
     errors: list[ErrorItem] = []
 
 
-class Estimates(BaseModel):
+class LatencyFields(BaseModel):
+    """A latency estimate on the device (see README "Latency estimates"); all null without any estimate."""
+
+    latency_ms: float | None = Field(description="central estimate")
+    latency_ms_upper: float | None = Field(None, description="conservative (90 % upper) estimate: latency budgets are checked against it")
+    latency_rel_sd: float | None = Field(None, description="relative standard deviation")
+    latency_source: Literal["measured", "device", "fit", "level", "transfer", "calibration"] | None = Field(
+        None, description="where it comes from; `calibration`: the store's built-in calibration, nothing measured yet")
+
+
+class Estimates(LatencyFields):
     memory_mb: float
-    latency_ms: float | None
     quality: float | None = Field(description=QUALITY_DOC)
     quality_metric: QualityMetric | None = None
 
@@ -98,9 +109,8 @@ class Building(BaseModel):
     retry_after_s: int
 
 
-class ProfileEstimate(BaseModel):
+class ProfileEstimate(LatencyFields):
     memory_mb: float
-    latency_ms: float | None
     fits_memory: bool
 
 

@@ -163,11 +163,11 @@ def test_telemetry_needs_the_device_token_when_the_server_sets_one(cls_store, tm
     with running_server(cls_store, device_token="dev-token") as url:
         good = Client(url, MODEL, probe=SimulatedProbe(1000, profile="small-2t-1g"), cache_dir=tmp_path,
                       device_token="dev-token", count_loaded_model=False)
-        assert good.benchmark(runs=2, warmup=0).reported
+        assert good.benchmark(runs=2, warmup=0, seq_len=16).reported
         bad = Client(url, MODEL, probe=SimulatedProbe(1000, profile="small-2t-1g"), cache_dir=tmp_path,
                      count_loaded_model=False)
         with pytest.raises(ServerError) as err:
-            bad.benchmark(runs=2, warmup=0)
+            bad.benchmark(runs=2, warmup=0, seq_len=16)
         assert err.value.status == 401
         good.close()
         bad.close()

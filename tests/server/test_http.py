@@ -122,14 +122,13 @@ def test_models_health_and_telemetry(server):
     assert models["models"][0]["name"] == "tiny" and models["models"][0]["palette"]
     assert httpx.get(f"{server}/healthz").json() == {"status": "ok"}
     r = resolve(server, 1000).json()
-    ok = httpx.post(f"{server}/v1/telemetry/latency", json={"artifact_id": r["artifact_id"], "profile": "small-2t-1g", "latency_ms": 3.5})
-    assert ok.status_code == 204
-    # with a measurement on that profile, a latency budget can be resolved
-    body = {"model": "tiny", "device": {"profile": "small-2t-1g"}, "budget": {"precision": "fp32", "max_latency_ms": 4, "max_memory_mb": 1000}}
-    assert httpx.post(f"{server}/v1/resolve", json=body, timeout=300).json()["estimates"]["latency_ms"] == 3.5
-    # and /v1/models shows it among the estimates per profile (memory for every config and profile)
     palette = httpx.get(f"{server}/v1/models").json()["models"][0]["palette"]
-    row = next(p for p in palette if p["config"] == r["config"])
-    assert row["estimates"]["small-2t-1g"]["latency_ms"] == 3.5
+    before = next(p for p in palette if p["config"] == r["config"])["estimates"]["small-2t-1g"]
+    ok = httpx.post(f"{server}/v1/telemetry/latency",
+                    json={"artifact_id": r["artifact_id"], "profile": "small-2t-1g", "latency_ms": before["latency_ms"] * 1.5})
+    assert ok.status_code == 204
+    # one client's report is one vote, below telemetry_min_clients: the estimate stands (see test_latency_http)
+    palette = httpx.get(f"{server}/v1/models").json()["models"][0]["palette"]
+    assert next(p for p in palette if p["config"] == r["config"])["estimates"]["small-2t-1g"] == before
     assert all(p["estimates"]["tiny-1t-512m"]["memory_mb"] > 0 for p in palette)
     assert httpx.get(f"{server}/v1/models", params={"seq_len": 0}).status_code == 422

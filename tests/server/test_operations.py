@@ -127,8 +127,11 @@ def test_bench_latency_stores_a_table_that_selection_then_uses(tmp_path):
     result = CliRunner().invoke(app, ["bench", "latency", "--store", str(store), "--model", "tiny", "--profile",
                                       "tiny-1t-512m", "--max-configs", "3", "--runs", "2", "--seq-len", "16"])
     assert result.exit_code == 0, result.output
-    table = SQLiteMetadata(store / "meta.sqlite").latency_table("tiny-1t-512m")
-    assert len(table) == 3 and all(row["ms"] > 0 and row["seq_len"] == 16 for row in table)
+    meta = SQLiteMetadata(store / "meta.sqlite")
+    table = meta.latency_table("tiny-1t-512m")
+    assert len(table) == 3 and all(row["ms"] > 0 and row["seq_len"] == 16 and row["source"] == "bench" for row in table)
+    # each row records how it was measured: the profile's threads, spinning off (the SDK default), the load
+    assert meta._execute("SELECT DISTINCT threads, spinning FROM latency") == [(1, 0)]
 
     from server.metrics import Metrics
     from server.selection import Budget
@@ -137,10 +140,22 @@ def test_bench_latency_stores_a_table_that_selection_then_uses(tmp_path):
 
     svc = DeliveryService(Settings(store=store), Metrics())
     svc.load(["tiny"])
-    fastest = min(row["ms"] for row in table)
-    choice = svc.choose(svc.model("tiny"), Budget(None, fastest * 1.01, 16, 1, "fp32"), "tiny-1t-512m")
-    assert choice.latency_ms is not None and choice.latency_ms <= fastest * 1.01
+    estimates = svc.latency_estimates(svc.model("tiny"), "tiny-1t-512m", 16, 1)
+    assert all(estimates[(row["config_key"], "fp32")].source == "measured" and estimates[(row["config_key"], "fp32")].ms == row["ms"]
+               for row in table)
+    budget = Budget(None, max(row["ms"] for row in table) * 1.1, 16, 1, "fp32")
+    choice = svc.choose(svc.model("tiny"), budget, "tiny-1t-512m")
+    assert choice.latency.upper_ms <= budget.max_latency_ms
     svc.close()
+
+
+def test_bench_calibrate_stores_a_calibration_per_profile_thread_count(tmp_path):
+    store = make_store(tmp_path / "store")
+    result = CliRunner().invoke(app, ["bench", "calibrate", "--store", str(store), "--rounds", "1", "--runs", "1"])
+    assert result.exit_code == 0, result.output
+    calibration = SQLiteMetadata(store / "meta.sqlite").calibration()
+    assert 1 in calibration and 2 in calibration
+    assert all(c["coeffs"][1] > 0 and c["info"]["allow_spinning"] is False for c in calibration.values())
 
 
 def test_latency_feeds_cover_decoders_with_an_empty_past(decoder_dims, tmp_path):

@@ -57,8 +57,13 @@ def test_both_databases_keep_artifacts_pins_hits_and_latency_alike(meta):
     for ms in (2.0, 4.0):
         meta.put_latency("p", "cfg", "fp32", 128, 1, ms, "device")
     assert meta.latency_table("p") == [{"config_key": "cfg", "precision": "fp32", "seq_len": 128, "batch": 1,
-                                        "ms": 3.0, "samples": 2}]
+                                        "source": "device", "ms": 3.0, "samples": 2, "clients": 1, "spread": 0.0}]
     assert meta.latency_table("other") == []
+    version = meta.latency_version()
+    meta.put_calibration(2, (1.0, 2.0, 3.0), {"runs": 3})
+    meta.put_calibration(2, (1.5, 2.0, 3.0), {"runs": 4})  # one row per thread count: replaced
+    assert {t: c["coeffs"] for t, c in meta.calibration().items()} == {2: (1.5, 2.0, 3.0)}
+    assert meta.latency_version() != version  # cached estimates are dropped
     meta.ping()
 
 

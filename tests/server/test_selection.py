@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from server.latency_model import LatencyEstimate
 from server.profiles import BUILTIN, ProfileError, load_profiles
 from server.selection import (
     Budget,
     Candidate,
-    LatencyModel,
     NoFit,
     candidates_from_palette,
     choose,
@@ -25,7 +25,6 @@ def palette(minilm):
     # accuracy grows with size, as a trained palette's does
     rows = [{"key": c.key, "accuracy": 0.7 + c.param_count(minilm).non_embedding / 1e8} for c in configs]
     return configs, {"metric": "accuracy", "configs": rows}
-
 
 
 def test_memory_and_flops_grow_with_the_config(minilm):
@@ -49,20 +48,20 @@ def test_two_budgets_give_two_configs_and_the_tighter_is_smaller(minilm, palette
     assert tight.config.param_count(minilm).total < loose.config.param_count(minilm).total
 
 
-def test_latency_from_measurements_or_the_predictor(minilm, palette):
+def test_a_latency_budget_is_checked_against_the_conservative_estimate(minilm, palette):
     configs, table = palette
     cands = candidates_from_palette(minilm, table, configs)
-    points = [(gflops(minilm, c, 128, 1), 3.0 + 2.0 * gflops(minilm, c, 128, 1)) for c in configs]
-    model = LatencyModel(points)
-    assert model.a == pytest.approx(3.0) and model.b == pytest.approx(2.0)
-    limit = model.predict(gflops(minilm, configs[0], 128, 1)) + 0.01  # only the smallest config fits
-    choice = choose(minilm, cands, Budget(max_latency_ms=limit, precision="fp32"), predictor=model)
-    assert choice.config == configs[0] and choice.latency_ms <= limit
-    # a measured figure for this profile beats the prediction
-    measured = {(configs[-1].key, "fp32"): 1.0}
-    assert choose(minilm, cands, Budget(max_latency_ms=limit, precision="fp32"), measured, model).config == configs[-1]
-    # a slower device (speed 0.5) doubles the predicted compute time
-    assert model.predict(1.0, speed_score=0.5) == pytest.approx(3.0 + 4.0)
+    latency = {(c.key, "fp32"): LatencyEstimate(10.0 + 10 * gflops(minilm, c, 128, 1), 0.1, "fit") for c in configs}
+    smallest, largest = latency[(configs[0].key, "fp32")], latency[(configs[-1].key, "fp32")]
+    # a budget at the smallest config's central estimate is not met: its upper quantile is above it
+    with pytest.raises(NoFit, match="90 % upper estimate"):
+        choose(minilm, cands, Budget(max_latency_ms=smallest.ms, precision="fp32"), latency)
+    choice = choose(minilm, cands, Budget(max_latency_ms=smallest.upper_ms, precision="fp32"), latency)
+    assert choice.config == configs[0] and choice.latency is smallest
+    # the same central estimates with a wider uncertainty need a looser budget
+    assert choose(minilm, cands, Budget(max_latency_ms=largest.upper_ms, precision="fp32"), latency).config == configs[-1]
+    wide = {k: LatencyEstimate(v.ms, 0.3, "calibration") for k, v in latency.items()}
+    assert choose(minilm, cands, Budget(max_latency_ms=largest.upper_ms, precision="fp32"), wide).config != configs[-1]
 
 
 def test_auto_precision_picks_int8_when_only_it_fits(minilm, palette):
@@ -77,7 +76,7 @@ def test_nothing_fits_names_the_smallest_option(minilm, palette):
     configs, table = palette
     with pytest.raises(NoFit, match=r"smallest option, L3\[1,3,5\] H6 F768 D384 int8, needs \d+ MB"):
         choose(minilm, candidates_from_palette(minilm, table, configs), Budget(max_memory_mb=1))
-    with pytest.raises(NoFit, match="latency measurements"):
+    with pytest.raises(NoFit, match="latency estimates"):
         choose(minilm, candidates_from_palette(minilm, table, configs), Budget(max_latency_ms=5))
 
 

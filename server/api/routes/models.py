@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from ...selection import Budget, estimate
+from ...selection import Budget, memory_mb
 from ...service import DeliveryService, LoadedModel
 from ..deps import Service, StrictRoute
 from ..errors import responses
@@ -15,16 +15,17 @@ router = APIRouter(prefix="/v1", tags=["models"], route_class=StrictRoute)
 
 
 def model_info(svc: DeliveryService, name: str, m: LoadedModel, shape: Budget) -> ModelInfo:
-    per_profile = {p: svc.predictor(m, shape, p) for p in svc.profiles}
+    per_profile = {p: svc.latency_estimates(m, p, shape.seq_len, shape.batch_size) for p in svc.profiles}
     palette = []
     for cand in m.candidates:  # the quality selection ranks by: one meaning in every response
         cfg = cand.config
         count = cfg.param_count(m.dims)
         ests = {}
-        for p, (measured, predictor) in per_profile.items():
-            mem, ms = estimate(m.dims, cfg, "fp32", shape, measured, predictor, svc.profiles[p].speed_score)
-            ests[p] = ProfileEstimate(memory_mb=round(mem, 1), latency_ms=None if ms is None else round(ms, 2),
-                                      fits_memory=mem <= svc.profiles[p].memory_mb)
+        mem = memory_mb(m.dims, cfg, "fp32", shape.seq_len, shape.batch_size)
+        for p, latency in per_profile.items():
+            est = latency.get((cfg.key, "fp32"))
+            ests[p] = ProfileEstimate(memory_mb=round(mem, 1), fits_memory=mem <= svc.profiles[p].memory_mb,
+                                      **(est.as_dict() if est else {"latency_ms": None}))
         palette.append(PaletteRow(key=cfg.key, config=cfg.to_dict(), shape=cfg.describe(), params=count.total,
                                   params_non_embedding=count.non_embedding, quality=cand.quality,
                                   quality_metric=m.quality_metric if cand.quality is not None else None,

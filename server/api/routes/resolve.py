@@ -27,9 +27,9 @@ def budget_of(r: ResolveRequest) -> Budget:
 
 
 def estimates(choice: Choice, quality_metric: str | None) -> Estimates:
-    return Estimates(memory_mb=round(choice.memory_mb, 1),
-                     latency_ms=None if choice.latency_ms is None else round(choice.latency_ms, 2),
-                     quality=choice.quality, quality_metric=quality_metric if choice.quality is not None else None)
+    return Estimates(memory_mb=round(choice.memory_mb, 1), quality=choice.quality,
+                     quality_metric=quality_metric if choice.quality is not None else None,
+                     **(choice.latency.as_dict() if choice.latency else {"latency_ms": None}))
 
 
 def _resolutions(request: Request) -> OrderedDict[str, ResolveRequest]:
@@ -40,7 +40,8 @@ def _resolutions(request: Request) -> OrderedDict[str, ResolveRequest]:
 
 
 async def _answer(req: ResolveRequest, svc, request: Request, wait_s: float | None):
-    choice, entry = await svc.resolve(req.model, budget_of(req), req.device.profile, req.device.speed_score, wait_s)
+    choice, entry = await svc.resolve(req.model, budget_of(req), req.device.profile, req.device.speed_score, wait_s,
+                                      req.device.cpu_count)
     model = svc.model(req.model)
     key = svc.artifact_id(model, choice.config, choice.precision)
     if entry is None:
