@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from slicer import file_lock
+from slicer.paths import names_open_file
 
 from .errors import DatabaseUnavailable, LeaseLost
 from .metadata import MetadataStore, PostgresMetadata, open_metadata
@@ -128,16 +129,10 @@ def _try_file_lock(path: Path) -> Iterator[bool]:
             return
         try:
             # a holder that removes its lock file on release may have unlinked this one: then it locks nothing
-            yield _names(path, f.fileno())
+            yield names_open_file(path, f.fileno())
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
 
-
-def _names(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
 
 
 class PostgresLease:

@@ -52,7 +52,7 @@ def file_lock(path: Path, remove: bool = False) -> Iterator[None]:
         with open(path, "a") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
-                if remove and not _names(path, f.fileno()):
+                if remove and not names_open_file(path, f.fileno()):
                     continue  # the previous holder removed this file: lock the one at the path now
                 try:
                     yield
@@ -64,7 +64,7 @@ def file_lock(path: Path, remove: bool = False) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _names(path: Path, fd: int) -> bool:
+def names_open_file(path: Path, fd: int) -> bool:
     """Whether ``path`` still names the file open as ``fd``."""
     try:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
