@@ -72,6 +72,17 @@ class _KeyLocks:
         with self._guard:
             return self._locks.setdefault(key, threading.Lock())
 
+    @contextlib.contextmanager
+    def try_hold(self, key: str) -> Iterator[bool]:
+        """The key's thread lock if it is free now (True, held for the block), else False at once."""
+        lock = self(key)
+        got = lock.acquire(blocking=False)
+        try:
+            yield got
+        finally:
+            if got:
+                lock.release()
+
 
 class _Held:
     """A lock held for as long as its context lasts: nothing to renew, never lost."""
@@ -98,15 +109,12 @@ class LocalClaims:
 
     @contextlib.contextmanager
     def try_claim(self, key: str) -> Iterator[Lease | None]:
-        lock = self._threads(key)
-        if not lock.acquire(blocking=False):
-            yield None
-            return
-        try:
+        with self._threads.try_hold(key) as free:
+            if not free:
+                yield None
+                return
             with _try_file_lock(self.lock_dir / key) as got:
                 yield _Held(key) if got else None
-        finally:
-            lock.release()
 
     def close(self) -> None:
         pass
@@ -231,12 +239,8 @@ class PostgresClaims:
 
     @contextlib.contextmanager
     def try_claim(self, key: str) -> Iterator[Lease | None]:
-        lock = self._threads(key)
-        if not lock.acquire(blocking=False):
-            yield None
-            return
-        try:
-            generation = self.acquire(key)
+        with self._threads.try_hold(key) as free:
+            generation = self.acquire(key) if free else None
             if generation is None:
                 yield None
                 return
@@ -245,8 +249,6 @@ class PostgresClaims:
                 yield lease
             finally:
                 lease.release()
-        finally:
-            lock.release()
 
     def close(self) -> None:
         self.meta.close()
