@@ -14,13 +14,16 @@ teacher, every figure from the artifact a device runs (the direct ONNX builder's
 Targets (issue 18): the smallest config the server delivers has perplexity <= 2x the teacher's on the code data
 and decodes at <= 0.6x the teacher's ms per token. Writes ``results/decoder-palette.json`` and ``.png``.
 
-Run (timings: under the shared lock, normal priority; about 5 minutes on an idle 2-core machine):
-``flock /tmp/mlfs-bench.lock .venv/bin/python benchmarks/decoder_palette.py``.
+Run: ``nice -n 15 .venv/bin/python benchmarks/decoder_palette.py`` (about 5 minutes on an idle 2-core machine):
+builds and quality figures run nice'd without a lock; the timings take ``--lock`` (the machine's shared benchmark
+lock, ``flock``'s file) and run at normal priority (root may lower its niceness; otherwise the JSON says so).
 ``--quick`` runs the same code on a tiny random Llama built from a config (seconds; what the test runs).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -129,6 +132,25 @@ def timings(handles: dict[str, ModelHandle], prompt: str, new_tokens: int, round
                   "prefill_ms_rounds": [round(x, 3) for x in v["prefill"]],
                   "generate_ms_rounds": [round(x, 3) for x in v["long"]]}
     return out
+
+
+@contextlib.contextmanager
+def timing_slot(lock: str):
+    """Hold the shared benchmark lock (``flock``'s, exclusive) at normal priority for the timed part; yields notes."""
+    notes = []
+    with contextlib.ExitStack() as stack:
+        if lock:
+            f = stack.enter_context(open(lock, "a"))
+            fcntl.flock(f, fcntl.LOCK_EX)
+            stack.callback(fcntl.flock, f, fcntl.LOCK_UN)
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
+        if nice > 0:
+            try:
+                os.setpriority(os.PRIO_PROCESS, 0, 0)
+                stack.callback(os.setpriority, os.PRIO_PROCESS, 0, nice)
+            except PermissionError:
+                notes.append(f"timings ran at niceness {nice} (could not return to 0)")
+        yield notes
 
 
 def label(cfg: SubnetConfig) -> str:
@@ -240,6 +262,7 @@ def main(
     new_tokens: Annotated[int, typer.Option(help="Greedy tokens per timed decode.")] = 32,
     rounds: Annotated[int, typer.Option(help="Timing rounds (each interleaves every model).")] = 5,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
+    lock: Annotated[str, typer.Option(help="Lock file held while timing ('' = none).")] = "/tmp/mlfs-bench.lock",
     quick: Annotated[bool, typer.Option("--quick", help="A tiny random Llama from a config, in seconds (the test).")] = False,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = RESULTS,
 ) -> None:
@@ -273,9 +296,10 @@ def main(
     for m in models.values():
         m["agreement"] = {"code": float((m["picks"][0] == t_pick[0]).mean()), "prose": float((m["picks"][1] == t_pick[1]).mean())}
     handles = {k: ModelHandle(work / k, m["manifest"], k.ljust(64, "0"), threads=threads) for k, m in models.items()}
-    load_before = load_average()
-    times = timings(handles, prompt, new_tokens, rounds)
-    load_after = load_average()
+    with timing_slot(lock) as timing_notes:
+        load_before = load_average()
+        times = timings(handles, prompt, new_tokens, rounds)
+        load_after = load_average()
     prompt_len = len(handles["teacher"].tokenizer.encode(prompt, add_special_tokens=False).ids)
 
     def record(name: str) -> dict[str, Any]:
@@ -320,7 +344,7 @@ def main(
                   f"(≤ {DECODE_TARGET}: {verdict['decode_target_met']}); uptime load {os.getloadavg()}")
 
     stem = "decoder-palette-quick" if quick else "decoder-palette"
-    notes = [] if quick else [f"prompt: the first {prompt_tokens} tokens of the first code block ({prompt_len} tokens re-encoded)"]
+    notes = timing_notes + ([] if quick else [f"prompt: the first {prompt_tokens} tokens of the first code block ({prompt_len} tokens re-encoded)"])
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(out_dir / f"{stem}.png", rows, teacher)
     if png:
@@ -328,7 +352,7 @@ def main(
     settings = {"base": base if not quick else "tiny random Llama (--quick)", "adapters": adapters if not quick else "random (--quick)",
                 "data": code_info, "prose": prose_where, "blocks": len(code_blocks), "prose_blocks": len(text_blocks),
                 "block": block, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
-                "threads": threads, "graph": BuildOptions().recipe, "precision": "fp32"}
+                "threads": threads, "lock": lock, "graph": BuildOptions().recipe, "precision": "fp32"}
     results = {"teacher": teacher, "configs": rows, "targets": {"perplexity_ratio": PPL_TARGET, "decode_ratio": DECODE_TARGET},
                "verdict": verdict, "load_average": {"before_timing": load_before, "after_timing": load_after}}
     environment = {**machine(), "versions": versions()}

@@ -14,7 +14,7 @@ def test_quick_run_measures_every_config_and_the_teacher(tmp_path, monkeypatch):
     sys.modules.pop("decoder_palette", None)
     import decoder_palette
 
-    decoder_palette.main(quick=True, out_dir=tmp_path)
+    decoder_palette.main(quick=True, out_dir=tmp_path, lock=str(tmp_path / "bench.lock"))
     record = json.loads((tmp_path / "decoder-palette-quick.json").read_text())
     assert record["smoke"] is True and record["environment"]["git"]["commit"] and record["command"]
     assert "onnxruntime" in record["environment"]["versions"]
