@@ -68,7 +68,8 @@ def prose_blocks(base_dir: Path, source: str, block: int, n: int) -> tuple[list[
         text, where = path.read_text(encoding="utf-8"), str(path)
     else:
         dev, file = load_eval_split(source, "classification")
-        text, where = " ".join(dev.texts), f"{source} {file.name} ({len(dev.texts)} sentences, joined)"
+        sentences = [t if isinstance(t, str) else " ".join(t) for t in dev.texts]  # a row is a text or a pair
+        text, where = " ".join(sentences), f"{source} {file.name} ({len(sentences)} sentences, joined)"
     return evenly_spaced(tokenize_stream(load_tokenizer(base_dir), text, block), n), where
 
 
