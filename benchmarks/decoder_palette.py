@@ -264,6 +264,8 @@ def main(
     rounds: Annotated[int, typer.Option(help="Timing rounds (each interleaves every model).")] = 5,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
     lock: Annotated[str, typer.Option(help="Lock file held while timing ('' = none).")] = "/tmp/mlfs-bench.lock",
+    only: Annotated[str, typer.Option(help="Comma-separated config labels to measure (e.g. 'L28 H6 F1152'); '' = all.")] = "",
+    tag: Annotated[str, typer.Option(help="Suffix of the result files' names.")] = "",
     quick: Annotated[bool, typer.Option("--quick", help="A tiny random Llama from a config, in seconds (the test).")] = False,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = RESULTS,
 ) -> None:
@@ -281,6 +283,10 @@ def main(
     text_blocks, prose_where = prose_blocks(opened.base_dir, prose, block, prose_count)
     prompt = load_tokenizer(opened.base_dir).decode(code_blocks[0][:prompt_tokens])
     cfgs, palette_rows = palette_configs(opened)
+    if only:
+        cfgs = [c for c in cfgs if label(c) in {x.strip() for x in only.split(",")}]
+        if not cfgs:
+            raise typer.BadParameter(f"--only {only!r} names none of the palette's configs")
 
     models: dict[str, dict[str, Any]] = {}
     teacher_cfg = SubnetConfig.maximal(dims)
@@ -344,7 +350,7 @@ def main(
                   f"(≤ {PPL_TARGET}: {verdict['perplexity_target_met']}), decode {verdict['decode_ratio']:.2f}× "
                   f"(≤ {DECODE_TARGET}: {verdict['decode_target_met']}); uptime load {os.getloadavg()}")
 
-    stem = "decoder-palette-quick" if quick else "decoder-palette"
+    stem = ("decoder-palette-quick" if quick else "decoder-palette") + (f"-{tag}" if tag else "")
     notes = timing_notes + ([] if quick else [f"prompt: the first {prompt_tokens} tokens of the first code block ({prompt_len} tokens re-encoded)"])
     out_dir.mkdir(parents=True, exist_ok=True)
     png = plot(out_dir / f"{stem}.png", rows, teacher)
@@ -353,7 +359,7 @@ def main(
     settings = {"base": base if not quick else "tiny random Llama (--quick)", "adapters": adapters if not quick else "random (--quick)",
                 "data": code_info, "prose": prose_where, "blocks": len(code_blocks), "prose_blocks": len(text_blocks),
                 "block": block, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
-                "threads": threads, "lock": lock, "graph": BuildOptions().recipe, "precision": "fp32"}
+                "threads": threads, "lock": lock, "only": only, "graph": BuildOptions().recipe, "precision": "fp32"}
     results = {"teacher": teacher, "configs": rows, "targets": {"perplexity_ratio": PPL_TARGET, "decode_ratio": DECODE_TARGET},
                "verdict": verdict, "load_average": {"before_timing": load_before, "after_timing": load_after}}
     environment = {**machine(), "versions": versions()}
