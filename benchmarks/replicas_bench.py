@@ -105,8 +105,10 @@ def main(model: Annotated[str, typer.Option(help="Served model of the default st
          requests: Annotated[int, typer.Option(help="Resolves per round.")] = 600,
          clients: Annotated[int, typer.Option(help="Concurrent clients (divisible by 3).")] = 24,
          database_url: Annotated[str | None, typer.Option(help="An empty PostgreSQL database (default: throwaway).")] = None,
-         out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS) -> None:
+         out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS,
+         quick: Annotated[bool, typer.Option("--quick", help="Smoke run (few resolves per round), into results/quick/, marked smoke.")] = False) -> None:
     started = time.perf_counter()
+    requests = min(requests, 48) if quick else requests
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2}, "budget": WARM}
     with database(database_url) as db, temp_store() as store, ExitStack() as stack:
         write_models(store, {model: load_models(store)[model]})  # serve only the measured model: faster starts
@@ -173,7 +175,7 @@ def main(model: Annotated[str, typer.Option(help="Served model of the default st
     table.add_row("   of which the survivor's own build", f"{build_s:.1f} s")
     console.print(table)
     finish("replicas", "replicas: warm throughput 1 vs 3, statements per resolve, takeover after kill -9",
-           {"model": model, "requests": requests, "clients": clients, "lease_s": LEASE_S, "warm_budget": WARM,
+           {"model": model, "quick": quick, "requests": requests, "clients": clients, "lease_s": LEASE_S, "warm_budget": WARM,
             "cold_config": COLD_CONFIG}, results, started, out_dir,
            ["all replicas, PostgreSQL and the clients share one machine: with few cores, 3 replicas compete with "
             "each other for them, so the ratio shows coordination overhead more than scaling"])
