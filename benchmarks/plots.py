@@ -436,7 +436,8 @@ def draw_palette_quality(r: Record) -> Figure:
 
 
 def draw_ablations(results: Results) -> Figure | None:
-    gamma, abl, nos = results.get("gamma"), results.get("palette-ablation"), results.get("no-stages-1-2")
+    gamma, abl = results.get("gamma"), results.get("palette-ablation")
+    nos = results.get("no-stages-1-2_shapes") or results.get("no-stages-1-2")  # _shapes: run on the shipped palette
     if not (gamma or abl or nos):
         return None
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1.1, 1.4, 0.8]})
@@ -469,9 +470,10 @@ def draw_ablations(results: Results) -> Figure | None:
         bx.legend(fontsize=7, loc="lower right")
         bx.grid(alpha=0.3, axis="y")
     if nos:
-        s = nos["results"]["summary"]
-        vals = [("maxnet\nMLFS", s["maxnet"]), ("stage-0\nteacher", s["stage0_teacher"]), ("minnet\nMLFS", s["minnet"]),
-                ("minnet\nno stages 1-2", s["minnet_without_stages_1_2"])]
+        rows = sorted(nos["results"]["rows"], key=lambda row: row["params_total"])
+        small, big = rows[0], rows[-1]
+        vals = [("maxnet\nMLFS", big["accuracy_all_stages"]), ("stage-0\nteacher", big["accuracy_stage0_only"]),
+                ("minnet\nMLFS", small["accuracy_all_stages"]), ("minnet\nno stages 1-2", small["accuracy_stage0_only"])]
         bars = cx.bar([v[0] for v in vals], [100 * v[1] for v in vals], color=["C0", "C1", "C0", "C7"])
         bar_labels(cx, bars)
         cx.set(ylim=(60, 90), ylabel="dev accuracy, %", title="stages 1-2 on/off")
@@ -510,7 +512,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("server-download", ("server-download",), draw_server_download),
     FigureSpec("server-replicas", ("server-replicas",), draw_server_replicas),
     FigureSpec("schemathesis", ("schemathesis",), draw_schemathesis),
-    FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2"), draw_ablations, per_file=False),
+    FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2*"), draw_ablations, per_file=False),
 )
 
 

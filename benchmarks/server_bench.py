@@ -353,23 +353,52 @@ async def hammer(url: str, body: dict, clients: int, requests: int) -> tuple[lis
         return times, time.perf_counter() - t0
 
 
+# The floor under any resolve: the same HTTP stack (uvicorn + FastAPI, JSON in and out) doing no work.
+TRIVIAL_APP = """
+import json, os, sys
+import uvicorn
+from fastapi import FastAPI
+app = FastAPI()
+ANSWER = json.loads(os.environ["TRIVIAL_ANSWER"])
+@app.get("/readyz")
+async def ready():
+    return {"status": "ok"}
+@app.post("/v1/resolve")
+async def resolve(body: dict):
+    return ANSWER
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+@contextmanager
+def trivial_server(answer: dict) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-c", TRIVIAL_APP, str(port)], f"{url}/readyz", env={"TRIVIAL_ANSWER": json.dumps(answer)}):
+        yield url
+
+
 @app.command("resolve")
 def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer.Option(help="Resolves per level.")] = 400,
             out_dir: OutOpt = RESULTS, quick: QuickOpt = False) -> None:
-    """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients."""
+    """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients, beside a trivial FastAPI
+    endpoint (same body, the same answer, no work) on the same machine, levels interleaved."""
     started = time.perf_counter()
     requests = min(requests, 64) if quick else requests
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2},
             "budget": {"max_memory_mb": 300, "seq_len": 64, "precision": "fp32"}}
-    rows = []
+    rows, trivial_rows = [], []
     with temp_store() as store, mlfs_server(store) as url:
         first = httpx.post(f"{url}/v1/resolve", json=body, timeout=600)  # the cold build, not measured
         first.raise_for_status()
-        asyncio.run(hammer(url, body, 4, 40))  # warm connections and code paths
-        for clients in (1, 4, 16, 64):
-            times, wall = asyncio.run(hammer(url, body, clients, requests))
-            rows.append({"clients": clients, "requests": len(times), "p50_ms": statistics.median(times),
-                         "p99_ms": percentile(times, 0.99), "per_second": len(times) / wall})
+        with trivial_server(first.json()) as trivial:
+            for target in (url, trivial):
+                asyncio.run(hammer(target, body, 4, 40))  # warm connections and code paths
+            for clients in (1, 4, 16, 64):
+                for target, out in ((url, rows), (trivial, trivial_rows)):
+                    times, wall = asyncio.run(hammer(target, body, clients, requests))
+                    out.append({"clients": clients, "requests": len(times), "p50_ms": statistics.median(times),
+                                "p99_ms": percentile(times, 0.99), "per_second": len(times) / wall})
     base = rows[0]
     table = Table("clients", "p50 ms", "p99 ms", "resolves/s", "p50 / 1-client p50", "throughput / 1-client",
                   title=f"warm POST /v1/resolve ({model}; server and clients share this machine)")
@@ -377,8 +406,14 @@ def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer
         table.add_row(str(r["clients"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['per_second']:.0f}",
                       f"{r['p50_ms'] / base['p50_ms']:.2f}x", f"{r['per_second'] / base['per_second']:.2f}x")
     console.print(table)
+    for r, t in zip(rows, trivial_rows):
+        console.print(f"{r['clients']:>2} clients: trivial FastAPI p50 {t['p50_ms']:.2f} ms, {t['per_second']:.0f}/s; "
+                      f"mlfs throughput {r['per_second'] / t['per_second']:.2f}x the trivial endpoint's")
     finish("resolve", "warm resolve latency at 1-64 concurrent clients", {"model": model, "quick": quick, "body": body,
-           "requests_per_level": requests, "artifact": first.json()["config"]}, {"rows": rows}, started, out_dir,
+           "requests_per_level": requests, "artifact": first.json()["config"]}, {"rows": rows, "baseline": "trivial FastAPI endpoint (uvicorn, async, fixed answer)",
+           "baseline_rows": trivial_rows,
+           "throughput_vs_baseline": [r["per_second"] / t["per_second"] for r, t in zip(rows, trivial_rows)]},
+           started, out_dir,
            [f"cpu_count={os.cpu_count()}: clients and server compete for the same cores"])
 
 
