@@ -357,6 +357,45 @@ def draw_schemathesis(r: Record) -> Figure:
     return fig
 
 
+def draw_device_latency(r: Record) -> Figure:
+    res = r["results"]
+    rows = res["rows"]
+    threads = sorted({row["threads"] for row in rows})
+    seqs = sorted({row["seq_len"] for row in rows})
+    series = sorted({(row["config"], row["runtime"]) for row in rows},
+                    key=lambda cr: (("fp32", "int8", "eager").index(cr[1]) if cr[1] in ("fp32", "int8", "eager") else 9, cr[0]))
+    fig, axes = plt.subplots(1, len(threads) + 1, figsize=(5.5 * len(threads) + 4.5, 4.8), squeeze=False)
+    w = 0.8 / max(1, len(series))
+    for ax, th in zip(axes[0], threads):
+        for k, (config, runtime) in enumerate(series):
+            pts = {row["seq_len"]: row for row in rows if (row["threads"], row["config"], row["runtime"]) == (th, config, runtime)}
+            xs = [i + (k - (len(series) - 1) / 2) * w for i, s in enumerate(seqs) if s in pts]
+            p50 = [pts[s]["p50_ms"] for s in seqs if s in pts]
+            p95 = [pts[s]["p95_ms"] - pts[s]["p50_ms"] for s in seqs if s in pts]
+            hatch = {"int8": "//", "eager": ".."}.get(runtime)
+            ax.bar(xs, p50, w, yerr=[[0] * len(p95), p95], capsize=1.5, hatch=hatch, color=f"C{sorted({c for c, _ in series}).index(config)}",
+                   edgecolor="white", label=f"{config} {runtime}")
+        profiles = next((row["profiles"] for row in rows if row["threads"] == th), [])
+        ax.set_xticks(range(len(seqs)), [f"seq {s}" for s in seqs])
+        ax.set_yscale("log")
+        ax.set(ylabel="ms, batch 1 (bar p50, whisker p95)", title=f"{th} thread(s): {', '.join(profiles)}")
+        ax.grid(alpha=0.3, axis="y", which="both")
+    axes[0][0].legend(fontsize=6.5, ncol=3)
+    mx = axes[0][-1]
+    mem = res.get("memory") or {}
+    names = list(mem)
+    xs = range(len(names))
+    a = mx.bar([x - 0.2 for x in xs], [mem[n]["size_mb"] for n in names], 0.4, label="file MB")
+    b = mx.bar([x + 0.2 for x in xs], [mem[n]["resident_mb"] for n in names], 0.4, label="resident MB once loaded")
+    bar_labels(mx, a, "{:.0f}", 6)
+    bar_labels(mx, b, "{:.0f}", 6)
+    mx.set_xticks(list(xs), names, rotation=30, fontsize=7)
+    mx.set(ylabel="MB", title="memory per artifact (onnxruntime session + 1 pass)")
+    mx.legend(fontsize=7)
+    footer(fig, r)
+    return fig
+
+
 # ----- composite figures (several JSONs) ------------------------------------------------------------------------
 METHOD_STYLE = {  # marker, colour: the same in every panel
     "MLFS palette": ("o", "C0"),
@@ -506,6 +545,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("palette-ablation", ("palette-ablation",), draw_palette_ablation),
     FigureSpec("palette-quality", ("palette-quality",), draw_palette_quality),
     FigureSpec("latency", ("latency",), draw_latency),
+    FigureSpec("device-latency", ("device-latency",), draw_device_latency),
     FigureSpec("client-swap", ("client-swap",), draw_client_swap),
     FigureSpec("server-build", ("server-build",), draw_server_build),
     FigureSpec("server-resolve", ("server-resolve",), draw_server_resolve),

@@ -44,7 +44,7 @@ def assert_result(path: Path, benchmark: str, smoke: bool) -> dict:
     assert rec["environment"]["git"]["commit"] and rec["environment"]["cpu_count"]
     assert Path(rec["command"].split()[1]).name in {"mlfs_reference.py", "palette_quality.py", "server_bench.py",
                                                       "swap_bench.py", "latency_bench.py", "replicas_bench.py",
-                                                      "palette_ablation.py"}
+                                                      "palette_ablation.py", "device_latency.py"}
     assert_png(path.with_suffix(".png"))
     return rec
 
@@ -114,6 +114,7 @@ HEAVY = {
     "server-build": (["server_bench.py", "build"], "server-build", "server-build"),
     "client-swap": (["swap_bench.py"], "client-swap", "client-swap"),
     "latency": (["latency_bench.py"], "latency", "latency"),
+    "device-latency": (["device_latency.py"], "device-latency", "device-latency"),
     "replicas": (["replicas_bench.py"], "server-replicas", "server-replicas"),
     "palette-ablation": (["palette_ablation.py", "all"], "palette-ablation", "palette-ablation"),
 }
@@ -127,6 +128,6 @@ def test_heavy_benchmark_quick(name, tmp_path, prepared_teacher):
         pytest.skip(why)
     args, stem, benchmark = HEAVY[name]
     out = tmp_path / ("palette-ablation" if name == "palette-ablation" else "out")
-    extra = ["--store", str(tmp_path / "store")] if name == "latency" else []  # never the shared bench store
+    extra = ["--store", str(tmp_path / "store")] if "latency" in name else []  # never the shared bench stores
     run([str(BENCH / args[0]), *args[1:], "--quick", "--out-dir", str(out), *extra], timeout=1200)
     assert_result((out.parent if name == "palette-ablation" else out) / f"{stem}.json", benchmark, smoke=True)
