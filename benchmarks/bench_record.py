@@ -67,6 +67,9 @@ def write_result(out_dir: Path, stem: str, payload: dict[str, Any]) -> Path:
     path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {path}")
-    for png in render(out_dir, only_stem=stem):
+    failed: list[str] = []
+    for png in render(out_dir, only_stem=stem, failed=failed):
         console.print(f"wrote {png}")
+    for line in failed:  # the JSON is written either way; plots.py needs teaching the new layout
+        console.print(f"[red]figure not drawn[/] {line}")
     return path

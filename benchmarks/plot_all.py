@@ -18,11 +18,16 @@ from plots import render, unplotted
 def main(results: Annotated[Path, typer.Option(help="Folder of result JSONs; the PNGs go beside them.")] = RESULTS,
          palette: Annotated[Path, typer.Option(help="The palette whose quality is drawn.")] = PALETTE) -> None:
     write_palette_quality(results, palette, render_figures=False)
-    for png in render(results):
+    failed: list[str] = []
+    for png in render(results, failed=failed):
         console.print(f"wrote {png}")
     left = unplotted(results)
     if left:
         console.print(f"[yellow]no figure reads: {', '.join(left)}[/] (add a drawing to benchmarks/plots.py)")
+    for line in failed:
+        console.print(f"[red]figure not drawn[/] {line}")
+    if failed:
+        raise typer.Exit(1)
 
 
 if __name__ == "__main__":

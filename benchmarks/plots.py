@@ -563,12 +563,27 @@ def save(fig: Figure, path: Path) -> Path:
     return path
 
 
-def render(folder: Path, only_stem: str | None = None, out_dir: Path | None = None) -> list[Path]:
+def render(folder: Path, only_stem: str | None = None, out_dir: Path | None = None,
+           failed: list[str] | None = None) -> list[Path]:
     """Draw every figure of ``folder``'s results (or only those reading ``only_stem``); PNGs go beside the
-    JSONs unless ``out_dir`` is given. Returns the PNGs written."""
+    JSONs unless ``out_dir`` is given. Returns the PNGs written. A figure whose inputs it cannot read (a changed
+    JSON layout) raises, or, with ``failed`` given, is listed there and the others are still drawn."""
     results = Results(folder)
     out = Path(out_dir or folder)
     written = []
+
+    def attempt(name: str, draw: Callable[[], Figure | None]) -> None:
+        try:
+            fig = draw()
+        except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as err:
+            plt.close("all")
+            if failed is None:
+                raise
+            failed.append(f"{name}.png: {type(err).__name__}: {err}")
+            return
+        if fig is not None:
+            written.append(save(fig, out / f"{name}.png"))
+
     for spec in FIGURES:
         if only_stem is not None and not any(fnmatch.fnmatchcase(only_stem, p) for p in spec.inputs):
             continue
@@ -577,9 +592,9 @@ def render(folder: Path, only_stem: str | None = None, out_dir: Path | None = No
             for stem in stems:
                 record = results.get(stem)
                 if record is not None:
-                    written.append(save(spec.draw(record), out / f"{stem}.png"))
-        elif (fig := spec.draw(results)) is not None:
-            written.append(save(fig, out / f"{spec.name}.png"))
+                    attempt(stem, lambda spec=spec, record=record: spec.draw(record))
+        else:
+            attempt(spec.name, lambda spec=spec: spec.draw(results))
     return written
 
 
