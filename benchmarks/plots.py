@@ -64,7 +64,10 @@ def provenance(record: Record) -> str:
     commit = (git.get("commit") or "?")[:8] + ("+dirty" if git.get("dirty") else "")
     day = (record.get("finished_at") or "?")[:10]
     smoke = " · SMOKE (--quick/limits: not a result)" if record.get("smoke") else ""
-    return f"{record.get('benchmark', '?')}: {hardware(record)} · {day} · {commit}{smoke}"
+    env = record.get("environment") or {}
+    load = env.get("load_average_1_5_15") or env.get("load_average")
+    load = f" · load average {json.dumps(load).replace(' ', '')}" if load else ""
+    return f"{record.get('benchmark', '?')}: {hardware(record)}{load} · {day} · {commit}{smoke}"
 
 
 def footer(fig: Figure, *records: Record | None) -> None:
