@@ -110,10 +110,13 @@ def draw_full_ft(r: Record) -> Figure:
     fig, ax = plt.subplots(figsize=(7, 4))
     loss = res["train_loss"]
     ax.plot(range(1, len(loss) + 1), smooth(loss, 20), label="training loss (moving average 20)")
-    ax.set(xlabel="step", ylabel="training loss", title=f"{r['what']}: {r['settings']['config_label']}")
+    ax.set(xlabel="step", ylabel="training loss")
+    ax.set_title(f"{r['what']}\n{r['settings']['config_label']}", fontsize=10)
     acc = ax.twinx()
     acc.plot([e["step"] for e in res["per_epoch"]], [100 * e["dev_accuracy"] for e in res["per_epoch"]], "o-", color="C1",
              label="dev accuracy")
+    accs = [100 * e["dev_accuracy"] for e in res["per_epoch"]]
+    acc.set_ylim(min(accs) - 3, max(accs) + 1)  # a point's change reads as what it is
     acc.set_ylabel("dev accuracy, %")
     p = res["params"]
     ax.text(0.98, 0.95, f"{p['trainable_with_head']:,} trainable · {res['steps']} steps · {res['seconds_per_step']} s/step\n"
@@ -152,8 +155,9 @@ def draw_decoder(r: Record) -> Figure:
     if res.get("teacher_val_loss") is not None:
         ax.axhline(res["teacher_val_loss"], color="k", linestyle=":", label=f"full teacher ({res['teacher_val_loss']:.2f})")
     ax.set_yscale("log")
-    ax.set(xlabel="step", ylabel="next-token loss (log scale)",
-           title=f"{r['settings']['base']} {r['settings']['config_label']} on {r['settings']['data']}: sliced vs random init")
+    ax.set(xlabel="step", ylabel="next-token loss (log scale)")
+    ax.set_title(f"{r['settings']['base']} {r['settings']['config_label']}\non {r['settings']['data']}: sliced vs random init",
+                 fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     footer(fig, r)
