@@ -31,6 +31,9 @@ READABLE_FORMATS = ("mlfs-adapters/1", STACK_FORMAT)  # /1: low-rank pairs at on
 STACK_META = "adapter_config.json"
 STACK_WEIGHTS = "adapters.safetensors"
 REORDER_PREFIX = "reordering."
+_STACK_FIELDS = frozenset({  # the keys StackMeta reads; any other is kept in ``extra``
+    "format", "base_fingerprint", "base_dims", "num_labels", "rank", "alpha", "targets", "stages", "stage_ranks",
+    "vector_deltas", "head_deltas", "stage", "search_space", "reordered", "task", "data", "train_settings"})
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ class StackMeta:
             raise CheckpointError(f"{path}: format {found!r}, expected one of {list(READABLE_FORMATS)}")
         try:
             ranks = tuple(data.get("stage_ranks") or ())
-            uniform = len(set(ranks)) <= 1  # a /1 stack: one rank, low-rank pairs only
+            uniform = len(set(ranks)) <= 1  # equal ranks are ``rank`` for every stage; /1 stacks list none
             settings = AdapterSettings(data["rank"], tuple(data["targets"]), data["stages"], data.get("alpha"),
                                        stage_ranks=() if uniform else ranks,
                                        vectors=bool(data.get("vector_deltas", False)),
@@ -95,13 +98,12 @@ class StackMeta:
             task = data.get("task")
             if task is not None and task not in TASKS:
                 raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
-            known = {"format", "base_fingerprint", "base_dims", "num_labels", "rank", "alpha", "targets", "stages",
-                     "stage_ranks", "vector_deltas", "head_deltas", "stage", "search_space", "reordered", "task",
-                     "data", "train_settings"}
-            meta = cls(str(data["base_fingerprint"]), ModelDims.from_dict(data["base_dims"]), settings,
+            if not isinstance(data["base_fingerprint"], str):
+                raise TypeError(f"base_fingerprint must be a string, got {data['base_fingerprint']!r}")
+            meta = cls(data["base_fingerprint"], ModelDims.from_dict(data["base_dims"]), settings,
                        SearchSpace.from_dict(data["search_space"]), int(data.get("num_labels") or 0),
                        int(data.get("stage") or 0), bool(data["reordered"]), task, dict(data.get("data") or {}),
-                       dict(data.get("train_settings") or {}), {k: v for k, v in data.items() if k not in known},
+                       dict(data.get("train_settings") or {}), {k: v for k, v in data.items() if k not in _STACK_FIELDS},
                        data["format"])
         except KeyError as err:
             raise CheckpointError(f"{path}: not an adapter stack description (missing field {err})") from None

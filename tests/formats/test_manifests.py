@@ -73,7 +73,7 @@ def test_a_written_stack_reads_back_as_written(encoder_dims, tmp_path):
 @pytest.mark.parametrize("change", [
     {"base_fingerprint": None}, {"rank": None}, {"search_space": None}, {"reordered": None}, {"rank": "eight"},
     {"targets": ["nope"]}, {"targets": 5}, {"search_space": {"layers": [1]}}, {"base_dims": {"bogus": 1}},
-    {"task": "regression"}, {"format": "mlfs-adapters/9"},
+    {"task": "regression"}, {"format": "mlfs-adapters/9"}, {"base_fingerprint": 5}, {"data": "text"},
 ], ids=str)
 def test_a_malformed_stack_description_names_its_file(change, tmp_path):
     raw = json.loads((SHIPPED / "adapters" / STACK_META).read_text())
