@@ -49,6 +49,14 @@ class CachedArtifact:
     last_used: float = field(default_factory=time.time)
 
 
+def rank(row: CachedArtifact) -> tuple[float, float, bool, str]:
+    """The one order of cached artifacts (larger is better), the server's order where it can be: highest quality,
+    then the larger model, then fp32 over int8; the artifact id breaks what is still tied, so one cache and one
+    budget always give the same answer, whoever asks."""
+    quality = row.quality if row.quality is not None else float("-inf")
+    return (quality, row.memory_mb, row.precision == "fp32", row.artifact_id)
+
+
 def check_id(artifact_id: str) -> str:
     """Artifact ids are 64 hex digits: nothing from a server becomes a path outside the cache."""
     if not isinstance(artifact_id, str) or not ARTIFACT_ID.match(artifact_id):
@@ -89,6 +97,12 @@ class DeviceCache:
         with self._lock, self._index_lock():
             rows = [r for r in self._read().values() if (self.root / "artifacts" / r.artifact_id).is_dir()]
         return [r for r in rows if (model is None or r.model == model) and (server is None or r.server == server)]
+
+    def best_fit(self, model: str, server: str, memory_mb: float, precision: str = "auto") -> CachedArtifact | None:
+        """The best cached artifact of ``model`` from ``server`` within ``memory_mb`` (by ``rank``)."""
+        rows = [r for r in self.entries(model, server)
+                if r.memory_mb <= memory_mb and (precision == "auto" or r.precision == precision)]
+        return max(rows, key=rank, default=None)
 
     def get(self, artifact_id: str) -> CachedArtifact | None:
         check_id(artifact_id)

@@ -98,7 +98,9 @@ class Client:
         self._slot: _Slot | None = None
         self._cond = threading.Condition()
         self._gate_open = True
-        self._swap_lock = threading.RLock()
+        # held across one decision (read the budget, choose, swap): the monitor's thread, a manual switch or a
+        # manual monitor step never act on a budget another decision has made stale
+        self.swap_lock = threading.RLock()
         self.last_swap_at = 0.0
         self.monitor = None
 
@@ -178,11 +180,9 @@ class Client:
         return row
 
     def best_cached(self, memory_mb: float) -> CachedArtifact | None:
-        """The best cached artifact of this model that fits ``memory_mb``: highest quality, then largest."""
-        rows = [r for r in self.cache.entries(self.model_name, self.api.base_url) if r.memory_mb <= memory_mb]
-        if self.budget.precision != "auto":
-            rows = [r for r in rows if r.precision == self.budget.precision]
-        return max(rows, key=lambda r: (r.quality if r.quality is not None else float("-inf"), r.memory_mb), default=None)
+        """The best cached artifact of this model that fits ``memory_mb`` (``cache.rank``: quality, size, fp32,
+        then the artifact id)."""
+        return self.cache.best_fit(self.model_name, self.api.base_url, memory_mb, self.budget.precision)
 
     def choose(self, memory_mb: float, budget: Budget | None = None, reason: str = "") -> CachedArtifact:
         """Resolve and fetch; with the server unreachable, the best cached fit (an ``offline_fallback`` event)."""
@@ -217,7 +217,7 @@ class Client:
 
     def load(self) -> CachedArtifact:
         """Make sure a model is loaded (the first call does this on its own); returns it."""
-        with self._swap_lock:
+        with self.swap_lock:
             for attempt in (1, 2):
                 if self._slot is not None:
                     break
@@ -235,16 +235,17 @@ class Client:
         if isinstance(budget, (int, float)):
             budget = Budget(max_memory_mb=float(budget), max_latency_ms=self.budget.max_latency_ms,
                             seq_len=self.budget.seq_len, batch_size=self.budget.batch_size, precision=self.budget.precision)
-        if budget is not None:
-            self.budget = budget
-        started = time.perf_counter()
-        row = self.choose(self.memory_budget_mb(), reason=reason)
-        return self.swap_to(row, reason, started)
+        with self.swap_lock:
+            if budget is not None:
+                self.budget = budget
+            started = time.perf_counter()
+            row = self.choose(self.memory_budget_mb(), reason=reason)
+            return self.swap_to(row, reason, started)
 
     def swap_to(self, row: CachedArtifact, reason: str, started: float | None = None) -> Event | None:
         """Load ``row`` and make it answer calls; in-flight calls finish on the old model."""
         started = started if started is not None else time.perf_counter()
-        with self._swap_lock:
+        with self.swap_lock:
             old = self._slot
             if old is not None and old.row.artifact_id == row.artifact_id:
                 self.cache.touch(row.artifact_id)

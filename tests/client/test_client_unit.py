@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from client_sdk import CachedArtifact, CacheError, DeviceCache, IntegrityError, Probe, SimulatedProbe
+from client_sdk.cache import rank
 from client_sdk.probe import read_cgroup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,3 +124,24 @@ def test_artifact_ids_cannot_name_paths(tmp_path):
     for bad in ("../" + "a" * 61, "A" * 64, "a" * 63):
         with pytest.raises(CacheError):
             cache.folder(bad)
+
+
+def test_the_best_cached_fit_is_one_order_with_a_deterministic_tie_break(tmp_path):
+    cache = DeviceCache(tmp_path)
+
+    def row(c: str, memory_mb: float, quality: float | None, precision: str = "fp32") -> CachedArtifact:
+        r = stage(cache, c * 64, 10)
+        r.memory_mb, r.quality, r.precision = memory_mb, quality, precision
+        return r
+
+    rows = [row("1", 20.0, 0.8), row("2", 30.0, 0.9), row("3", 30.0, 0.9), row("4", 40.0, 0.7),
+            row("5", 30.0, 0.9, "int8"), row("6", 60.0, None)]
+    for r in rows[::-1]:  # installed in reverse: the order of the index must not matter
+        cache.install(r)
+    best = cache.best_fit("m", "http://s", 50.0)
+    assert best is not None and best.artifact_id == "3" * 64  # quality, then size, then fp32, then the id
+    assert best.artifact_id == max(rows[:5], key=rank).artifact_id
+    assert cache.best_fit("m", "http://s", 50.0, precision="int8").artifact_id == "5" * 64
+    assert cache.best_fit("m", "http://s", 25.0).artifact_id == "1" * 64
+    assert cache.best_fit("m", "http://s", 10.0) is None
+    assert cache.best_fit("m", "http://other", 50.0) is None
