@@ -50,6 +50,7 @@ class _Slot:
     handle: ModelHandle | None
     refs: int = 0
     retired: bool = False
+    awaited: bool = False  # a swap thread waits to free this slot's session once its calls drain
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -78,6 +79,8 @@ class Client:
     estimate is added back (False for probes that report memory for the model itself, like simulations);
     ``battery_scale``: memory budget factor on battery (smaller models draw less power).
     """
+
+    DRAIN_WAIT_S = 5.0  # how long a swap waits for the old model's calls before leaving its release to them
 
     def __init__(self, server: str, model: str, *, probe: ProbeFn | None = None, budget: Budget = Budget(),
                  cache_dir: str | Path | None = None, disk_budget_mb: float = 2048,
@@ -262,8 +265,8 @@ class Client:
                         self._slot = _Slot(row, handle)
                         if old is not None:
                             old.retired = True
-                            if old.refs == 0:
-                                self._free(old)
+                    if old is not None:
+                        self._release_drained(old)
                 else:
                     handle = self._sequential(old, row)
             except (ClientError, OSError, RuntimeError) as err:
@@ -292,7 +295,8 @@ class Client:
             while old.refs:
                 self._cond.wait()
             old.retired = True
-            self._free(old, release=False)  # keep it held: it is the fallback if the new one fails
+            dropped = self._detach(old, release=False)  # keep it held: it is the fallback if the new one fails
+        del dropped  # the old session goes here, outside the lock
         gc.collect()
         new = None
         try:
@@ -310,10 +314,26 @@ class Client:
         self.cache.release(old.row.artifact_id)
         return handle
 
-    def _free(self, slot: _Slot, release: bool = True) -> None:
-        slot.handle = None  # drops the onnxruntime session (and its memory) once no call holds it
-        if release:
+    def _detach(self, slot: _Slot, release: bool = True) -> ModelHandle | None:
+        """Take a drained slot's handle (under ``_cond``); the caller drops it after leaving the lock: tearing an
+        onnxruntime session down takes 10-30 ms with the GIL held, no call should wait for it under the lock."""
+        handle, slot.handle = slot.handle, None
+        if release and handle is not None:
             self.cache.release(slot.row.artifact_id)
+        return handle
+
+    def _release_drained(self, old: _Slot) -> None:
+        """After an overlap swap, on the swapping thread: wait (a while) for the calls still on the old model to
+        finish and free its session here, not in the last call's return path. A call running past
+        ``DRAIN_WAIT_S`` (a long generate) frees it itself when it returns."""
+        deadline = time.monotonic() + self.DRAIN_WAIT_S
+        with self._cond:
+            old.awaited = True
+            while old.refs and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            old.awaited = False
+            handle = self._detach(old) if old.refs == 0 else None
+        del handle
 
     @contextmanager
     def _lease(self) -> Iterator[_Slot]:
@@ -334,10 +354,10 @@ class Client:
             with self._cond:
                 slot.latencies_ms.append(elapsed)
                 slot.refs -= 1
+                handle = self._detach(slot) if slot.refs == 0 and slot.retired and not slot.awaited else None
                 if slot.refs == 0:
-                    if slot.retired and slot.handle is not None:
-                        self._free(slot)
                     self._cond.notify_all()
+            del handle  # only when no swap thread waits to free it (a closed client, or a call past DRAIN_WAIT_S)
 
     # ----- running ------------------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -413,10 +433,12 @@ class Client:
         self.stop_monitor()
         with self._cond:
             slot, self._slot = self._slot, None
+            handle = None
             if slot is not None:
                 slot.retired = True
-                if slot.refs == 0 and slot.handle is not None:
-                    self._free(slot)
+                if slot.refs == 0:
+                    handle = self._detach(slot)
+        del handle
         self.api.close()
 
     def __enter__(self) -> Client:
