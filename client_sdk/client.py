@@ -19,11 +19,13 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import os
 import statistics
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +79,8 @@ class Client:
     ``Authorization: Bearer`` (telemetry may require it); ``headroom_mb``: memory left free for everything
     else; ``count_loaded_model``: the probe's free memory excludes the loaded model, so the model's own
     estimate is added back (False for probes that report memory for the model itself, like simulations);
-    ``battery_scale``: memory budget factor on battery (smaller models draw less power).
+    ``battery_scale``: memory budget factor on battery (smaller models draw less power); ``load_nice``: how much
+    lower the OS priority of a background swap's model load is (Linux; 0 keeps it equal to the calls').
     """
 
     DRAIN_WAIT_S = 5.0  # how long a swap waits for the old model's calls before leaving its release to them
@@ -88,7 +91,7 @@ class Client:
                  threads: int | None = None, headroom_mb: float = 0.0, count_loaded_model: bool = True,
                  battery_scale: float = 0.5, swap_strategy: Literal["auto", "overlap", "sequential"] = "auto",
                  resolve_wait_s: float = 300.0, backoff: Backoff = Backoff(), progress: Progress | None = None,
-                 events: EventBus | None = None) -> None:
+                 events: EventBus | None = None, load_nice: int = 10) -> None:
         self.model_name, self.budget = model, budget
         self.api = ServerAPI(server, transport=transport, device_token=device_token, backoff=backoff)
         self.cache = DeviceCache(Path(cache_dir) if cache_dir is not None else None, disk_budget_mb)
@@ -96,7 +99,7 @@ class Client:
         self.events = events or EventBus()
         self.threads, self.headroom_mb, self.count_loaded_model = threads, headroom_mb, count_loaded_model
         self.battery_scale, self.swap_strategy = battery_scale, swap_strategy
-        self.resolve_wait_s, self.progress = resolve_wait_s, progress
+        self.resolve_wait_s, self.progress, self.load_nice = resolve_wait_s, progress, load_nice
         self.offline = False
         self._slot: _Slot | None = None
         self._cond = threading.Condition()
@@ -211,12 +214,20 @@ class Client:
     def _threads(self) -> int:
         return self.threads or max(1, self.probe().cpu_count)
 
-    def _open(self, row: CachedArtifact, manifest: dict[str, Any] | None = None) -> ModelHandle:
+    def _open(self, row: CachedArtifact, manifest: dict[str, Any] | None = None, background: bool = False) -> ModelHandle:
+        """Verify, load and smoke-test ``row``. ``background``: calls run meanwhile (an overlap swap), so the load
+        runs at a lower OS priority (``load_nice``): building a session takes a core for 0.2-1 s, and on a
+        device without a spare one the calls, not the load, should get it."""
         if manifest is None:
             manifest = self.cache.verified_manifest(row.artifact_id)  # a tampered or truncated file stops here
-        handle = ModelHandle(self.cache.folder(row.artifact_id), manifest, row.artifact_id, self._threads())
-        handle.smoke()
-        return handle
+        threads = self._threads()
+
+        def load() -> ModelHandle:
+            handle = ModelHandle(self.cache.folder(row.artifact_id), manifest, row.artifact_id, threads)
+            handle.smoke()
+            return handle
+
+        return _low_priority(load, self.load_nice) if background else load()
 
     def load(self) -> CachedArtifact:
         """Make sure a model is loaded (the first call does this on its own); returns it."""
@@ -260,7 +271,7 @@ class Client:
             load_start = time.perf_counter()
             try:
                 if overlap:
-                    handle = self._open(row)
+                    handle = self._open(row, background=old is not None)
                     with self._cond:
                         self._slot = _Slot(row, handle)
                         if old is not None:
@@ -446,6 +457,33 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _low_priority(fn: Callable[[], Any], nice: int) -> Any:
+    """``fn()`` on a helper thread whose OS priority is ``nice`` steps lower (Linux schedules threads one by one;
+    elsewhere, or with ``nice`` 0, it runs at the caller's priority). The thread ends with ``fn``: a lowered
+    priority cannot be raised back without privileges."""
+    if nice <= 0 or not sys.platform.startswith("linux"):
+        return fn()
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            tid = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+        except OSError as err:
+            log.debug("could not lower the load thread's priority: %s", err)
+        try:
+            out["value"] = fn()
+        except BaseException as err:  # handed to the caller's thread below
+            out["error"] = err
+
+    thread = threading.Thread(target=run, name="mlfs-load", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
 
 
 def _describe(config: dict[str, Any]) -> str:

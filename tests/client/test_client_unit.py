@@ -195,3 +195,25 @@ def test_a_flipped_replaced_or_re_manifested_file_is_hashed_again(tmp_path):
             (folder / "manifest.json").write_text(json.dumps(manifest))
         with pytest.raises(IntegrityError):
             cache.verified_manifest(artifact_id)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_a_background_load_runs_at_a_lower_priority_and_hands_errors_back():
+    import threading
+
+    from client_sdk.client import _low_priority
+    from client_sdk.errors import ModelError
+
+    def own() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = own()
+    assert _low_priority(own, 3) == min(19, before + 3)
+    assert own() == before  # the calling thread keeps its priority
+    assert _low_priority(own, 0) == before
+
+    def broken():
+        raise ModelError("smoke failed")
+
+    with pytest.raises(ModelError, match="smoke failed"):
+        _low_priority(broken, 3)
