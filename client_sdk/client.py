@@ -19,13 +19,11 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 import statistics
-import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +38,7 @@ from .errors import CacheError, ClientError, IntegrityError, ModelError, NoFitEr
 from .events import Event, EventBus
 from .latency import synthetic_inputs
 from .model import Generation, ModelHandle, Prediction
+from .priority import at_lower_priority
 from .probe import DeviceReport, Probe, ProbeFn
 from .server_api import Backoff, Progress, Resolution, ServerAPI
 
@@ -80,7 +79,8 @@ class Client:
     else; ``count_loaded_model``: the probe's free memory excludes the loaded model, so the model's own
     estimate is added back (False for probes that report memory for the model itself, like simulations);
     ``battery_scale``: memory budget factor on battery (smaller models draw less power); ``load_nice``: how much
-    lower the OS priority of a background swap's model load is (Linux; 0 keeps it equal to the calls').
+    lower the OS priority of a swap's work is while calls go on, its download and (overlapping) model load
+    (Linux; 0 keeps it equal to the calls'; a sequential swap's load, which calls wait for, keeps theirs).
     """
 
     DRAIN_WAIT_S = 5.0  # how long a swap waits for the old model's calls before leaving its release to them
@@ -150,10 +150,16 @@ class Client:
         return res
 
     def fetch(self, res: Resolution) -> CachedArtifact:
-        """The artifact in the device cache, downloaded (resumably) and verified if it is not there yet."""
+        """The artifact in the device cache, downloaded (resumably) and verified if it is not there yet. While a
+        model serves calls, the download (receive, hash, write) runs ``load_nice`` steps lower than they do."""
         row = self.cache.get(res.artifact_id)
         if row is not None:
             return row
+        if self._slot is not None:
+            return at_lower_priority(lambda: self._download(res), self.load_nice)
+        return self._download(res)
+
+    def _download(self, res: Resolution) -> CachedArtifact:
         start = time.perf_counter()
         self.cache.hold(res.artifact_id)  # not evicted while staging, nor by another install meanwhile
         try:
@@ -227,7 +233,7 @@ class Client:
             handle.smoke()
             return handle
 
-        return _low_priority(load, self.load_nice) if background else load()
+        return at_lower_priority(load, self.load_nice) if background else load()
 
     def load(self) -> CachedArtifact:
         """Make sure a model is loaded (the first call does this on its own); returns it."""
@@ -457,33 +463,6 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _low_priority(fn: Callable[[], Any], nice: int) -> Any:
-    """``fn()`` on a helper thread whose OS priority is ``nice`` steps lower (Linux schedules threads one by one;
-    elsewhere, or with ``nice`` 0, it runs at the caller's priority). The thread ends with ``fn``: a lowered
-    priority cannot be raised back without privileges."""
-    if nice <= 0 or not sys.platform.startswith("linux"):
-        return fn()
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            tid = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-        except OSError as err:
-            log.debug("could not lower the load thread's priority: %s", err)
-        try:
-            out["value"] = fn()
-        except BaseException as err:  # handed to the caller's thread below
-            out["error"] = err
-
-    thread = threading.Thread(target=run, name="mlfs-load", daemon=True)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
 
 
 def _describe(config: dict[str, Any]) -> str:

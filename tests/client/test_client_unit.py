@@ -198,22 +198,28 @@ def test_a_flipped_replaced_or_re_manifested_file_is_hashed_again(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
-def test_a_background_load_runs_at_a_lower_priority_and_hands_errors_back():
+def test_background_work_runs_at_a_lower_priority_and_hands_errors_back():
     import threading
 
-    from client_sdk.client import _low_priority
     from client_sdk.errors import ModelError
+    from client_sdk.priority import at_lower_priority, lower_this_thread
 
     def own() -> int:
         return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
 
-    before = own()
-    assert _low_priority(own, 3) == min(19, before + 3)
+    before = own()  # the process's (pytest's main thread)
+    assert at_lower_priority(own, 3) == min(19, before + 3)
     assert own() == before  # the calling thread keeps its priority
-    assert _low_priority(own, 0) == before
+    assert at_lower_priority(own, 0) == before
+
+    def lowered_twice() -> int:  # a helper started from an already lowered thread does not go lower still
+        lower_this_thread(3)
+        return at_lower_priority(own, 3)
+
+    assert at_lower_priority(lowered_twice, 3) == min(19, before + 3)
 
     def broken():
         raise ModelError("smoke failed")
 
     with pytest.raises(ModelError, match="smoke failed"):
-        _low_priority(broken, 3)
+        at_lower_priority(broken, 3)
