@@ -221,7 +221,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> str | None:
 @app.command()
 def main(model: Annotated[str, typer.Option(help="served model of the default store")] = "minilm-sentiment",
          steady_s: Annotated[float, typer.Option(help="seconds of steady calls around each swap")] = 5.0,
-         rounds: Annotated[int, typer.Option(help="first-predict vs download rounds")] = 3,
+         rounds: Annotated[int, typer.Option(help="first-predict vs download rounds")] = 5,
          strategies: Annotated[list[str] | None, typer.Option("--strategy", help="auto (sequential down) and/or overlap")] = None,
          server_nice: Annotated[int, typer.Option(help="niceness of the server process (0: same priority as the device)")] = 10,
          store: Annotated[Path | None, typer.Option(help="an existing store holding the model (default: a fresh copy of the "

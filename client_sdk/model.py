@@ -101,14 +101,30 @@ class ModelHandle:
         self.labels: list[str] | None = device.get("labels")
         if self.labels is None and dims.get("num_labels"):
             self.labels = [f"LABEL_{i}" for i in range(dims["num_labels"])]
-        self.session = open_session(self.folder / "model.onnx", threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
         tok_path = self.folder / "tokenizer.json"
         if not tok_path.is_file():
             raise ModelError(f"artifact {artifact_id[:12]} has no tokenizer.json; it cannot take text")
         sha256 = (manifest.get("files") or {}).get("tokenizer.json", {}).get("sha256")  # the cache verified the file
-        self.tokenizer = _TOKENIZERS.get(tok_path, sha256, self.family, self.max_len, int(self.pad_id))
+        # the tokenizer is parsed (GIL held) while onnxruntime builds the session (GIL released): in parallel
+        tokenizer: dict[str, Any] = {}
+
+        def parse() -> None:
+            try:
+                tokenizer["value"] = _TOKENIZERS.get(tok_path, sha256, self.family, self.max_len, int(self.pad_id))
+            except Exception as err:  # re-raised below, on the loading thread
+                tokenizer["error"] = err
+
+        parser = threading.Thread(target=parse, name="mlfs-tokenizer", daemon=True)
+        parser.start()
+        try:
+            self.session = open_session(self.folder / "model.onnx", threads)
+        finally:
+            parser.join()
+        if "error" in tokenizer:
+            raise tokenizer["error"]
+        self.tokenizer = tokenizer["value"]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     # ----- encoders -----------------------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
