@@ -145,8 +145,8 @@ def gather(results_dir: Path, palette_dir: Path) -> tuple[dict[str, Any], list[s
 
 
 def ratios(points, teacher_shape, minnet_shape, by_shape, profiles) -> list[dict[str, Any]]:
-    """Per shape of interest (minnet, teacher): size and latency against the teacher's shape; MLFS accuracy
-    minus each method's (mean over its runs of that shape, in points)."""
+    """Per shape of interest (the minnet, every palette shape a baseline was trained at, the teacher's): size and
+    latency against the teacher's shape; MLFS accuracy minus each method's (mean over its runs there, in points)."""
     def mean_acc(method, shape):
         accs = [p["accuracy"] for p in points if p["method"] == method and p["shape"] == shape]
         return sum(accs) / len(accs) if accs else None
@@ -156,7 +156,9 @@ def ratios(points, teacher_shape, minnet_shape, by_shape, profiles) -> list[dict
            for name in profiles}
     teacher_ft = mean_acc(TEACHER_FT, teacher_shape)
     rows = []
-    for shape in (minnet_shape, teacher_shape):
+    trained = {p["shape"] for p in points if p["method"] in (SHAPE_FT, RANDOM, KD) and p["shape"] in by_shape}
+    shapes = sorted({minnet_shape, teacher_shape} | trained, key=lambda sh: by_shape[sh]["params_total"])
+    for shape in shapes:
         c = by_shape[shape]
         mlfs = mean_acc(MLFS, shape)
         row = {"shape": shape, "mlfs_accuracy": mlfs,
