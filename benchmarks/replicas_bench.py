@@ -23,7 +23,6 @@ import contextlib
 import itertools
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -36,7 +35,7 @@ import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
-from server_bench import RESULTS, TOKEN, finish, free_port, hammer, temp_store
+from server_bench import RESULTS, TOKEN, finish, hammer, temp_store
 
 from server.store import load_models, write_models
 
@@ -61,38 +60,6 @@ def database(url: str | None):
         raise typer.BadParameter(f"give --database-url: {pg_cluster.missing()}")
     with pg_cluster.cluster() as admin:
         yield pg_cluster.fresh_database(admin)
-
-
-class Replica:
-    def __init__(self, store: Path, database_url: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "MLFS_DATABASE_URL": database_url, "MLFS_OPERATOR_TOKEN": TOKEN,
-               "MLFS_BUILD_WAIT_S": "600", "MLFS_LEASE_S": str(LEASE_S), "MLFS_CLAIM_POLL_S": "0.2"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--store", str(store), "--port",
-                                      str(self.port)], env=env,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def wait(self, timeout: float = 600) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica on port {self.port} exited with {self.proc.returncode}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"replica on port {self.port} not ready after {timeout} s")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
 
 
 def commits(database_url: str) -> int:
@@ -126,15 +93,20 @@ def throughput(model: Annotated[str, typer.Option(help="Served model of the defa
          clients: Annotated[int, typer.Option(help="Concurrent clients (divisible by 3).")] = 24,
          database_url: Annotated[str | None, typer.Option(help="An empty PostgreSQL database (default: throwaway).")] = None,
          out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS) -> None:
+    """Warm resolve throughput on 1 vs 3 replicas, PostgreSQL statements per resolve, takeover after kill -9."""
     started = time.perf_counter()
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2}, "budget": WARM}
+    from helpers.replicas import Replica
+
+    env = {"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "600", "MLFS_LEASE_S": str(LEASE_S),
+           "MLFS_CLAIM_POLL_S": "0.2"}
     with database(database_url) as db, temp_store() as store, ExitStack() as stack:
         write_models(store, {model: load_models(store)[model]})  # serve only the measured model: faster starts
         replicas = []
-        for _ in range(3):  # one at a time: three model loads at once only slow each other down
-            replica = Replica(store, db)
+        for i in range(3):  # one at a time: three model loads at once only slow each other down
+            replica = Replica(store, db, store, i, env)  # its log in the (temporary) store folder
             stack.callback(replica.stop)
-            replica.wait()
+            replica.wait_ready(time.time() + 600)
             replicas.append(replica)
         urls = [r.url for r in replicas]
         httpx.post(f"{urls[0]}/v1/resolve", json=body, timeout=900).raise_for_status()  # the cold build
@@ -218,7 +190,10 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
         replicas = start_replicas(store, db, Path(logs), 3, env, timeout_s=900)
         try:
             urls = [r.url for r in replicas]
-            Balancer(urls, Stats(), max_wait_s=900).fetch(body)  # the cold build of the warm config
+            first = Stats()
+            Balancer(urls, first, max_wait_s=900).fetch(body)  # the cold build of the warm config
+            if first.failures:
+                raise RuntimeError(f"the warm config could not be fetched: {first.failures}")
             phase = {"stats": Stats()}
             stop = threading.Event()
 
@@ -227,6 +202,7 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
                 for i in itertools.count():
                     if stop.is_set():
                         break
+                    client.stats = phase["stats"]  # the phase this operation counts in
                     client.fetch(body, model=i % model_every == 0)
                     time.sleep(pace_s)
                 client.close()
