@@ -248,9 +248,14 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
     results = {"steady": {**steady.summary(), "seconds": steady_s}, "rolling": {**during.summary(), "seconds": rolling_s},
                "restarts": restarts, "failure_examples": during.failures[:5] + steady.failures[:5]}
     table = Table("measure", "steady", "rolling restart", title=f"{devices} devices through a balancer over 3 replicas")
-    for key in ("requests", "downloads", "failures", "failovers", "p50_ms", "p99_ms", "max_ms", "longest_wait_s"):
-        a, b = results["steady"][key], results["rolling"][key]
-        table.add_row(key, *(f"{x:.1f}" if isinstance(x, float) else str(x) for x in (a, b)))
+    for key in ("requests", "downloads", "failures", "failovers", "longest_retry_after_wait_s"):
+        table.add_row(key, *(str(results[phase][key]) for phase in ("steady", "rolling")))
+    rows = [(f"{kind} p50 / p99 / max ms", results["steady"]["latency"].get(kind, {}), results["rolling"]["latency"].get(kind, {}))
+            for kind in ("resolve", "manifest", "model")]
+    rows.append(("operation (resolve to verified) p50 / p99 / max ms", results["steady"]["operation"],
+                 results["rolling"]["operation"]))
+    for label, a, b in rows:
+        table.add_row(label, *(f"{x.get('p50_ms')} / {x.get('p99_ms')} / {x.get('max_ms')}" for x in (a, b)))
     table.add_row("statuses", str(results["steady"]["statuses"]), str(results["rolling"]["statuses"]))
     console.print(table)
     finish("replicas-rolling", "replicas: a rolling restart (SIGTERM, one at a time) under load, against a steady phase",

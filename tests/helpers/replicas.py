@@ -99,11 +99,13 @@ def start_replicas(store: Path, database_url: str, logs: Path, n: int, env: dict
 
 @dataclass
 class Stats:
-    """What the clients of a ``Balancer`` saw: every answered request's latency, each operation's longest wait
-    (time spent sleeping on Retry-After or failing over), failovers by cause, and failures (should be none)."""
+    """What the clients of a ``Balancer`` saw: every answered request's latency, each operation's time (resolve to
+    verified download, failovers and Retry-After sleeps included) and its Retry-After sleeps, failovers by cause,
+    and failures (should be none)."""
 
-    latencies: list[float] = field(default_factory=list)  # seconds, per request that got an answer
-    waits: list[float] = field(default_factory=list)  # seconds, per completed operation: its retry sleeps
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # route kind -> seconds, per answered request
+    waits: list[float] = field(default_factory=list)  # seconds, per completed operation: its Retry-After sleeps
+    durations: list[float] = field(default_factory=list)  # seconds, per completed operation: start to verified
     statuses: dict[int, int] = field(default_factory=dict)
     failovers: list[tuple[int, str]] = field(default_factory=list)  # (replica index, error type)
     failures: list[str] = field(default_factory=list)
@@ -112,13 +114,17 @@ class Stats:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def summary(self) -> dict:
-        lat = sorted(self.latencies)
-        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else None  # noqa: E731
-        return {"requests": len(lat), "operations": len(self.waits), "downloads": self.downloads,
-                "failures": len(self.failures), "statuses": dict(sorted(self.statuses.items())),
-                "failovers": len(self.failovers), "failover_causes": sorted({c for _, c in self.failovers}),
-                "p50_ms": p(0.5) and p(0.5) * 1000, "p99_ms": p(0.99) and p(0.99) * 1000,
-                "max_ms": lat[-1] * 1000 if lat else None, "longest_wait_s": max(self.waits, default=0.0),
+        def ms(values: list[float]) -> dict:
+            v = sorted(values)
+            at = lambda q: round(v[min(len(v) - 1, int(q * len(v)))] * 1000, 1)  # noqa: E731
+            return {"n": len(v), "p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": round(v[-1] * 1000, 1)} if v else {"n": 0}
+
+        return {"requests": sum(len(v) for v in self.latencies.values()), "operations": len(self.durations),
+                "downloads": self.downloads, "failures": len(self.failures),
+                "statuses": dict(sorted(self.statuses.items())), "failovers": len(self.failovers),
+                "failover_causes": sorted({c for _, c in self.failovers}),
+                "latency": {kind: ms(v) for kind, v in sorted(self.latencies.items())},
+                "operation": ms(self.durations), "longest_retry_after_wait_s": max(self.waits, default=0.0),
                 "artifacts": len(self.artifacts)}
 
 
@@ -138,7 +144,9 @@ class Balancer:
         self.http.close()
 
     def _send(self, method: str, path: str, **kwargs) -> httpx.Response:
-        """One request through the balancer: the first replica that answers other than 503 (or the last 503)."""
+        """One request through the balancer: the first replica that answers other than 503 (or the last 503).
+        Its latency counts under the route (resolve, manifest, model), per replica tried."""
+        kind = "resolve" if method == "POST" else "manifest" if path.endswith("/manifest") else "model"
         start = next(self._next)
         answer = None
         for i in range(len(self.urls)):
@@ -151,7 +159,7 @@ class Balancer:
                     self.stats.failovers.append((index, type(err).__name__))
                 continue
             with self.stats.lock:
-                self.stats.latencies.append(time.perf_counter() - t0)
+                self.stats.latencies.setdefault(kind, []).append(time.perf_counter() - t0)
                 self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
             if r.status_code != 503:
                 return r
@@ -203,6 +211,7 @@ class Balancer:
                     raise AssertionError(f"model.onnx of {answer['artifact_id'][:12]} differs from its manifest")
             with self.stats.lock:
                 self.stats.waits.append(waited + w2 + w3)
+                self.stats.durations.append(time.perf_counter() - t0)
                 self.stats.downloads += model
                 self.stats.artifacts.add(answer["artifact_id"])
         except Exception as err:  # every failure is counted and reported
