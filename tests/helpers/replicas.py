@@ -161,6 +161,8 @@ class Balancer:
             with self.stats.lock:
                 self.stats.latencies.setdefault(kind, []).append(time.perf_counter() - t0)
                 self.stats.statuses[r.status_code] = self.stats.statuses.get(r.status_code, 0) + 1
+            if r.status_code in (202, 503) and "retry-after" not in r.headers:
+                raise AssertionError(f"{r.status_code} without Retry-After from {self.urls[index]}{path}: {r.text[:200]}")
             if r.status_code != 503:
                 return r
             answer = r
