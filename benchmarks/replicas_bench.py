@@ -179,7 +179,7 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
     """Requests, failures, latency and waits during a rolling restart of 3 replicas, against a steady phase."""
     import tempfile
 
-    from helpers.replicas import Balancer, Stats, start_replicas
+    from helpers.replicas import Balancer, Stats, start_replicas, stop_all
 
     started = time.perf_counter()
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2}, "budget": WARM}
@@ -243,8 +243,7 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
                 t.join(timeout=600)
             during = phase["stats"]
         finally:
-            for r in replicas:
-                r.stop()
+            stop_all(replicas)
     results = {"steady": {**steady.summary(), "seconds": steady_s}, "rolling": {**during.summary(), "seconds": rolling_s},
                "restarts": restarts, "failure_examples": during.failures[:5] + steady.failures[:5]}
     table = Table("measure", "steady", "rolling restart", title=f"{devices} devices through a balancer over 3 replicas")

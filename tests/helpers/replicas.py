@@ -82,6 +82,15 @@ class Replica:
         return self.proc.returncode
 
 
+def stop_all(replicas: list[Replica]) -> None:
+    """SIGTERM to every replica at once (each drains on its own), then wait for each."""
+    for r in replicas:
+        if r.proc.poll() is None:
+            r.proc.terminate()
+    for r in replicas:
+        r.stop()
+
+
 def start_replicas(store: Path, database_url: str, logs: Path, n: int, env: dict[str, str],
                    timeout_s: float = 600) -> list[Replica]:
     """``n`` replicas, all ready (three processes importing torch on a busy 2-core machine take a while)."""
@@ -91,8 +100,7 @@ def start_replicas(store: Path, database_url: str, logs: Path, n: int, env: dict
         for r in replicas:
             r.wait_ready(deadline)
     except BaseException:
-        for r in replicas:
-            r.stop()
+        stop_all(replicas)
         raise
     return replicas
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from helpers.replicas import start_replicas
+from helpers.replicas import start_replicas, stop_all
 from helpers.store import TOKEN, make_store
 
 LEASE_S = 5.0  # short for the kill test, long enough that a starved builder on a busy machine keeps its claim
@@ -35,8 +35,7 @@ def cluster(tmp_path_factory, pg_admin):
     try:
         yield store, url, replicas
     finally:
-        for r in replicas:
-            r.stop()
+        stop_all(replicas)
 
 
 def body(max_memory_mb: float) -> dict:

@@ -14,7 +14,7 @@ import time
 import httpx
 import psycopg
 import pytest
-from helpers.replicas import Balancer, Stats, start_replicas
+from helpers.replicas import Balancer, Stats, start_replicas, stop_all
 from helpers.store import TOKEN, make_store
 
 LEASE_S = 5.0
@@ -124,5 +124,4 @@ def test_a_rolling_restart_under_load_fails_no_request_that_follows_the_protocol
         assert stats.failures == []
     finally:
         stop.set()
-        for r in replicas:
-            r.stop()
+        stop_all(replicas)
