@@ -351,6 +351,34 @@ def draw_server_replicas(r: Record) -> Figure:
     return fig
 
 
+def draw_server_replicas_rolling(r: Record) -> Figure:
+    res = r["results"]
+    phases = [ph for ph in ("steady", "rolling") if ph in res]
+    kinds = [k for k in ("resolve", "manifest", "model") if all(k in res[ph]["latency"] for ph in phases)] + ["operation"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    w = 0.8 / (2 * len(phases))
+    for i, ph in enumerate(phases):
+        lat = {**res[ph]["latency"], "operation": res[ph]["operation"]}
+        for j, q in enumerate(("p50_ms", "p99_ms")):
+            k = 2 * i + j
+            ax.bar([x + (k - (2 * len(phases) - 1) / 2) * w for x in range(len(kinds))], [lat[kind][q] for kind in kinds], w,
+                   color=f"C{i}", alpha=1.0 if q == "p50_ms" else 0.5, label=f"{ph} {q[:-3]}")
+    ax.set_xticks(range(len(kinds)), kinds)
+    ax.set_yscale("log")
+    ax.set(ylabel="ms", title="device requests: steady phase vs rolling restart (SIGTERM, one replica at a time)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    codes = sorted({c for ph in phases for c in res[ph]["statuses"]})
+    for i, ph in enumerate(phases):
+        bx.bar([x + (i - 0.5) * 0.4 for x in range(len(codes))], [res[ph]["statuses"].get(c, 0) for c in codes], 0.4,
+               color=f"C{i}", label=f"{ph}: {res[ph]['failures']} failed of {res[ph]['operations']} operations")
+    bx.set_xticks(range(len(codes)), codes)
+    bx.set(xlabel="HTTP status", ylabel="responses", title="statuses (503 = retry elsewhere/later)")
+    bx.legend(fontsize=7)
+    footer(fig, r)
+    return fig
+
+
 def draw_schemathesis(r: Record) -> Figure:
     res = r["results"]
     statuses = res.get("server_statuses") or {}
@@ -558,6 +586,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("server-resolve", ("server-resolve",), draw_server_resolve),
     FigureSpec("server-download", ("server-download",), draw_server_download),
     FigureSpec("server-replicas", ("server-replicas",), draw_server_replicas),
+    FigureSpec("server-replicas-rolling", ("server-replicas-rolling",), draw_server_replicas_rolling),
     FigureSpec("schemathesis", ("schemathesis",), draw_schemathesis),
     FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2*"), draw_ablations, per_file=False),
 )

@@ -115,7 +115,8 @@ HEAVY = {
     "client-swap": (["swap_bench.py"], "client-swap", "client-swap"),
     "latency": (["latency_bench.py"], "latency", "latency"),
     "device-latency": (["device_latency.py"], "device-latency", "device-latency"),
-    "replicas": (["replicas_bench.py"], "server-replicas", "server-replicas"),
+    "replicas": (["replicas_bench.py", "throughput"], "server-replicas", "server-replicas"),
+    "replicas-rolling": (["replicas_bench.py", "rolling"], "server-replicas-rolling", "server-replicas-rolling"),
     "palette-ablation": (["palette_ablation.py", "all"], "palette-ablation", "palette-ablation"),
 }
 
@@ -124,7 +125,7 @@ HEAVY = {
 @pytest.mark.parametrize("name", list(HEAVY))
 def test_heavy_benchmark_quick(name, tmp_path, prepared_teacher):
     prepared_teacher("minilm")
-    if name == "replicas" and (why := _postgres_missing()):
+    if name.startswith("replicas") and (why := _postgres_missing()):
         pytest.skip(why)
     args, stem, benchmark = HEAVY[name]
     out = tmp_path / ("palette-ablation" if name == "palette-ablation" else "out")
