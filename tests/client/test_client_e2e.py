@@ -94,10 +94,13 @@ def test_predict_runs_on_through_a_swap_down_and_back_up_and_no_call_fails(cls_s
     # every answer equals what the model that gave it returns on its own
     seen = {a[0] for a in answers}
     assert seen == {big["artifact_id"], small["artifact_id"]}
-    reference = {}
+    reference, handles = {}, {}
     for artifact_id in seen:
         handle = ModelHandle(client.cache.folder(artifact_id), client.cache.verified_manifest(artifact_id), artifact_id, 1)
         reference[artifact_id] = [[p.probabilities for p in handle.predict(t)] for t in TEXTS]
+        handles[artifact_id] = handle
+    # slices of one base share one parsed tokenizer (parsing holds the GIL: a swap between them parses none)
+    assert handles[big["artifact_id"]].tokenizer is handles[small["artifact_id"]].tokenizer
     assert reference[big["artifact_id"]] != reference[small["artifact_id"]]
     for artifact_id, k, probs in answers:
         for got, ref in zip(probs, reference[artifact_id][k]):
