@@ -36,7 +36,7 @@ from .budget import Budget
 from .cache import CachedArtifact, DeviceCache, verify_files
 from .errors import CacheError, ClientError, IntegrityError, ModelError, NoFitError, UnreachableError
 from .events import Event, EventBus
-from .latency import synthetic_inputs
+from .latency import summarise, synthetic_inputs, time_passes
 from .model import Generation, ModelHandle, Prediction
 from .priority import at_lower_priority
 from .probe import DeviceReport, Probe, ProbeFn
@@ -67,6 +67,7 @@ class BenchmarkResult:
     threads: int
     profile: str | None
     reported: bool
+    uncontended_ms: float | None = None  # what was reported: the median without run-queue waits (client_sdk.latency)
 
 
 class Client:
@@ -395,7 +396,8 @@ class Client:
     def benchmark(self, runs: int = 20, warmup: int = 3, seq_len: int | None = None, batch_size: int = 1,
                   profile: str | None = None, report: bool = True) -> BenchmarkResult:
         """p50/p95 of the current model on this device at (batch, seq_len), after ``warmup`` runs; with a
-        ``profile`` (default: the probe's) and ``report``, the median goes to ``POST /v1/telemetry/latency``."""
+        ``profile`` (default: the probe's) and ``report``, the median without run-queue waits (``uncontended_ms``,
+        what the server's bench stores too) goes to ``POST /v1/telemetry/latency``."""
         if runs < 1 or warmup < 0:
             raise ClientError("runs must be >= 1 and warmup >= 0")
         seq_len = seq_len or self.budget.seq_len
@@ -408,24 +410,21 @@ class Client:
             feeds = synthetic_inputs(session, seq_len, batch_size)
             for _ in range(warmup):
                 session.run(None, feeds)
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                session.run(None, feeds)
-                times.append((time.perf_counter() - t) * 1000)
+            passes = time_passes(session, feeds, runs)  # the same timed loop as the server's bench
             row, threads = slot.row, slot.handle.threads
-        times.sort()
+        times = sorted(p.wall_ms for p in passes)
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        measured = summarise(passes, threads, seq_len, batch_size)
         reported = False
         if report and profile:
             try:
-                self.api.report_latency(row.artifact_id, profile, statistics.median(times), seq_len, batch_size)
+                self.api.report_latency(row.artifact_id, profile, measured.table_ms, seq_len, batch_size)
                 reported = True
             except (ClientError, httpx.HTTPError) as err:
                 self.events.emit(Event("telemetry_failed", str(err), to_id=row.artifact_id))
                 raise
         result = BenchmarkResult(row.artifact_id, row.config, statistics.median(times), p95, runs, seq_len, batch_size,
-                                 threads, profile, reported)
+                                 threads, profile, reported, measured.uncontended_ms)
         self.events.emit(Event("benchmark", f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms at seq_len {seq_len}"
                                + (f", reported for {profile}" if reported else ""), to_id=row.artifact_id,
                                data={"p50_ms": result.p50_ms, "p95_ms": result.p95_ms}))
