@@ -379,6 +379,30 @@ def draw_server_replicas_rolling(r: Record) -> Figure:
     return fig
 
 
+def draw_latency_diagnosis(r: Record) -> Figure:
+    """Per stage of the latency bench: wall vs CPU ms per config, timed in the bench's process and in a fresh
+    one (median over the repeats)."""
+    import statistics
+
+    res = r["results"]
+    configs, stages = res["configs"], res["stages"]
+    fig, axes = plt.subplots(1, len(stages), figsize=(4.6 * len(stages), 4.2), squeeze=False, sharey=True)
+    series = (("in_process", "wall"), ("subprocess", "wall"), ("in_process", "cpu"), ("subprocess", "cpu"))
+    w = 0.8 / len(series)
+    for ax, stage in zip(axes[0], stages):
+        for k, (where, what) in enumerate(series):
+            vals = [statistics.median(pair[where][what][i] for pair in stage["pairs"]) for i in range(len(configs))]
+            ax.bar([x + (k - (len(series) - 1) / 2) * w for x in range(len(configs))], vals, w, color=f"C{k % 2}",
+                   alpha=1.0 if what == "wall" else 0.45, label=f"{where.replace('_', ' ')} {what}")
+        ax.set_xticks(range(len(configs)), [c.split(" D")[0].replace(" ", "\n", 1) for c in configs], fontsize=7)
+        ax.set_title(f"{stage['stage']}\n(load {stage['load']:.1f}; in/sub wall {stage['in_over_sub_wall']}x)", fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel("ms per pass (median of repeats)")
+    axes[0][0].legend(fontsize=7)
+    footer(fig, r)
+    return fig
+
+
 def draw_schemathesis(r: Record) -> Figure:
     res = r["results"]
     statuses = res.get("server_statuses") or {}
@@ -581,6 +605,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("palette-quality", ("palette-quality",), draw_palette_quality),
     FigureSpec("latency", ("latency",), draw_latency),
     FigureSpec("device-latency", ("device-latency",), draw_device_latency),
+    FigureSpec("latency-diagnosis", ("latency-diagnosis",), draw_latency_diagnosis),
     FigureSpec("client-swap", ("client-swap",), draw_client_swap),
     FigureSpec("server-build", ("server-build",), draw_server_build),
     FigureSpec("server-resolve", ("server-resolve",), draw_server_resolve),
