@@ -198,7 +198,7 @@ def tiny_setup(root: Path) -> tuple[str, str | None, str, str]:
             for a in stack.A:
                 a.normal_(0, 0.05)
     stack_dir = root / "adapters"
-    save_adapter_stack(net, stack_dir, fingerprint(base), None, {"task": "causal-lm"})
+    save_adapter_stack(net, stack_dir, fingerprint(base), None, task="causal-lm")
     rows = [{"key": c.key, "config": c.to_dict(), "loss": 4.0} for c in (space.smallest(model.dims), space.largest(model.dims))]
     write_palette(stack_dir, rows, "causal-lm", "quick")
     return str(base), str(stack_dir), str(data), str(prose)
@@ -212,8 +212,8 @@ def palette_configs(opened) -> tuple[list[SubnetConfig], dict[str, dict[str, Any
         cfgs = list(opened.supernet.space.enumerate(dims))
         rows: dict[str, dict[str, Any]] = {}
     else:
-        cfgs = [SubnetConfig.parse(r["config"], dims) for r in table["configs"]]
-        rows = {r["key"]: r for r in table["configs"]}
+        cfgs = [SubnetConfig.parse(r["config"], dims) for r in table.rows]
+        rows = {r["key"]: r for r in table.rows}
     return sorted(cfgs, key=lambda c: c.param_count(dims).total), rows
 
 

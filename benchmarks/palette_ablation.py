@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from bench_record import base_record, machine, write_result
+from bench_record import QUICK_RESULTS, base_record, machine, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
@@ -78,7 +78,7 @@ def run_one(
     """Train one variant with one seed (slicer.train.fit) and write its result JSON beside its run folder."""
     import torch
 
-    from slicer.spec.search_space import SearchSpace
+    from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
     from slicer.train.fit import fit
 
     if variant not in VARIANTS:
@@ -102,8 +102,7 @@ def run_one(
         base_params = sum(int(torch.Size(f.get_slice(k).get_shape()).numel()) for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
     parts = {k: v for k, v in shapes.items() if not k.startswith("reordering.")}
     numel = {k: int(torch.Size(v).numel()) for k, v in parts.items()}
-    dims_space = SearchSpace.from_dict(report["search_space"])
-    palette = report["palette"]
+    palette = report.palette
     smallest = palette[0]  # evaluate_palette keeps the space's order: smallest first, maxnet last
     results = {
         "variant": variant, "describes": VARIANTS[variant][2], "seed": seed,
@@ -117,11 +116,11 @@ def run_one(
             "vector_deltas": sum(n for k, n in numel.items() if ".delta." in k and not k.startswith("head.")),
             "head": sum(n for k, n in numel.items() if k.startswith("head.")),
         },
-        "stack_bytes": (stack / "adapters.safetensors").stat().st_size + (stack / "adapter_config.json").stat().st_size,
+        "stack_bytes": (stack / STACK_WEIGHTS).stat().st_size + (stack / STACK_META).stat().st_size,
         "parts_bytes_fp32": 4 * sum(numel.values()),
         "base_params": base_params, "base_bytes_fp32": 4 * base_params,
-        "train_seconds": report["train_seconds"], "eval_seconds": report["eval_seconds"],
-        "steps_by_stage": report["steps_by_stage"], "search_space": dims_space.to_dict(),
+        "train_seconds": report.train_seconds, "eval_seconds": report.eval_seconds,
+        "steps_by_stage": report.steps_by_stage, "search_space": report.search_space.to_dict(),
         "stack": str(stack),
     }
     settings = {"variant": variant, "seed": seed, "base": base, "data": data,
@@ -129,7 +128,7 @@ def run_one(
     notes = ["Runs of one `all` call share one device: wall times are contended, compare them within the call."]
     write_result(out_dir, f"{variant}_seed{seed}", base_record("palette-ablation-run", "one MLFS variant, one seed", settings,
                                                                 results, started, {**machine(), "torch": torch.__version__,
-                                                                                   "device": report["device"]},
+                                                                                   "device": report.device},
                                                                 bool(max_steps), notes))
 
 
@@ -155,9 +154,14 @@ def run_all(
     deadline: Annotated[float, typer.Option("--deadline", help="Seconds; shed low-priority variants to finish by then (0 = none).")] = 0.0,
     limit_train: Annotated[int, typer.Option("--limit-train", help="Smoke runs only (baselines).")] = 0,
     out_dir: Annotated[Path, typer.Option("--out-dir")] = RESULTS / "palette-ablation",
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run on the CPU: paper variant, seed 0, 2 steps per stage, 64 examples; into results/quick/palette-ablation/.")] = False,
 ) -> None:
     """Every variant x seed and the baselines as parallel processes; then the table."""
     started = time.monotonic()
+    if quick:
+        variants, seeds, max_steps, limit_train, device = "paper", "0", 2, 64, "cpu"
+        if out_dir.resolve() == (RESULTS / "palette-ablation").resolve():
+            out_dir = QUICK_RESULTS / "palette-ablation"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "logs").mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -235,8 +239,10 @@ def table(
     """Aggregate the result files of one `all` call into the ablation table (mean of seeds)."""
     started = time.perf_counter()
     rows: dict[str, dict[str, Any]] = {}
+    smoke = False
     for path in sorted(out_dir.glob("*_seed*.json")):
         rec = json.loads(path.read_text())
+        smoke = smoke or bool(rec.get("smoke"))
         r = rec["results"]
         if "variant" in r:
             rows.setdefault(r["variant"], {"describes": r["describes"], "runs": []})["runs"].append(r)
@@ -294,7 +300,7 @@ def table(
     print(markdown)
     results["markdown"] = markdown
     record = base_record("palette-ablation", "MLFS variants x seeds at equal steps, with the separately trained minnet",
-                         {"out_dir": str(out_dir)}, results, started, machine(), False, [])
+                         {"out_dir": str(out_dir)}, results, started, machine(), smoke, [])
     target = write or out_dir.parent / "palette-ablation.json"
     write_result(target.parent, target.stem, record)
     return results

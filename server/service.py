@@ -24,6 +24,7 @@ from slicer import (
     ConfigError,
     MLFSError,
     OpenSupernet,
+    PaletteTable,
     SubnetConfig,
     ValidationSet,
     build_subnet_artifact,
@@ -71,7 +72,7 @@ class LoadedModel:
     served: ServedModel
     opened: OpenSupernet
     adapters_fingerprint: str | None
-    palette: dict[str, Any] | None
+    palette: PaletteTable | None
     palette_check: dict[str, Any] = dataclasses.field(default_factory=lambda: {"verified": None, "reason": "", "data": None})
 
     @property
@@ -89,7 +90,7 @@ class LoadedModel:
     def quality_metric(self) -> str | None:
         """What ``quality`` means for this model (higher is better): palette accuracy, or -loss for a language
         model's palette (``neg_loss``); None without a palette table."""
-        return quality_metric(self.palette.get("metric")) if self.palette else None
+        return quality_metric(self.palette.metric) if self.palette else None
 
     @functools.cached_property
     def candidates(self) -> list[Candidate]:
@@ -209,7 +210,17 @@ class DeliveryService:
             targets.append((choice.config, choice.precision))
         return list(dict.fromkeys(targets))
 
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown (after the last request was answered): give running builds ``timeout_s`` to finish and
+        publish; queued ones are dropped by ``close``, and one still running then is abandoned there."""
+        running = [f for f in self._inflight.values() if not f.done()]
+        if running and timeout_s > 0:
+            log.info("shutting down: waiting up to %g s for %d build(s) to finish", timeout_s, len(running))
+            await asyncio.wait(running, timeout=timeout_s)
+
     def close(self) -> None:
+        """Release everything: queued builds are cancelled; a build still running loses its claim now (another
+        replica takes it over at once) and publishes nothing."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.cache.claims.close()
         self.meta.close()

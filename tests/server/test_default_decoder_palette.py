@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from server import store
-from slicer.formats.adapter_stack import read_stack_meta
+from slicer.formats.adapter_stack import StackMeta
 from slicer.spec.palette import read_palette
 
 
@@ -19,13 +19,13 @@ def test_the_default_store_serves_smollm2_with_its_palette(tmp_path, monkeypatch
     assert served.adapters is not None and served.adapters.is_relative_to(tmp_path.resolve())
     assert served.validation_data == "python-code"
     table = read_palette(served.adapters)
-    assert table is not None and table["task"] == "causal-lm" and table["metric"] == "loss"
-    assert table["data"]["name"] == "python-code" and table["data"]["split"] == "val"
-    assert all(r["perplexity"] > 1 and r["loss"] > 0 for r in table["configs"])
-    meta = read_stack_meta(served.adapters)
-    assert meta["base_dims"]["family"] == "decoder" and meta["task"] == "causal-lm"
-    keys = {r["key"] for r in table["configs"]}
-    assert len(keys) == len(table["configs"]) >= 2  # a range of configs, smallest to the maxnet
+    assert table is not None and table.task == "causal-lm" and table.metric == "loss"
+    assert table.data["name"] == "python-code" and table.data["split"] == "val"
+    assert all(r["perplexity"] > 1 and r["loss"] > 0 for r in table.rows)
+    meta = StackMeta.read(served.adapters)
+    assert meta.base_dims.family == "decoder" and meta.task == "causal-lm" and meta.reordered
+    keys = {r["key"] for r in table.rows}
+    assert len(keys) == len(table.rows) >= 2  # a range of configs, smallest to the maxnet
 
 
 @pytest.mark.slow
