@@ -12,7 +12,8 @@ teacher, every figure from the artifact a device runs (the direct ONNX builder's
 - the artifact's size.
 
 Targets (issue 18): the smallest config the server delivers has perplexity <= 2x the teacher's on the code data
-and decodes at <= 0.6x the teacher's ms per token. Writes ``results/decoder-palette.json`` and ``.png``.
+and decodes at <= 0.6x the teacher's ms per token. Writes ``results/decoder-palette.json`` (``plots.py`` draws
+its ``.png``).
 
 Run: ``nice -n 15 .venv/bin/python benchmarks/decoder_palette.py`` (about 5 minutes on an idle 2-core machine):
 builds and quality figures run nice'd without a lock; the timings take ``--lock`` (the machine's shared benchmark
@@ -217,39 +218,6 @@ def palette_configs(opened) -> tuple[list[SubnetConfig], dict[str, dict[str, Any
     return sorted(cfgs, key=lambda c: c.param_count(dims).total), rows
 
 
-def plot(path: Path, rows: list[dict[str, Any]], teacher: dict[str, Any]) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no PNG"
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
-    for r in rows:
-        x = r["decode_ms_per_token"] / teacher["decode_ms_per_token"]
-        ax[0].scatter(x, r["code"]["perplexity"] / teacher["code"]["perplexity"], color="C0")
-        ax[0].annotate(r["shape"], (x, r["code"]["perplexity"] / teacher["code"]["perplexity"]), fontsize=7)
-        ax[1].scatter(r["size_bytes"] / 2**20, r["code"]["perplexity"], color="C0")
-        ax[1].scatter(r["size_bytes"] / 2**20, r["prose"]["perplexity"], color="C1", marker="s")
-    ax[0].axhline(PPL_TARGET, color="red", ls="--", lw=0.8)
-    ax[0].axvline(DECODE_TARGET, color="red", ls="--", lw=0.8)
-    ax[0].scatter(1.0, 1.0, color="black", marker="*", s=120, label="teacher")
-    ax[0].set(xlabel="decode ms/token ÷ teacher", ylabel="code perplexity ÷ teacher",
-              title="palette configs vs targets (red: ≤ 2× ppl, ≤ 0.6× ms)")
-    ax[0].legend()
-    ax[1].scatter(teacher["size_bytes"] / 2**20, teacher["code"]["perplexity"], color="black", marker="*", s=120,
-                  label="teacher (code)")
-    ax[1].scatter(teacher["size_bytes"] / 2**20, teacher["prose"]["perplexity"], color="gray", marker="*", s=120,
-                  label="teacher (prose)")
-    ax[1].set(xlabel="artifact MiB (fp32)", ylabel="perplexity", yscale="log", title="code (circles), prose (squares)")
-    ax[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return None
-
-
 @app.command()
 def main(
     base: Annotated[str, typer.Option(help="Prepared teacher name or checkpoint folder.")] = "smollm2",
@@ -352,10 +320,6 @@ def main(
 
     stem = ("decoder-palette-quick" if quick else "decoder-palette") + (f"-{tag}" if tag else "")
     notes = timing_notes + ([] if quick else [f"prompt: the first {prompt_tokens} tokens of the first code block ({prompt_len} tokens re-encoded)"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot(out_dir / f"{stem}.png", rows, teacher)
-    if png:
-        notes.append(png)
     settings = {"base": base if not quick else "tiny random Llama (--quick)", "adapters": adapters if not quick else "random (--quick)",
                 "data": code_info, "prose": prose_where, "blocks": len(code_blocks), "prose_blocks": len(text_blocks),
                 "block": block, "prompt_tokens": prompt_len, "new_tokens": new_tokens, "rounds": rounds,
