@@ -100,7 +100,7 @@ async def _server_error(request: Request, err: Exception) -> JSONResponse:
     headers = {"Retry-After": str(retry)} if retry is not None else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(status, str(err), headers)
+    return error_response(status, str(err), headers, getattr(err, "errors", None))
 
 
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
