@@ -34,7 +34,8 @@ from slicer import (
     stack_fingerprint,
     validation_set,
 )
-from slicer.onnx.quantize import INT8_SCHEME, int8_unavailable
+from slicer.onnx.decoder_int8 import int8_unavailable
+from slicer.onnx.quantize import INT8_SCHEME
 
 from .cache import ArtifactCache, Entry, artifact_key
 from .calibration import calibrate
@@ -322,8 +323,18 @@ class DeliveryService:
         exclude = set(failures) | {(k, p) for k, v in self.quality.known(model).items() if v.excluded
                                    for p in ("fp32", "int8")}
         latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
-        choice = choose(model.dims, model.candidates, budget, latency, exclude=exclude)
-        return choice
+        try:
+            return choose(model.dims, model.candidates, budget, latency, exclude=exclude)
+        except NoFit as err:
+            if not exclude:
+                raise
+            try:
+                choose(model.dims, model.candidates, budget, latency)
+            except NoFit:
+                raise err from None  # nothing would fit anyway: its message says what is needed
+            raise NoFit(f"every config of {model.served.name!r} that fits this budget is excluded: too far below the "
+                        f"teacher ({self.quality.rule()}) or its build failed; GET /v1/models lists each with its "
+                        "reason") from None
 
     def choose_gated(self, model: LoadedModel, budget: Budget, profile: str | None = None,
                      speed_score: float | None = None, threads: int | None = None) -> Choice:

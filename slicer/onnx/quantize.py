@@ -27,11 +27,6 @@ KEEP_FP32 = ("ffn.down",)  # layers whose MatMuls stay float32: their int8 error
 INT8_SCHEME = "dynamic per-channel int8, reduce_range, FFN down-projections in fp32"
 
 
-def int8_unavailable(family: str) -> str | None:
-    """Why int8 artifacts are not offered for a model family, or None when they are."""
-    return None
-
-
 def excluded_nodes(model_path: Path, keep: tuple[str, ...] = KEEP_FP32) -> list[str]:
     """MatMul/Gemm nodes of the layers kept in float32: by node name or by the name of their weight."""
     import onnx
@@ -43,59 +38,18 @@ def excluded_nodes(model_path: Path, keep: tuple[str, ...] = KEEP_FP32) -> list[
 
 def quantize_int8(src: Path, dst: Path) -> dict[str, Any]:
     """Quantise ``src`` into ``dst`` with ``INT8_SCHEME``; returns what was done (for the manifest)."""
-    return quantize_dynamic_int8(src, dst)
-
-
-def quantize_dynamic_int8(src: Path, dst: Path, keep: tuple[str, ...] = KEEP_FP32, op_types: list[str] | None = None,
-                          reduce_range: bool = True, scheme: str = INT8_SCHEME) -> dict[str, Any]:
-    """Dynamic (activations quantised at run time) per-channel int8 of the MatMuls not in ``keep``; ``op_types``
-    limits which operator types are quantised (onnxruntime's default also quantises Gather, i.e. the embedding
-    table, per tensor, and a tied LM head reads it through the quantised table)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    excluded = excluded_nodes(src, keep) if keep else []
+    keep = excluded_nodes(src)
     proto = onnx.load(str(src))
     del proto.graph.value_info[:]  # dynamo graphs carry value_info that quantize_dynamic chokes on
     try:
-        quantize_dynamic(proto, str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=reduce_range,
-                         nodes_to_exclude=excluded, op_types_to_quantize=op_types,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+        quantize_dynamic(proto, str(dst), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
+                         nodes_to_exclude=keep, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     except Exception as err:  # the quantiser raises many types; all mean "no int8 artifact"
         raise ExportError(f"int8 quantisation failed: {type(err).__name__}: {err}") from err
-    return {"scheme": scheme, "kept_fp32_nodes": len(excluded)}
-
-
-def quantize_weight_only_int8(src: Path, dst: Path, block_size: int = 32, accuracy_level: int = 4) -> dict[str, Any]:
-    """Weight-only int8 (onnxruntime ``MatMulNBits``, 8 bits, symmetric blocks of ``block_size`` along the input
-    axis) of every MatMul with a constant weight; activations stay float32 unless ``accuracy_level`` 4 lets the
-    CPU kernel compute in int8. The tied LM head (a MatMul on the transposed embedding) and the embedding stay fp32."""
-    import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
-    try:
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=block_size, is_symmetric=True,
-                                         accuracy_level=accuracy_level)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
-    except Exception as err:  # as above
-        raise ExportError(f"weight-only int8 quantisation failed: {type(err).__name__}: {err}") from err
-    return {"scheme": f"weight-only int8 (MatMulNBits, block {block_size}, accuracy level {accuracy_level})",
-            "kept_fp32_nodes": 0}
-
-
-# Decoder int8 options measured by benchmarks/decoder_int8.py (issue 18): name -> quantiser(src, dst).
-DECODER_INT8_OPTIONS = {
-    "current": quantize_int8,
-    "matmul-per-channel": lambda s, d: quantize_dynamic_int8(
-        s, d, keep=(), op_types=["MatMul"], reduce_range=False,
-        scheme="dynamic per-channel int8 of the layer MatMuls (embedding and LM head fp32)"),
-    "matmul-per-channel-keep-down": lambda s, d: quantize_dynamic_int8(
-        s, d, op_types=["MatMul"],
-        scheme="dynamic per-channel int8, reduce_range, FFN down fp32, embedding and LM head fp32"),
-    "weight-only-b32": quantize_weight_only_int8,
-    "weight-only-b128": lambda s, d: quantize_weight_only_int8(s, d, block_size=128),
-}
+    return {"scheme": INT8_SCHEME, "kept_fp32_nodes": len(keep)}
 
 
 def gate_feeds(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
