@@ -18,6 +18,7 @@ import hashlib
 import logging
 import math
 import threading
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 QUALITY_VERSION = "quality/1"  # bump when what is measured changes: it keys the cached figures
 LM_BLOCKS = 16  # language-model blocks measured per config (every position of each is a prediction)
+REFRESH_S = 5.0  # figures another replica measured are seen this late (a resolve reads none from the database)
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,7 @@ class QualityGate:
     def __init__(self, meta: MetadataStore, max_perplexity_ratio: float, min_accuracy_margin: float) -> None:
         self.meta, self.ratio, self.margin = meta, max_perplexity_ratio, min_accuracy_margin
         self._lock = threading.Lock()  # one measurement at a time (they share the supernet and the CPU)
+        self._known: dict[str, tuple[float, dict[str, Verdict]]] = {}  # scope -> (when read, verdicts)
 
     # ----- what a model is judged on ------------------------------------------------------------------------
     @staticmethod
@@ -88,12 +91,25 @@ class QualityGate:
 
     # ----- verdicts -------------------------------------------------------------------------------------------
     def known(self, model) -> dict[str, Verdict]:
-        """config key -> verdict for every config whose figure is known now (nothing is measured here)."""
+        """config key -> verdict for every config whose figure is known now (nothing is measured here; read from
+        the palette table or the metadata, cached for ``REFRESH_S``)."""
         if self.applies(model) is not None:
             return {}
+        scope = self.scope(model)
+        seen = self._known.get(scope)
+        if seen is None or time.monotonic() - seen[0] > REFRESH_S:
+            seen = (time.monotonic(), self._read(model, scope))
+            self._known[scope] = seen
+        return seen[1]
+
+    def unmeasured(self, model, cfg: SubnetConfig) -> bool:
+        """True when serving ``cfg`` needs a measurement first."""
+        return self.applies(model) is None and model.palette is None and cfg.key not in self.known(model)
+
+    def _read(self, model, scope: str) -> dict[str, Verdict]:
         if model.palette is not None:
             return self._from_palette(model)
-        figures = self.meta.qualities(self.scope(model))
+        figures = self.meta.qualities(scope)
         teacher = figures.get(SubnetConfig.maximal(model.dims).key)
         if teacher is None:
             return {}
@@ -115,12 +131,11 @@ class QualityGate:
             for c in (teacher, cfg):
                 if c.key not in figures:
                     figures[c.key] = self._measure(model, c, scope)
+            self._known.pop(scope, None)  # read again with the new figures
         return self._judge(model, cfg.key, figures[cfg.key]["value"], figures[teacher.key]["value"],
                            f"measured on {model.validation.source}")
 
     def _measure(self, model, cfg: SubnetConfig, scope: str) -> dict[str, Any]:
-        import time
-
         from slicer.train.evaluate import evaluate_config
 
         start = time.perf_counter()

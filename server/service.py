@@ -260,9 +260,11 @@ class DeliveryService:
         wait = self.settings.build_wait_s if wait_s is None else wait_s
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
-            # in the build thread: a quality measurement shares the supernet (and the CPU) with builds
-            choice = await loop.run_in_executor(self._pool, self.choose_gated, model, budget, profile, speed_score,
-                                                threads)
+            choice = self.choose_gated(model, budget, profile, speed_score, threads, measure=False)
+            if choice is None:  # a config's quality must be measured first: in the build thread, which it shares
+                # the supernet (and the CPU) with; a resolve whose figures are known never waits behind a build
+                choice = await loop.run_in_executor(self._pool, self.choose_gated, model, budget, profile,
+                                                    speed_score, threads)
             try:
                 return choice, await self.artifact(model, choice.config, choice.precision, wait)
             except BuildFailed:
@@ -337,11 +339,15 @@ class DeliveryService:
                         "reason") from None
 
     def choose_gated(self, model: LoadedModel, budget: Budget, profile: str | None = None,
-                     speed_score: float | None = None, threads: int | None = None) -> Choice:
+                     speed_score: float | None = None, threads: int | None = None, measure: bool = True,
+                     ) -> Choice | None:
         """``choose``, with the chosen config's quality measured first if it is not known yet (blocking: seconds
-        per config); a config far below the teacher is excluded and the next best chosen."""
+        per config; with ``measure`` False, None instead); a config far below the teacher is excluded and the next
+        best chosen."""
         for _ in range(len(model.candidates) + 1):
             choice = self.choose(model, budget, profile, speed_score, threads)
+            if not measure and self.quality.unmeasured(model, choice.config):
+                return None
             verdict = self.quality.verdict(model, choice.config)
             if verdict is None or not verdict.excluded:
                 if verdict is not None and choice.quality is None:  # measured, not from a palette table
