@@ -152,9 +152,9 @@ class QualityGate:
         return {"metric": metric, "value": result[metric], "info": info}
 
     def _from_palette(self, model) -> dict[str, Verdict]:
-        rows = {r["key"]: r for r in model.palette.get("configs", [])}
-        teacher = rows.get(SubnetConfig.maximal(model.dims).key)
-        metric = model.palette.get("metric")
+        table = model.palette
+        teacher = table.row(SubnetConfig.maximal(model.dims).key)
+        metric = table.metric
         if teacher is None or teacher.get(metric) is None:
             return {}
         source = "palette table"
@@ -162,7 +162,7 @@ class QualityGate:
         def value(row: dict[str, Any]) -> float:
             return math.exp(min(float(row["loss"]), 50.0)) if metric == "loss" else float(row["accuracy"])
 
-        return {k: self._judge(model, k, value(r), value(teacher), source) for k, r in rows.items()
+        return {r["key"]: self._judge(model, r["key"], value(r), value(teacher), source) for r in table.rows
                 if r.get(metric) is not None}
 
     def _judge(self, model, key: str, value: float, teacher: float, source: str) -> Verdict:
