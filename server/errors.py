@@ -81,6 +81,12 @@ class BuildQueueFull(ServerError):
     retry_after_s = 30
 
 
+class QualityPending(ServerError):
+    """Configs' quality is still being measured before one is served; the caller retries after ``retry_after_s``."""
+
+    retry_after_s = 15
+
+
 class NotReady(ServerError):
     """The server is still loading its models."""
 

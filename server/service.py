@@ -49,6 +49,7 @@ from .errors import (
     CoordinationError,
     NoFit,
     ProfileError,
+    QualityPending,
     UnknownModel,
 )
 from .latency_model import Estimates, LatencyEstimator
@@ -146,6 +147,7 @@ class DeliveryService:
         self._served = load_models(root)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
         self._inflight: dict[str, asyncio.Future] = {}
+        self._measuring: dict[str, asyncio.Future] = {}  # quality measurements per resolve request
         # lineage -> (when read, (config key, precision) -> failure): the metadata's failed builds, read again
         # every FAILURES_REFRESH_S so other replicas' failures and the CLI's clearing are seen
         self._failures: dict[str, tuple[float, dict[tuple[str, str], FailedBuild]]] = {}
@@ -262,16 +264,39 @@ class DeliveryService:
         loop = asyncio.get_running_loop()
         for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
             choice = self.choose_gated(model, budget, profile, speed_score, threads, measure=False)
-            if choice is None:  # a config's quality must be measured first: in the build thread, which it shares
-                # the supernet (and the CPU) with; a resolve whose figures are known never waits behind a build
-                choice = await loop.run_in_executor(self._pool, self.choose_gated, model, budget, profile,
-                                                    speed_score, threads)
+            if choice is None:
+                choice = await self._measured_choice(loop, model, budget, profile, speed_score, threads, wait)
             try:
                 return choice, await self.artifact(model, choice.config, choice.precision, wait)
             except BuildFailed:
                 if attempt == 2 or budget.precision != "auto":
                     raise
         raise AssertionError("unreachable")
+
+    async def _measured_choice(self, loop, model: LoadedModel, budget: Budget, profile: str | None,
+                               speed_score: float | None, threads: int | None, wait_s: float) -> Choice:
+        """``choose_gated`` with measurements, in the build thread (it shares the supernet and the CPU with builds;
+        a resolve whose figures are known never waits behind a build). The same request asked again waits on the
+        same measurement; one still running after ``wait_s`` is a 503 with Retry-After (QualityPending)."""
+        key = repr((model.served.name, budget, profile, speed_score, threads))
+        future = self._measuring.get(key)
+        if future is None:
+            future = asyncio.ensure_future(loop.run_in_executor(
+                self._pool, self.choose_gated, model, budget, profile, speed_score, threads))
+            self._measuring[key] = future
+
+            def done(f: asyncio.Future) -> None:
+                self._measuring.pop(key, None)
+                if not f.cancelled() and f.exception() is not None and not isinstance(f.exception(), MLFSError):
+                    log.warning("quality measurement for %s failed: %s", model.served.name, f.exception())
+
+            future.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except asyncio.TimeoutError:
+            raise QualityPending(f"measuring the quality of {model.served.name!r} configs before serving one "
+                                 "(seconds to minutes per config, once; kept in the store); retry after Retry-After"
+                                 ) from None
 
     async def warm(self, name: str, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
                    ) -> list[tuple[Entry, SubnetConfig, str]]:
@@ -425,8 +450,13 @@ class DeliveryService:
 
     # ----- building -----------------------------------------------------------------------------------------
     def build(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> Entry:
-        """The artifact for (config, precision), built now if it is not cached (blocking)."""
-        return self._build_blocking(model, cfg, precision, self.artifact_id(model, cfg, precision))
+        """The artifact for (config, precision), built now if it is not cached (blocking); a remembered failed
+        build raises BuildFailed instead of being tried again."""
+        key = self.artifact_id(model, cfg, precision)
+        failed = self.failures(model).get((cfg.key, precision))
+        if failed is not None and self.cache.get(key) is None:
+            raise BuildFailed.of(failed, CLEAR_HINT.format(model=model.served.name))
+        return self._build_blocking(model, cfg, precision, key)
 
     def _build_blocking(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str) -> Entry:
         def build(folder: Path) -> dict[str, Any]:

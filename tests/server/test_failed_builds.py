@@ -49,7 +49,7 @@ def _metric(url: str, kind: str) -> float:
 def test_a_failed_build_is_remembered_across_restarts_until_cleared(tmp_path, make_store, gate, caplog):
     store = make_store(tmp_path / "store")
     warm = {"model": "tiny", "configs": [_full(store)]}
-    with running_server(store) as url:
+    with running_server(store, latency_calibration=False) as url:
         r = httpx.post(f"{url}/v1/resolve", json={"model": "tiny", "budget": {"precision": "int8"}}, timeout=300)
         assert r.status_code == 422, r.text
         item = r.json()["errors"][0]
@@ -64,7 +64,7 @@ def test_a_failed_build_is_remembered_across_restarts_until_cleared(tmp_path, ma
         assert failed["details"]["argmax_agreement"] == 0.53 and failed["artifact_id"] == item["artifact_id"]
 
     gate["accept"] = True  # after the restart the gate would pass: but the failure is remembered, not retried
-    with running_server(store) as url:
+    with running_server(store, latency_calibration=False) as url:
         model = httpx.get(f"{url}/v1/models").json()["models"][0]
         assert [f["config_key"] for f in model["failed_builds"]] == [failed["config_key"]]
         warm_fp32 = httpx.post(f"{url}/v1/cache/warm", json=warm, headers=AUTH,
@@ -91,7 +91,7 @@ def test_polling_a_resolution_whose_build_failed_says_so_also_after_a_restart(tm
     store = make_store(tmp_path / "store")
     gate["delay_s"] = 1.0  # the build outlives the resolve's wait: the device gets a 202 first
     body = {"model": "tiny", "budget": {"precision": "int8"}}
-    with running_server(store, build_wait_s=0.1) as url:
+    with running_server(store, build_wait_s=0.1, latency_calibration=False) as url:
         r = httpx.post(f"{url}/v1/resolve", json=body, timeout=60)
         assert r.status_code == 202, r.text
         building = r.json()
@@ -103,7 +103,7 @@ def test_polling_a_resolution_whose_build_failed_says_so_also_after_a_restart(tm
         assert got.json()["errors"][0]["type"] == "build_failed.int8_gate"
         assert building["artifact_id"] in got.json()["detail"] and "resolve again (POST the same request)" in got.json()["detail"]
         assert httpx.get(f"{url}/v1/artifacts/{building['artifact_id']}/manifest").status_code == 422
-    with running_server(store, build_wait_s=0.1) as url:  # a restart forgets nothing the device was told
+    with running_server(store, build_wait_s=0.1, latency_calibration=False) as url:  # a restart forgets nothing the device was told
         got = httpx.get(url + building["resolve_url"], timeout=60)
         assert got.status_code == 422 and got.json()["errors"][0]["artifact_id"] == building["artifact_id"]
         assert httpx.get(f"{url}/v1/resolutions/{'0' * 32}").status_code == 404  # an id never given stays 404
@@ -113,7 +113,7 @@ def test_the_cli_lists_and_clears_failed_builds(tmp_path, make_store, gate):
     from server.cli import app
 
     store = make_store(tmp_path / "store")
-    with running_server(store) as url:
+    with running_server(store, latency_calibration=False) as url:
         assert httpx.post(f"{url}/v1/resolve", json={"model": "tiny", "budget": {"precision": "int8"}},
                           timeout=300).status_code == 422
     runner = CliRunner()

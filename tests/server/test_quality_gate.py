@@ -51,7 +51,7 @@ def test_configs_are_measured_before_first_serve_and_those_far_below_the_teacher
         return original(self, model, cfg, scope)
 
     monkeypatch.setattr(QualityGate, "_measure", counting)
-    with running_server(lm_store, quality_max_perplexity_ratio=RATIO) as url:
+    with running_server(lm_store, quality_max_perplexity_ratio=RATIO, latency_calibration=False) as url:
         model = httpx.get(f"{url}/v1/models").json()["models"][0]
         assert model["quality_gate"]["applies"] and model["quality_gate"]["judged"] == 0 and not measured
         assert all(row["quality_check"] is None for row in model["palette"])
@@ -97,7 +97,7 @@ def test_configs_are_measured_before_first_serve_and_those_far_below_the_teacher
         judged = model["quality_gate"]["judged"]
 
     measured.clear()
-    with running_server(lm_store, quality_max_perplexity_ratio=1e9) as url:  # a restart: figures are kept
+    with running_server(lm_store, quality_max_perplexity_ratio=1e9, latency_calibration=False) as url:  # a restart: figures are kept
         model = httpx.get(f"{url}/v1/models").json()["models"][0]
         assert model["quality_gate"]["judged"] == judged and model["quality_gate"]["excluded"] == 0
         r = httpx.post(f"{url}/v1/resolve", json={"model": "lm", "budget": {"precision": "fp32",
@@ -105,6 +105,25 @@ def test_configs_are_measured_before_first_serve_and_those_far_below_the_teacher
         assert r.status_code == 200 and r.json()["config"] in [row["config"] for row in rows
                                                                if _memory(row) <= _memory(rows[0]) + 0.05]
         assert measured in ([], [rows[0]["key"]])  # only a config never measured before
+
+
+def test_a_resolve_that_must_wait_for_a_measurement_is_a_503_to_retry(lm_store, tmp_path):
+    import shutil
+    import time
+
+    store = tmp_path / "fresh"  # the same model, nothing measured yet
+    store.mkdir()
+    shutil.copytree(lm_store / "validation", store / "validation")
+    (store / "models.json").write_text((lm_store / "models.json").read_text())
+    body = {"model": "lm", "budget": {"precision": "fp32"}}
+    with running_server(store, build_wait_s=0.0, latency_calibration=False) as url:
+        r = httpx.post(f"{url}/v1/resolve", json=body, timeout=60)
+        assert r.status_code == 503 and "measuring the quality" in r.json()["detail"] and r.headers["Retry-After"]
+        deadline = time.time() + 120
+        while (r := httpx.post(f"{url}/v1/resolve", json=body, timeout=60)).status_code != 200:
+            assert r.status_code in (202, 503) and time.time() < deadline, r.text
+            time.sleep(0.3)
+        assert r.json()["estimates"]["quality_metric"] == "neg_loss"
 
 
 def _memory(row) -> float:
