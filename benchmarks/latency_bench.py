@@ -18,7 +18,7 @@
    ``telemetry_min_clients``, its own).
 7. Spinning: one config at 2 threads with onnxruntime's spinning on and off, rounds alternating.
 
-Writes ``benchmarks/results/latency.json`` (and ``latency.png``, predicted vs measured, with matplotlib).
+Writes ``benchmarks/results/latency.json`` (and ``latency.png``, drawn by plots.py).
 Run: ``.venv/bin/python benchmarks/latency_bench.py`` (about 2 minutes after the artifacts are cached; the
 first run builds 8 artifacts).
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from bench_record import base_record, console, machine, write_result
+from bench_record import base_record, console, machine, quick_out_dir, write_result
 from rich.table import Table
 
 from client_sdk.latency import ALLOW_SPINNING, load_average, measure_interleaved
@@ -87,8 +87,12 @@ def main(
     runs: Annotated[int, typer.Option(help="Timed runs per config and bench (spread over the rounds).")] = 30,
     rounds: Annotated[int, typer.Option(help="Rounds (bench, truth and spinning comparison).")] = 3,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run: 2+2 configs, few runs; into results/quick/, marked smoke.")] = False,
 ) -> None:
     started = time.perf_counter()
+    if quick:
+        bench_configs, held_out, runs, rounds = 2, 2, 4, 2
+    out_dir = quick_out_dir(out_dir, quick)
     prepare_default_store(store)
     svc = DeliveryService(Settings(store=store, latency_calibration=False), Metrics())
     svc.meta._execute("DELETE FROM latency")
@@ -252,31 +256,11 @@ def main(
              "large-all-4g has 2 threads here, the same as small-2t-1g, so it is not judged separately.",
              "Bench rows and truth are uncontended times (wall - run-queue wait / threads, client_sdk.latency), what "
              "the bench stores and a device reports; 'against_wall' judges the same predictions against wall medians."]
-    plot = out_dir / "latency.png"
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 5))
-        for label, group, marker in (("sequential", per_profile, "o"), ("same rounds", same_rounds, "x")):
-            for name, r in group.items():
-                ax.scatter(r["measured_ms"], r["predicted_ms"], marker=marker, label=f"{name} ({r['threads']} thr), {label}")
-        top = max(max(r["measured_ms"] + r["predicted_ms"]) for g in (per_profile, same_rounds) for r in g.values()) * 1.1
-        ax.plot([0, top], [0, top], "k--", lw=1)
-        ax.set_xlabel("measured ms (held out)")
-        ax.set_ylabel("predicted ms")
-        ax.legend(fontsize=7)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        fig.savefig(plot, dpi=100, bbox_inches="tight")
-    except ImportError:
-        notes.append("matplotlib is not installed: no latency.png")
     settings = {"model": MODEL, "seq_len": seq_len, "batch_size": 1, "bench_configs": bench_configs,
                 "held_out": held_out, "runs": runs, "rounds": rounds, "allow_spinning": ALLOW_SPINNING,
-                "telemetry_min_clients": svc.settings.telemetry_min_clients}
+                "telemetry_min_clients": svc.settings.telemetry_min_clients, "quick": quick}
     write_result(out_dir, "latency", base_record("latency", "held-out latency estimate error per device profile",
-                                                 settings, results, started, machine(), False, notes))
+                                                 settings, results, started, machine(), quick, notes))
 
 
 if __name__ == "__main__":

@@ -92,9 +92,11 @@ def throughput(model: Annotated[str, typer.Option(help="Served model of the defa
          requests: Annotated[int, typer.Option(help="Resolves per round.")] = 600,
          clients: Annotated[int, typer.Option(help="Concurrent clients (divisible by 3).")] = 24,
          database_url: Annotated[str | None, typer.Option(help="An empty PostgreSQL database (default: throwaway).")] = None,
-         out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS) -> None:
+         out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS,
+         quick: Annotated[bool, typer.Option("--quick", help="Smoke run (few resolves per round), into results/quick/, marked smoke.")] = False) -> None:
     """Warm resolve throughput on 1 vs 3 replicas, PostgreSQL statements per resolve, takeover after kill -9."""
     started = time.perf_counter()
+    requests = min(requests, 48) if quick else requests
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2}, "budget": WARM}
     from helpers.replicas import Replica
 
@@ -161,7 +163,7 @@ def throughput(model: Annotated[str, typer.Option(help="Served model of the defa
     table.add_row("   of which the survivor's own build", f"{build_s:.1f} s")
     console.print(table)
     finish("replicas", "replicas: warm throughput 1 vs 3, statements per resolve, takeover after kill -9",
-           {"model": model, "requests": requests, "clients": clients, "lease_s": LEASE_S, "warm_budget": WARM,
+           {"model": model, "quick": quick, "requests": requests, "clients": clients, "lease_s": LEASE_S, "warm_budget": WARM,
             "cold_config": COLD_CONFIG}, results, started, out_dir,
            ["all replicas, PostgreSQL and the clients share one machine: with few cores, 3 replicas compete with "
             "each other for them, so the ratio shows coordination overhead more than scaling"])
@@ -175,13 +177,16 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
                                                      "operations (the manifest every time).")] = 5,
             steady_s: Annotated[float, typer.Option(help="Length of the steady phase (no restarts) before.")] = 60,
             database_url: Annotated[str | None, typer.Option(help="An empty PostgreSQL database (default: throwaway).")] = None,
-            out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS) -> None:
+            out_dir: Annotated[Path, typer.Option(help="Where result JSON goes.")] = RESULTS,
+            quick: Annotated[bool, typer.Option("--quick", help="Smoke run (5 s steady phase, 2 devices), into results/quick/, marked smoke.")] = False) -> None:
     """Requests, failures, latency and waits during a rolling restart of 3 replicas, against a steady phase."""
     import tempfile
 
     from helpers.replicas import Balancer, Stats, start_replicas, stop_all
 
     started = time.perf_counter()
+    if quick:
+        steady_s, devices = min(steady_s, 5), min(devices, 2)
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2}, "budget": WARM}
     env = {"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_LEASE_S": str(LEASE_S), "MLFS_CLAIM_POLL_S": "0.2"}
     restarts = []
@@ -258,7 +263,7 @@ def rolling(model: Annotated[str, typer.Option(help="Served model of the default
     table.add_row("statuses", str(results["steady"]["statuses"]), str(results["rolling"]["statuses"]))
     console.print(table)
     finish("replicas-rolling", "replicas: a rolling restart (SIGTERM, one at a time) under load, against a steady phase",
-           {"model": model, "devices": devices, "pace_s": pace_s, "model_every": model_every, "lease_s": LEASE_S,
+           {"model": model, "quick": quick, "devices": devices, "pace_s": pace_s, "model_every": model_every, "lease_s": LEASE_S,
             "warm_budget": WARM, "cold_config": COLD_CONFIG}, results, started, out_dir,
            ["the balancer is the client-side model of README's nginx: next replica on a refused or cut connection "
             "and on 503; a device waits Retry-After on 202/503 (the last 503 when every replica answered it)",
