@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .formats.adapter_stack import StackMeta, load_adapter_stack, stack_fingerprint
+from .formats.generation import TextGeneration
 from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
@@ -145,6 +146,9 @@ def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path,
         "expected_quality": expected_quality(opened.adapters_dir, cfg),
         "slice_timings": {"slice_merge_s": time.perf_counter() - start},
         "device": device_fields(opened),
+        # decoders: chat template, special and stop tokens, sampling defaults (slicer.formats.generation)
+        "generation": TextGeneration.from_folder(opened.base_dir).to_dict()
+        if opened.supernet.dims.family == "decoder" else None,
     }
     return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
 

@@ -25,7 +25,7 @@ from .validate import ValidationSet, check_parity, graph_feeds, parity_summary, 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "mlfs-artifact/1"
-RECIPE_VERSION = "mlfs-onnx/2"  # bump whenever the graph interface or a build recipe changes: it keys caches
+RECIPE_VERSION = "mlfs-onnx/3"  # bump whenever the graph interface or a build recipe changes: it keys caches
 OPSET = 18
 PRECISIONS = ("fp32", "int8")
 MANIFEST = "manifest.json"
@@ -108,7 +108,8 @@ def build_artifact(model, folder: Path, validation: ValidationSet, options: Buil
         quality = {**int8_quality(model, fp32, int8, validation.gate, threads=2), **scheme}
         timings["quantize_s"] = time.perf_counter() - start
         if not quality["accepted"]:
-            raise ExportError(f"int8 model rejected: {quality['criterion']} ({quality})")
+            raise ExportError(f"int8 model rejected: {quality['criterion']} ({quality})",
+                              details={"kind": "int8_gate", **quality})
         fp32.unlink()
         files = {"model.onnx": {"sha256": sha256_file(int8), "size": int8.stat().st_size}}
     if tokenizer is not None and (Path(tokenizer) / "tokenizer.json").is_file():

@@ -205,7 +205,11 @@ def check_parity(model, onnx_path: Path, feeds: list[dict[str, torch.Tensor]], s
     if bad:
         raise ExportError(f"ONNX output differs from the float64 PyTorch reference beyond the allowed error "
                           f"(max |onnx - float64| > allowed, absolute; PyTorch float32 is off by "
-                          f"{ {k: f'{torch64[k]:.3g}' for k in bad} }): {bad}")
+                          f"{ {k: f'{torch64[k]:.3g}' for k in bad} }): {bad}",
+                          details={"kind": "parity", "onnx_float64_diff": {k: onnx64[k] for k in bad},
+                                   "allowed": {k: allowed[k] for k in bad},
+                                   "torch_float32_diff": {k: torch64[k] for k in bad},
+                                   "not_finite": [k for k in bad if not finite[k]]})
     return report
 
 
