@@ -32,6 +32,7 @@ from slicer import (
     read_palette,
     stack_fingerprint,
     validation_set,
+    warm_up_builds,
 )
 
 from .cache import ArtifactCache, Entry, artifact_key
@@ -133,6 +134,7 @@ class DeliveryService:
         self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
         self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
+        self.warm_up: dict[str, dict[str, float] | None] = {}  # model -> seconds its build warm-up took at load
 
     def load(self, names: list[str] | None = None) -> None:
         """Load the served models (all, or ``names``); called once at start-up, off the request path. Progress
@@ -149,12 +151,24 @@ class DeliveryService:
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
             _ = self.models[name].validation  # tokenised now, not inside the first cold build
+            self.warm_up[name] = self._warm_up(self.models[name])
             self.loading["loaded"].append(name)
             log.info("serving %s (loaded in %.1f s)", name, time.perf_counter() - started)
         self.loading.update(current=None, since=None)
         if self.settings.latency_calibration:
             self.calibrate(force=False)
         self.ready = True
+
+    def _warm_up(self, model: LoadedModel) -> dict[str, float] | None:
+        """The one-time costs of building (onnxruntime and PyTorch start-up) paid at load, not by the first
+        request's cold build. A failure here is logged, not fatal: the build itself reports it properly."""
+        try:
+            timings = warm_up_builds(model.opened, model.validation, self.build_options("fp32"))
+        except MLFSError as err:
+            log.warning("model %s: build warm-up failed (%s); the first build will say more", model.served.name, err)
+            return None
+        log.info("model %s: builds warmed up in %.2f s", model.served.name, timings["total_s"])
+        return timings
 
     def calibrate(self, force: bool = True, **options) -> list:
         """The built-in latency calibration for every profile's thread count (only missing ones unless forced)."""

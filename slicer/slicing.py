@@ -150,6 +150,24 @@ def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path,
     return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
 
 
+def warm_up_builds(opened: OpenSupernet, validation, options=None) -> dict[str, float]:
+    """Pay this process's one-time build costs at start-up (``slicer.onnx.build.warm_up``) on the search space's
+    smallest config, so the first cold build of a request costs what every later one does; nothing is written.
+    Returns the seconds per phase, ``total_s`` included."""
+    from .onnx.build import BuildOptions, warm_up
+    from .onnx.quiet import quiet_build_logs
+
+    quiet_build_logs()
+    start = time.perf_counter()
+    sup = opened.supernet
+    timings = {"slice_merge_s": 0.0}
+    subnet = sup.extract(sup.space.smallest(sup.dims))
+    timings["slice_merge_s"] = time.perf_counter() - start
+    timings.update(warm_up(subnet, validation, options or BuildOptions()))
+    timings["total_s"] = time.perf_counter() - start
+    return timings
+
+
 def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, options=None,
                      data: str | Path | None = None) -> dict[str, Any]:
     """One config's artifact written atomically into folder ``out`` (``mlfs export``); returns its manifest.
