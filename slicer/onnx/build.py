@@ -11,7 +11,9 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,11 @@ RECIPE_VERSION = "mlfs-onnx/2"  # bump whenever the graph interface or a build r
 OPSET = 18
 PRECISIONS = ("fp32", "int8")
 MANIFEST = "manifest.json"
+# Threads for a build's own PyTorch and onnxruntime work (extraction, the reference, the parity session): its inputs
+# are a few short sentences. Measured on the shared 2-core machine at load 8-15 (issue 11): with 2 PyTorch threads
+# the minnet's reference took 2.28 s wall (0.91 s CPU), with 1 thread 0.06 s (0.03 s CPU), and its extraction
+# 1.5 s against 0.25 s: threads that wait for each other at every operator lose badly whenever a core is busy.
+BUILD_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,19 @@ def write_model_graph(model, path: Path, options: BuildOptions) -> dict[str, Any
     return {"sha256": sha256_file(path), "size": path.stat().st_size}
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """PyTorch's intra-op threads set to ``n`` for the block (a process-wide setting: builds run one at a time)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _timed(fn, *args):
     start = time.perf_counter()
     return fn(*args), time.perf_counter() - start
@@ -102,7 +122,7 @@ def warm_up(model, validation: ValidationSet, options: BuildOptions = BuildOptio
     runs = reference_runs(model, validation.parity)
     timings["reference_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    check_parity(model, Path("<memory>"), [feed for feed, _ in runs], session(graph, threads=2), [out for _, out in runs])
+    check_parity(model, Path("<memory>"), [feed for feed, _ in runs], session(graph, threads=BUILD_THREADS), [out for _, out in runs])
     timings["validate_s"] = time.perf_counter() - start
     return timings
 
@@ -128,7 +148,7 @@ def build_artifact(model, folder: Path, validation: ValidationSet, options: Buil
         files = {fp32.name: write_model_graph(model, fp32, options)}
         timings["graph_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        sess = session(fp32, threads=2)
+        sess = session(fp32, threads=BUILD_THREADS)
         runs, timings["reference_s"] = reference.result()
     parity = check_parity(model, fp32, [feed for feed, _ in runs], sess, [out for _, out in runs])
     timings["validate_s"] = time.perf_counter() - start  # after the graph: session, runs, the reference's remainder

@@ -152,13 +152,19 @@ def graph_feeds(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str,
     return [feed for feed, _ in reference_runs(model, batches)]
 
 
-def session(path: Path | bytes, threads: int = 1):
-    """An onnxruntime CPU session of a graph file (or a serialised graph) with ``threads`` intra-op threads."""
+def session(path: Path | bytes, threads: int = 1, spinning: bool = False):
+    """An onnxruntime CPU session of a graph file (or a serialised graph) with ``threads`` intra-op threads.
+
+    Spinning is off by default, as on devices (client_sdk/latency.py): a server's cores are shared, and spinning
+    threads then compete with the work itself."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
+    spin = "1" if spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
     return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
 
 
