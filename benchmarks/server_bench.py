@@ -82,7 +82,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[None]:
+def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[subprocess.Popen]:
     """A server subprocess, up once ``ready_url`` answers 200; stopped (and reaped) afterwards."""
     proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -98,7 +98,7 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, 
             if time.time() > deadline:
                 raise RuntimeError(f"{ready_url} not ready after {timeout} s")
             time.sleep(0.3)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -108,12 +108,15 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, 
 
 
 @contextmanager
-def mlfs_server(store: Path) -> Iterator[str]:
+def mlfs_server(store: Path, pid: list[int] | None = None) -> Iterator[str]:
+    """``mlfs serve`` on ``store``; yields its URL (its process id is appended to ``pid`` when given)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     mlfs = str(Path(sys.executable).with_name("mlfs"))
     with process([mlfs, "serve", "--store", str(store), "--port", str(port)], f"{url}/readyz",
-                 env={"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "600"}):
+                 env={"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "600"}) as proc:
+        if pid is not None:
+            pid.append(proc.pid)
         yield url
 
 
@@ -364,15 +367,31 @@ async def hammer(url: str, body: dict, clients: int, requests: int) -> tuple[lis
         return times, time.perf_counter() - t0
 
 
+def server_cpu(pid: int, url: str, body: dict, clients: int, requests: int) -> dict[str, float]:
+    """CPU seconds the server process (all its threads) spent on ``requests`` resolves at ``clients`` concurrent
+    clients, per request, with the throughput of the same run."""
+    import psutil
+
+    server = psutil.Process(pid)
+    before = server.cpu_times()
+    times, wall = asyncio.run(hammer(url, body, clients, requests))
+    after = server.cpu_times()
+    cpu = (after.user - before.user) + (after.system - before.system)
+    return {"cpu_ms_per_request": 1000 * cpu / len(times), "per_second": len(times) / wall,
+            "p50_ms": statistics.median(times), "requests": len(times)}
+
+
 @app.command("resolve")
 def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer.Option(help="Resolves per level.")] = 400,
+            cpu_rounds: Annotated[int, typer.Option(help="Rounds of the CPU comparison (each: both servers, 64 clients).")] = 3,
             out_dir: OutOpt = RESULTS) -> None:
-    """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients."""
+    """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients, and the server's CPU per warm
+    resolve against a trivial FastAPI endpoint taking the same body (rounds interleaved)."""
     started = time.perf_counter()
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2},
             "budget": {"max_memory_mb": 300, "seq_len": 64, "precision": "fp32"}}
-    rows = []
-    with temp_store() as store, mlfs_server(store) as url:
+    rows, pids = [], []
+    with temp_store() as store, mlfs_server(store, pids) as url:
         first = httpx.post(f"{url}/v1/resolve", json=body, timeout=600)  # the cold build, not measured
         first.raise_for_status()
         asyncio.run(hammer(url, body, 4, 40))  # warm connections and code paths
@@ -380,6 +399,17 @@ def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer
             times, wall = asyncio.run(hammer(url, body, clients, requests))
             rows.append({"clients": clients, "requests": len(times), "p50_ms": statistics.median(times),
                          "p99_ms": percentile(times, 0.99), "per_second": len(times) / wall})
+        answer = store / "trivial-answer.json"
+        answer.write_text(json.dumps(first.json()))
+        port = free_port()
+        trivial = f"http://127.0.0.1:{port}"
+        cpu: dict[str, list[dict]] = {"mlfs": [], "trivial": []}
+        with process([sys.executable, str(Path(__file__).with_name("trivial_resolve_app.py")), str(port), str(answer)],
+                     f"{trivial}/readyz") as proc:
+            asyncio.run(hammer(trivial, body, 4, 40))
+            for _ in range(cpu_rounds):
+                cpu["mlfs"].append(server_cpu(pids[0], url, body, 64, requests))
+                cpu["trivial"].append(server_cpu(proc.pid, trivial, body, 64, requests))
     base = rows[0]
     table = Table("clients", "p50 ms", "p99 ms", "resolves/s", "p50 / 1-client p50", "throughput / 1-client",
                   title=f"warm POST /v1/resolve ({model}; server and clients share this machine)")
@@ -387,9 +417,22 @@ def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer
         table.add_row(str(r["clients"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['per_second']:.0f}",
                       f"{r['p50_ms'] / base['p50_ms']:.2f}x", f"{r['per_second'] / base['per_second']:.2f}x")
     console.print(table)
-    finish("resolve", "warm resolve latency at 1-64 concurrent clients", {"model": model, "body": body,
-           "requests_per_level": requests, "artifact": first.json()["config"]}, {"rows": rows}, started, out_dir,
-           [f"cpu_count={os.cpu_count()}: clients and server compete for the same cores"])
+    summary = {k: {m: statistics.median(r[m] for r in v) for m in ("cpu_ms_per_request", "per_second", "p50_ms")}
+               for k, v in cpu.items()}
+    summary["cpu_ratio"] = summary["mlfs"]["cpu_ms_per_request"] / summary["trivial"]["cpu_ms_per_request"]
+    summary["throughput_ratio"] = summary["mlfs"]["per_second"] / summary["trivial"]["per_second"]
+    console.print(f"server CPU per warm resolve at 64 clients: mlfs {summary['mlfs']['cpu_ms_per_request']:.2f} ms, "
+                  f"trivial FastAPI endpoint {summary['trivial']['cpu_ms_per_request']:.2f} ms "
+                  f"({summary['cpu_ratio']:.2f}x); resolves/s {summary['mlfs']['per_second']:.0f} vs "
+                  f"{summary['trivial']['per_second']:.0f} ({summary['throughput_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}")
+    finish("resolve", "warm resolve latency at 1-64 concurrent clients; server CPU per resolve vs a trivial endpoint",
+           {"model": model, "body": body, "requests_per_level": requests, "cpu_rounds": cpu_rounds,
+            "artifact": first.json()["config"]},
+           {"rows": rows, "cpu_vs_trivial": {"rounds": cpu, **summary}, "load_average": os.getloadavg()}, started, out_dir,
+           [f"cpu_count={os.cpu_count()}: clients and server compete for the same cores",
+            "cpu_ms_per_request: the server process's user+system CPU (psutil) over a run of requests at 64 clients; "
+            "the trivial endpoint (benchmarks/trivial_resolve_app.py) parses the same ResolveRequest and answers a fixed "
+            "ResolveResponse under the same uvicorn settings; rounds interleaved"])
 
 
 # ----- download -------------------------------------------------------------------------------------------------
