@@ -46,7 +46,7 @@ from slicer.data.calibration import load_tokenizer
 from slicer.data.examples import load_examples
 from slicer.data.readers import load_dataset_dir
 from slicer.errors import MLFSError
-from slicer.formats.adapter_stack import STACK_META
+from slicer.formats.adapter_stack import STACK_META, StackMeta
 from slicer.formats.storage import load_base
 from slicer.formats.teachers import resolve_base
 from slicer.nn.elastic import ElasticRMSNorm
@@ -277,18 +277,17 @@ def tail_mean(values: list[float], fraction: float) -> float:
 
 
 # ----- stacks -------------------------------------------------------------------------------------------------
-def stack_meta(adapters: Path) -> dict[str, Any]:
-    path = adapters / STACK_META
-    if not path.is_file():
+def stack_meta(adapters: Path) -> StackMeta:
+    if not (adapters / STACK_META).is_file():
         raise typer.BadParameter(f"{adapters} holds no {STACK_META}; pass an MLFS run's adapters/ folder",
                                  param_hint="--adapters")
-    return json.loads(path.read_text())
+    return StackMeta.read(adapters)
 
 
-def stack_settings(meta: dict[str, Any]) -> dict[str, Any]:
+def stack_settings(meta: StackMeta) -> dict[str, Any]:
     """The TrainSettings the stack was trained with (``train_settings`` in its metadata), else the defaults."""
     known = {f.name for f in fields(TrainSettings)}
-    saved = {k: v for k, v in (meta.get("train_settings") or {}).items() if k in known}
+    saved = {k: v for k, v in meta.train_settings.items() if k in known}
     if "stages" in saved:
         saved["stages"] = tuple(saved["stages"])
     return asdict(TrainSettings(**saved))
@@ -466,7 +465,8 @@ def no_stages_1_2(
 
     configs = [net.max_config] + ([SubnetConfig.parse(read_config_arg(c), dims) for c in config] if config
                                   else [net.space.smallest(dims)])
-    palette = {r["key"]: r.get("accuracy") for r in (read_palette(adapters) or {"configs": []})["configs"]}
+    table = read_palette(adapters)
+    palette = {r["key"]: r.get("accuracy") for r in (table.rows if table else ())}
     rows = []
     for cfg in configs:
         count = cfg.param_count(dims)
@@ -495,12 +495,12 @@ def no_stages_1_2(
     console.print(f"maxnet {100 * summary['maxnet']:.2f}%  stage-0 teacher {100 * summary['stage0_teacher']:.2f}%  "
                   f"minnet {100 * summary['minnet']:.2f}%  minnet without stages 1-2 {100 * summary['minnet_without_stages_1_2']:.2f}%")
     notes = []
-    if meta.get("stage", 2) < 2:
-        notes.append(f"the stack's last trained stage is {meta.get('stage')}; stages it did not train are zero anyway")
+    if meta.stage < 2:
+        notes.append(f"the stack's last trained stage is {meta.stage}; stages it did not train are zero anyway")
     settings = {"adapters": str(adapters), "base": base, "data": data, "max_len": max_len, "eval_batch": eval_batch,
                 "limit_dev": limit_dev, "configs": [c.to_dict() for c in configs],
-                "stack": {k: meta.get(k) for k in ("base_fingerprint", "rank", "targets", "stages", "stage", "reordered",
-                                                    "search_space", "train_settings")}}
+                "stack": {k: meta.to_dict().get(k) for k in ("base_fingerprint", "rank", "targets", "stages", "stage",
+                                                             "reordered", "search_space", "train_settings")}}
     results = {"summary": summary, "rows": rows, "data": {**info, "dev_used": len(dev_ex)}}
     stem = "no-stages-1-2" + (f"_{tag}" if tag else "")
     write_result(out_dir, stem, record("no-stages-1-2", "accuracy with stage-1/2 adapters switched off",

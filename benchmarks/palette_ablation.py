@@ -78,7 +78,7 @@ def run_one(
     """Train one variant with one seed (slicer.train.fit) and write its result JSON beside its run folder."""
     import torch
 
-    from slicer.spec.search_space import SearchSpace
+    from slicer.formats.adapter_stack import STACK_META, STACK_WEIGHTS
     from slicer.train.fit import fit
 
     if variant not in VARIANTS:
@@ -102,8 +102,7 @@ def run_one(
         base_params = sum(int(torch.Size(f.get_slice(k).get_shape()).numel()) for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
     parts = {k: v for k, v in shapes.items() if not k.startswith("reordering.")}
     numel = {k: int(torch.Size(v).numel()) for k, v in parts.items()}
-    dims_space = SearchSpace.from_dict(report["search_space"])
-    palette = report["palette"]
+    palette = report.palette
     smallest = palette[0]  # evaluate_palette keeps the space's order: smallest first, maxnet last
     results = {
         "variant": variant, "describes": VARIANTS[variant][2], "seed": seed,
@@ -117,11 +116,11 @@ def run_one(
             "vector_deltas": sum(n for k, n in numel.items() if ".delta." in k and not k.startswith("head.")),
             "head": sum(n for k, n in numel.items() if k.startswith("head.")),
         },
-        "stack_bytes": (stack / "adapters.safetensors").stat().st_size + (stack / "adapter_config.json").stat().st_size,
+        "stack_bytes": (stack / STACK_WEIGHTS).stat().st_size + (stack / STACK_META).stat().st_size,
         "parts_bytes_fp32": 4 * sum(numel.values()),
         "base_params": base_params, "base_bytes_fp32": 4 * base_params,
-        "train_seconds": report["train_seconds"], "eval_seconds": report["eval_seconds"],
-        "steps_by_stage": report["steps_by_stage"], "search_space": dims_space.to_dict(),
+        "train_seconds": report.train_seconds, "eval_seconds": report.eval_seconds,
+        "steps_by_stage": report.steps_by_stage, "search_space": report.search_space.to_dict(),
         "stack": str(stack),
     }
     settings = {"variant": variant, "seed": seed, "base": base, "data": data,
@@ -129,7 +128,7 @@ def run_one(
     notes = ["Runs of one `all` call share one device: wall times are contended, compare them within the call."]
     write_result(out_dir, f"{variant}_seed{seed}", base_record("palette-ablation-run", "one MLFS variant, one seed", settings,
                                                                 results, started, {**machine(), "torch": torch.__version__,
-                                                                                   "device": report["device"]},
+                                                                                   "device": report.device},
                                                                 bool(max_steps), notes))
 
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from slicer import BYTES_PER_PARAM, ModelDims, SubnetConfig, row_quality
+from slicer import BYTES_PER_PARAM, ModelDims, PaletteTable, SubnetConfig, row_quality
 
 from .errors import NoFit
 from .latency_model import Estimates, LatencyEstimate, gflops
@@ -100,12 +99,8 @@ def choose(
                                        o.precision == "fp32"))
 
 
-def candidates_from_palette(dims: ModelDims, palette: dict[str, Any] | None, configs: Sequence[SubnetConfig]) -> list[Candidate]:
+def candidates_from_palette(dims: ModelDims, palette: PaletteTable | None, configs: Sequence[SubnetConfig]) -> list[Candidate]:
     """Palette rows give quality (accuracy, or -loss for language models); without a table, none."""
-    rows = {r["key"]: r for r in (palette or {}).get("configs", [])}
-    metric = (palette or {}).get("metric")
-    out = []
-    for cfg in configs:
-        row = rows.get(cfg.key)
-        out.append(Candidate(cfg, row_quality(row, metric), cfg.param_count(dims).total))
-    return out
+    rows = {r["key"]: r for r in palette.rows} if palette else {}
+    metric = palette.metric if palette else None
+    return [Candidate(cfg, row_quality(rows.get(cfg.key), metric), cfg.param_count(dims).total) for cfg in configs]

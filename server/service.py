@@ -24,6 +24,7 @@ from slicer import (
     ConfigError,
     MLFSError,
     OpenSupernet,
+    PaletteTable,
     SubnetConfig,
     ValidationSet,
     build_subnet_artifact,
@@ -72,7 +73,7 @@ class LoadedModel:
     served: ServedModel
     opened: OpenSupernet
     adapters_fingerprint: str | None
-    palette: dict[str, Any] | None
+    palette: PaletteTable | None
     palette_check: dict[str, Any] = dataclasses.field(default_factory=lambda: {"verified": None, "reason": "", "data": None})
 
     @property
@@ -90,7 +91,7 @@ class LoadedModel:
     def quality_metric(self) -> str | None:
         """What ``quality`` means for this model (higher is better): palette accuracy, or -loss for a language
         model's palette (``neg_loss``); None without a palette table."""
-        return quality_metric(self.palette.get("metric")) if self.palette else None
+        return quality_metric(self.palette.metric) if self.palette else None
 
     @functools.cached_property
     def candidates(self) -> list[Candidate]:

@@ -25,6 +25,7 @@ from slicer import (
     ConfigError,
     MLFSError,
     OpenSupernet,
+    StackMeta,
     TeacherError,
     atomic_directory,
     list_teachers,
@@ -240,23 +241,18 @@ def check_palette(adapters: Path | None, validation: str | Path | None) -> dict[
     fingerprint), False (other data, or no validation data to check against; ``reason`` says which), or None
     (no palette). The validation split is read as the stack's training read its data."""
     from slicer.data.readers import ClassificationData, ReadOptions, load_eval_split
-    from slicer.formats.adapter_stack import read_stack_meta
-    from slicer.spec.palette import palette_data_fingerprint, read_palette
 
     palette = read_palette(adapters) if adapters is not None else None
     if palette is None:
         return {"verified": None, "reason": "no palette table", "data": None}
-    data = palette.get("data") if isinstance(palette.get("data"), dict) else None
-    shown = {k: data.get(k) for k in ("name", "split", "fingerprint", "examples")} if data else None
-    claimed = palette_data_fingerprint(palette)
+    shown = {k: palette.data.get(k) for k in ("name", "split", "fingerprint", "examples")}
+    claimed = palette.data_fingerprint
     if validation is None:
         return {"verified": False, "reason": "no validation data attached to check the palette against", "data": shown}
-    meta = read_stack_meta(adapters)
-    trained_on = meta.get("data") or {}
-    task = meta.get("task") or "classification"
+    meta = StackMeta.read(adapters)
     try:
-        dev, _ = load_eval_split(validation, task, trained_on.get("label_names"),
-                                 ReadOptions.from_dict(trained_on.get("read")))
+        dev, _ = load_eval_split(validation, meta.task or "classification", meta.label_names,
+                                 ReadOptions.from_dict(meta.data.get("read")))
     except MLFSError as err:
         raise ConfigError(f"the validation data cannot be read as the stack's training data was: {err}") from None
     fp = dev.fingerprint() if isinstance(dev, ClassificationData) else hashlib.sha256(dev.encode()).hexdigest()

@@ -21,20 +21,21 @@ _API: dict[str, str] = {
     "SearchSpace": ".spec.search_space", "Family": ".spec.vocab", "Task": ".spec.vocab", "FAMILIES": ".spec.vocab",
     "TASKS": ".spec.vocab", "Builder": ".spec.vocab", "GraphMode": ".spec.vocab", "BUILDERS": ".spec.vocab",
     "GRAPH_MODES": ".spec.vocab", "DEFAULT_BUILDER": ".spec.vocab", "DEFAULT_GRAPH_MODE": ".spec.vocab", "PALETTE_FILE": ".spec.palette", "read_palette": ".spec.palette",
-    "write_palette": ".spec.palette", "row_quality": ".spec.palette", "quality_metric": ".spec.palette",
+    "write_palette": ".spec.palette", "PaletteTable": ".spec.palette", "row_quality": ".spec.palette", "quality_metric": ".spec.palette",
     # paths (torch-free)
     "data_home": ".paths", "safe_join": ".paths", "sha256_file": ".paths", "file_lock": ".paths",
     "atomic_directory": ".paths",
     # files on disk (torch)
     "STACK_META": ".formats.adapter_stack", "STACK_WEIGHTS": ".formats.adapter_stack",
-    "stack_fingerprint": ".formats.adapter_stack", "read_stack_meta": ".formats.adapter_stack",
+    "stack_fingerprint": ".formats.adapter_stack", "StackMeta": ".formats.adapter_stack",
     "CACHE_SUBDIR": ".formats.reordering_cache", "list_teachers": ".formats.teachers",
     "prepare_teacher": ".formats.teachers", "resolve_base": ".formats.teachers", "load_subnet": ".formats.storage",
     "prepare_dataset": ".data.prepared",
     # slicing and building (torch)
     "OpenSupernet": ".slicing", "open_supernet": ".slicing", "slice_to_folder": ".slicing",
     "export_to_folder": ".slicing", "read_config_arg": ".slicing", "build_subnet_artifact": ".slicing",
-    "validation_set": ".slicing", "warm_up_builds": ".slicing", "BuildOptions": ".onnx.build", "ValidationSet": ".onnx.validate",
+    "validation_set": ".slicing", "warm_up_builds": ".slicing", "TrainingReport": ".train.report",
+    "REPORT_FILE": ".train.report", "BuildOptions": ".onnx.build", "ValidationSet": ".onnx.validate",
 }
 
 __all__ = sorted(_API)

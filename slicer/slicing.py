@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .formats.adapter_stack import load_adapter_stack, read_stack_meta, stack_fingerprint
+from .formats.adapter_stack import StackMeta, load_adapter_stack, stack_fingerprint
 from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
@@ -44,7 +44,7 @@ def open_supernet(base: str | Path, adapters: str | Path | None = None, reorder:
     fp = fingerprint(base_dir)
     if adapters is not None:
         supernet = load_adapter_stack(model, Path(adapters), fp)
-        return OpenSupernet(supernet, base_dir, fp, Path(adapters), reordered=bool(read_stack_meta(adapters)["reordered"]))
+        return OpenSupernet(supernet, base_dir, fp, Path(adapters), reordered=StackMeta.read(adapters).reordered)
     if reorder:
         cache = ReorderingCache(reordering_cache, fp) if reordering_cache is not None else None
         reorder_by_importance(model, base_dir, cache=cache)
@@ -86,12 +86,11 @@ def slice_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, ov
 def validation_set(opened: OpenSupernet, data: str | Path | None = None, max_len: int = 64):
     """Real inputs every build of this model is checked on (tokenised here, once; keep it for the next builds):
     a few of the data's dev examples at two lengths and its whole dev split for the int8 gate, else calibration text."""
-    from .formats.adapter_stack import read_stack_meta
     from .onnx.validate import build_validation_set
 
     dims = opened.supernet.dims
     # Labels numbered, and the data read, as the model was trained (the adapter stack records both).
-    trained_on = (read_stack_meta(opened.adapters_dir).get("data") or {}) if opened.adapters_dir else {}
+    trained_on = StackMeta.read(opened.adapters_dir).data if opened.adapters_dir else {}
     return build_validation_set(opened.base_dir, dims.family, data, min(max_len, dims.max_positions), trained_on)
 
 
@@ -100,19 +99,19 @@ def expected_quality(adapters: Path | None, cfg: SubnetConfig) -> dict[str, Any]
     table = read_palette(adapters)
     if table is None:
         return None
-    row = next((r for r in table["configs"] if r["key"] == cfg.key), None)
-    return None if row is None else {table["metric"]: row[table["metric"]], "data_fingerprint": table["data_fingerprint"]}
+    row = table.row(cfg.key)
+    return None if row is None else {table.metric: row.get(table.metric), "data_fingerprint": table.data_fingerprint}
 
 
 def device_fields(opened: OpenSupernet) -> dict[str, Any]:
     """What a device needs beside the graph to use an artifact: label names, the longest input the model was
     trained at, how embeddings are pooled and the tokenizer's special ids (from the stack and the base's configs)."""
     dims = opened.supernet.dims
-    meta = read_stack_meta(opened.adapters_dir) if opened.adapters_dir is not None else {}
-    labels = (meta.get("data") or {}).get("label_names")
+    meta = StackMeta.read(opened.adapters_dir) if opened.adapters_dir is not None else None
+    labels = meta.label_names if meta else None
     if dims.num_labels and (not labels or len(labels) != dims.num_labels):
         labels = [f"LABEL_{i}" for i in range(dims.num_labels)]
-    trained_len = (meta.get("train_settings") or {}).get("max_len")
+    trained_len = meta.trained_max_len if meta else None
     special: dict[str, Any] = {"pad_token_id": dims.pad_token_id}
     for name in ("config.json", "generation_config.json"):  # generation_config wins, as in transformers
         path = opened.base_dir / name

@@ -31,6 +31,24 @@ def tiny_dims(request) -> _ModelDims:
     return tiny_encoder_dims() if request.param == "encoder" else tiny_decoder_dims()
 
 
+# ----- inputs for tiny models (helpers.models.padded_batch: random ids, the second row ends in padding) -------
+@_pytest.fixture
+def tiny_batch(tiny_dims):
+    """The batch a test of a tiny family feeds its models (seed 0, 2 rows of 7, the last 2 of row 2 padded).
+    A test that needs a second, different batch calls ``helpers.models.padded_batch`` with another seed."""
+    from helpers.models import padded_batch
+
+    return padded_batch(tiny_dims)
+
+
+@_pytest.fixture
+def encoder_batch(encoder_dims):
+    """:func:`tiny_batch` for tests that run the tiny encoder alone."""
+    from helpers.models import padded_batch
+
+    return padded_batch(encoder_dims)
+
+
 # ----- real teachers (slow tests; prepared once per machine into the data home) ------------------------------
 from collections.abc import Callable as _Callable  # noqa: E402
 from pathlib import Path as _Path  # noqa: E402

@@ -9,7 +9,6 @@ shows the traceback.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..errors import MLFSError
-from ..spec.vocab import CLASSIFICATION, TASKS, Task
+from ..spec.vocab import CLASSIFICATION, Task
 from .common import (
     FoldCaseOpt,
     LabelColumnOpt,
@@ -237,7 +236,8 @@ def train_cmd(
 
     from ..nn.adapters import AdapterSettings
     from ..spec.search_space import SearchSpace
-    from ..train.fit import fit, is_main_process
+    from ..train.fit import ADAPTERS_SUBDIR, fit, is_main_process
+    from ..train.report import REPORT_FILE
     from ..train.trainer import TrainSettings
 
     try:
@@ -298,11 +298,11 @@ def train_cmd(
         bar.close()
     if not main_process:
         return
-    if report["palette"]:
-        _print_palette(report["palette"], task)
+    if report.palette:
+        _print_palette(report.palette, task)
     else:
         out.print("palette     not evaluated (--eval-configs 0); run `mlfs eval --save` to write palette.json")
-    out.print(f"adapters    {out_dir / 'adapters'}\nreport      {out_dir / 'report.json'}")
+    out.print(f"adapters    {out_dir / ADAPTERS_SUBDIR}\nreport      {out_dir / REPORT_FILE}")
 
 
 def _stage_line(summary: dict, task: Task) -> str:
@@ -343,23 +343,22 @@ def eval_cmd(
     from tqdm import tqdm
 
     from ..data.examples import load_eval_examples
-    from ..formats.adapter_stack import read_stack_meta
+    from ..formats.adapter_stack import StackMeta
     from ..slicing import open_supernet
-    from ..spec.palette import check_mergeable, palette_table, write_palette
+    from ..spec.palette import PaletteTable, check_mergeable, write_palette
     from ..train.evaluate import evaluate_palette, resolve_configs
 
-    meta = read_stack_meta(adapters)
-    task = meta.get("task")
-    if task not in TASKS:
+    meta = StackMeta.read(adapters)
+    task = meta.task
+    if task is None:
         raise typer.BadParameter(f"{adapters}: the stack records no task (classification or causal-lm)")
-    trained_on = meta.get("data") or {}
-    read = read_options(text_column, label_column, skip_bad, fold_label_case, trained_on.get("read"))
+    read = read_options(text_column, label_column, skip_bad, fold_label_case, meta.data.get("read"))
     set_threads(threads)
     with err.status("loading base and adapters"):
         opened = open_supernet(base, adapters)
     cfgs = resolve_configs(opened.supernet, configs)
     dev, info = load_eval_examples(opened.base_dir, data, task, max_len, opened.supernet.dims.family,
-                                   trained_on.get("label_names"), read)
+                                   meta.label_names, read)
     out.print(f"data        {info['name']} {info['split']} ({info['file']}, {info['examples']:,} examples, "
               f"fingerprint {info['fingerprint'][:12]})")
     if task == CLASSIFICATION:
@@ -372,7 +371,7 @@ def eval_cmd(
         rows = evaluate_palette(opened.supernet, cfgs, dev, task, on_config=lambda _row: bar.update(1))
     _print_palette(rows, task)
     if table_out is not None:
-        table_out.write_text(json.dumps(palette_table(rows, task, info), indent=2))
+        PaletteTable.of(rows, task, info).write(table_out)
         out.print(f"wrote       {table_out}")
     if save:
         out.print(f"saved       {write_palette(adapters, rows, task, info, merge=True)} (rows merged)")

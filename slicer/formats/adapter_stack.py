@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-from ..errors import AdapterMismatchError, CheckpointError
+from ..errors import AdapterMismatchError, CheckpointError, ConfigError
 from ..nn.adapters import AdapterSettings
 from ..nn.importance import Reordering
 from ..nn.model import SlicedTransformer
 from ..nn.supernet import Supernet, adapter_shapes
 from ..paths import atomic_directory, new_file_mode
+from ..spec.dims import ModelDims
 from ..spec.search_space import SearchSpace
+from ..spec.vocab import TASKS, Task
 from .checkpoint import read_json, read_safetensors
 
 STACK_FORMAT = "mlfs-adapters/2"  # /2 adds stage ranks, vector deltas and head deltas
@@ -28,6 +31,85 @@ READABLE_FORMATS = ("mlfs-adapters/1", STACK_FORMAT)  # /1: low-rank pairs at on
 STACK_META = "adapter_config.json"
 STACK_WEIGHTS = "adapters.safetensors"
 REORDER_PREFIX = "reordering."
+_STACK_FIELDS = frozenset({  # the keys StackMeta reads; any other is kept in ``extra``
+    "format", "base_fingerprint", "base_dims", "num_labels", "rank", "alpha", "targets", "stages", "stage_ranks",
+    "vector_deltas", "head_deltas", "stage", "search_space", "reordered", "task", "data", "train_settings"})
+
+
+@dataclass(frozen=True)
+class StackMeta:
+    """``adapter_config.json``: what a stack fits (base fingerprint and dims, adapter settings, search space, head)
+    and what it was trained on. ``write``/``read`` are its one writer and reader; ``read`` accepts every format in
+    ``READABLE_FORMATS`` and turns a missing or malformed field into a CheckpointError naming the file."""
+
+    base_fingerprint: str
+    base_dims: ModelDims
+    settings: AdapterSettings
+    search_space: SearchSpace
+    num_labels: int = 0
+    stage: int = 0
+    reordered: bool = False
+    task: Task | None = None  # written by training; older or hand-made stacks may lack it
+    data: dict[str, Any] = field(default_factory=dict)  # what it was trained on: label_names, read options, ...
+    train_settings: dict[str, Any] = field(default_factory=dict)  # TrainSettings as written (a record, not parsed)
+    extra: dict[str, Any] = field(default_factory=dict)  # any other key (notes, provenance), kept as written
+    format: str = STACK_FORMAT
+
+    @property
+    def label_names(self) -> list[str] | None:
+        return self.data.get("label_names")
+
+    @property
+    def trained_max_len(self) -> int | None:
+        """The longest input the stack was trained at, if recorded."""
+        return self.train_settings.get("max_len")
+
+    def to_dict(self) -> dict[str, Any]:
+        s = self.settings
+        # What it was trained on is written only when known (stacks built outside training have none of it).
+        trained = {"task": self.task, "data": self.data or None, "train_settings": self.train_settings or None}
+        return {
+            "format": self.format, "base_fingerprint": self.base_fingerprint, "base_dims": self.base_dims.to_dict(),
+            "num_labels": self.num_labels, "rank": s.rank, "alpha": s.alpha, "targets": list(s.targets),
+            "stages": s.stages, "stage_ranks": list(s.ranks), "vector_deltas": s.vectors, "head_deltas": s.head,
+            "stage": self.stage, "search_space": self.search_space.to_dict(), "reordered": self.reordered,
+            **{k: v for k, v in trained.items() if v is not None}, **self.extra,
+        }
+
+    def write(self, folder: str | Path) -> dict[str, Any]:
+        data = self.to_dict()
+        (Path(folder) / STACK_META).write_text(json.dumps(data, indent=2))
+        return data
+
+    @classmethod
+    def read(cls, folder: str | Path) -> StackMeta:
+        path = Path(folder) / STACK_META
+        data = read_json(path)
+        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise CheckpointError(f"{path}: format {found!r}, expected one of {list(READABLE_FORMATS)}")
+        try:
+            ranks = tuple(data.get("stage_ranks") or ())
+            uniform = len(set(ranks)) <= 1  # equal ranks are ``rank`` for every stage; /1 stacks list none
+            settings = AdapterSettings(data["rank"], tuple(data["targets"]), data["stages"], data.get("alpha"),
+                                       stage_ranks=() if uniform else ranks,
+                                       vectors=bool(data.get("vector_deltas", False)),
+                                       head=bool(data.get("head_deltas", False)))
+            task = data.get("task")
+            if task is not None and task not in TASKS:
+                raise ConfigError(f"task {task!r} is not one of {', '.join(TASKS)}")
+            if not isinstance(data["base_fingerprint"], str):
+                raise TypeError(f"base_fingerprint must be a string, got {data['base_fingerprint']!r}")
+            meta = cls(data["base_fingerprint"], ModelDims.from_dict(data["base_dims"]), settings,
+                       SearchSpace.from_dict(data["search_space"]), int(data.get("num_labels") or 0),
+                       int(data.get("stage") or 0), bool(data["reordered"]), task, dict(data.get("data") or {}),
+                       dict(data.get("train_settings") or {}), {k: v for k, v in data.items() if k not in _STACK_FIELDS},
+                       data["format"])
+        except KeyError as err:
+            raise CheckpointError(f"{path}: not an adapter stack description (missing field {err})") from None
+        except (TypeError, ValueError) as err:  # ConfigError is a ValueError: a field has a wrong value
+            raise CheckpointError(f"{path}: not an adapter stack description ({err})") from None
+        return meta
 
 
 def save_adapter_stack(
@@ -35,27 +117,16 @@ def save_adapter_stack(
     out: str | Path,
     base_fingerprint: str,
     reordering: Reordering | None = None,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+    task: Task | None = None,
+    data: dict[str, Any] | None = None,
+    train_settings: dict[str, Any] | None = None,
+) -> StackMeta:
+    """Write ``supernet``'s adapters and head (and ``reordering``) as a stack folder; ``task``, ``data`` and
+    ``train_settings`` record what it was trained on. Returns the metadata written."""
     out = Path(out)
-    s = supernet.settings
-    meta = {
-        "format": STACK_FORMAT,
-        "base_fingerprint": base_fingerprint,
-        "base_dims": supernet.dims.base().to_dict(),
-        "num_labels": supernet.dims.num_labels,
-        "rank": s.rank,
-        "alpha": s.alpha,
-        "targets": list(s.targets),
-        "stages": s.stages,
-        "stage_ranks": list(s.ranks),
-        "vector_deltas": s.vectors,
-        "head_deltas": s.head,
-        "stage": supernet.stage,
-        "search_space": supernet.space.to_dict(),
-        "reordered": reordering is not None,
-        **(extra or {}),
-    }
+    meta = StackMeta(base_fingerprint, supernet.dims.base(), supernet.settings, supernet.space,
+                     supernet.dims.num_labels, supernet.stage, reordering is not None, task, data or {},
+                     train_settings or {})
     state = {**supernet.adapter_state(), **supernet.head_state()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     if reordering is not None:
@@ -63,25 +134,8 @@ def save_adapter_stack(
     with atomic_directory(out) as tmp:
         save_file(tensors, str(tmp / STACK_WEIGHTS))
         new_file_mode(tmp / STACK_WEIGHTS)  # safetensors leaves 0600
-        (tmp / STACK_META).write_text(json.dumps(meta, indent=2))
+        meta.write(tmp)
     return meta
-
-
-def read_stack_meta(folder: str | Path) -> dict[str, Any]:
-    """An adapter stack's metadata (rank, targets, stages, task, training settings, ...), format-checked."""
-    meta = read_json(Path(folder) / STACK_META)
-    if meta.get("format") not in READABLE_FORMATS:
-        raise CheckpointError(f"{Path(folder) / STACK_META}: format {meta.get('format')!r}, expected one of {list(READABLE_FORMATS)}")
-    return meta
-
-
-def stack_settings(meta: dict[str, Any]) -> AdapterSettings:
-    """The adapter settings a stack was written with (a /1 stack: one rank, low-rank pairs only)."""
-    ranks = tuple(meta.get("stage_ranks") or ())
-    uniform = len(set(ranks)) <= 1
-    return AdapterSettings(meta["rank"], tuple(meta["targets"]), meta["stages"], meta.get("alpha"),
-                           stage_ranks=() if uniform else ranks, vectors=bool(meta.get("vector_deltas", False)),
-                           head=bool(meta.get("head_deltas", False)))
 
 
 def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerprint: str) -> Supernet:
@@ -94,19 +148,19 @@ def load_adapter_stack(base: SlicedTransformer, folder: str | Path, base_fingerp
 
 
 def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint: str) -> Supernet:
-    meta = read_stack_meta(folder)
-    if meta["base_fingerprint"] != base_fingerprint:
+    meta = StackMeta.read(folder)
+    if meta.base_fingerprint != base_fingerprint:
         raise AdapterMismatchError(
-            f"adapters in {folder} were trained on base {meta['base_fingerprint'][:12]}, "
+            f"adapters in {folder} were trained on base {meta.base_fingerprint[:12]}, "
             f"but this base is {base_fingerprint[:12]}; load them with the base they were trained on"
         )
-    if meta["base_dims"] != base.dims.base().to_dict():
-        raise AdapterMismatchError(f"adapters in {folder} were made for other model dimensions: {meta['base_dims']}")
-    settings = stack_settings(meta)
+    if meta.base_dims != base.dims.base():
+        raise AdapterMismatchError(f"adapters in {folder} were made for other model dimensions: {meta.base_dims.to_dict()}")
+    settings = meta.settings
     tensors = read_safetensors(folder / STACK_WEIGHTS)
     reorder = {k[len(REORDER_PREFIX):]: v for k, v in tensors.items() if k.startswith(REORDER_PREFIX)}
     # Check everything before touching the caller's base model.
-    num_labels = meta.get("num_labels", 0)
+    num_labels = meta.num_labels
     expected = adapter_shapes(base.dims.with_labels(num_labels) if num_labels else base.dims, settings)
     if num_labels:
         expected.update({"head.weight": (num_labels, base.dims.hidden), "head.bias": (num_labels,)})
@@ -117,7 +171,7 @@ def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint:
         detail = f"missing {missing[:3]}, unexpected {extra[:3]}, wrong shape {[(k, got[k], expected[k]) for k in wrong[:3]]}"
         raise AdapterMismatchError(f"adapters in {folder} do not fit this base: {detail}")
     reordering = Reordering.from_tensors(reorder, base.dims) if reorder else None
-    space = SearchSpace.from_dict(meta["search_space"]).validate(base.dims)
+    space = meta.search_space.validate(base.dims)
     if reordering is not None:
         reordering.apply(base)
     if num_labels:
@@ -126,7 +180,7 @@ def _load_adapter_stack(base: SlicedTransformer, folder: Path, base_fingerprint:
     with torch.no_grad():
         for name, value in {**supernet.adapter_state(), **supernet.head_state()}.items():
             value.copy_(tensors[name])
-    supernet.set_stage(min(meta.get("stage", 0), settings.stages - 1))
+    supernet.set_stage(min(meta.stage, settings.stages - 1))
     return supernet
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import platform
@@ -32,6 +31,7 @@ from ..spec.search_space import SearchSpace
 from ..spec.vocab import CLASSIFICATION, FAMILY_OF_TASK
 from .evaluate import evaluate_config, evaluate_palette, resolve_configs
 from .reorder import reorder_by_importance
+from .report import TrainingReport
 from .trainer import StepMetrics, Trainer, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,9 @@ def fit(
     on_stage: Callable[[dict[str, Any]], None] | None = None,
     on_eval: Callable[[dict[str, Any], int], None] | None = None,
     adapters: AdapterSettings | None = None,
-) -> dict[str, Any]:
-    """Train, save the adapter stack, evaluate the palette and write the report.
+) -> TrainingReport | None:
+    """Train, save the adapter stack, evaluate the palette and write the report (returned; None on ranks other
+    than 0, which only train).
 
     ``adapters`` (rank, stage ranks, vector/head deltas) wins over ``rank`` when given; the default is the
     recommended method at rank ``rank`` (``slicer.nn.adapters.recommended``). ``eval_configs`` picks the configs
@@ -162,27 +163,26 @@ def fit(
 
         result = trainer.run(resume=resume, on_step=on_step, on_stage_end=stage_done)
     if not is_main_process():
-        return result
+        return None
 
     fp = fingerprint(base_dir)
-    extra = {"task": settings.task, "data": data_info, "train_settings": asdict(settings)}
-    save_adapter_stack(net, out / ADAPTERS_SUBDIR, fp, reordering, extra)  # tensors are copied to the CPU
+    save_adapter_stack(net, out / ADAPTERS_SUBDIR, fp, reordering, task=settings.task, data=data_info,
+                       train_settings=asdict(settings))  # tensors are copied to the CPU
     started = time.perf_counter()
     configs = [] if eval_configs == "0" else resolve_configs(net, eval_configs)
     rows = evaluate_palette(net, configs, dev_ex, settings.task, device=dev,  # fp32, where it trained
                             on_config=(lambda row: on_eval(row, len(configs))) if on_eval else None)
     if rows:
         write_palette(out / ADAPTERS_SUBDIR, rows, settings.task, data_info["eval"])
-    report = {
-        "base": str(base), "base_fingerprint": fp, "task": settings.task, "rank": adapters.rank,
-        "adapters": {"stage_ranks": list(adapters.ranks), "vector_deltas": adapters.vectors, "head_deltas": adapters.head}, "reordered": reordering is not None,
-        "search_space": space.to_dict(), "settings": asdict(settings), "data": data_info,
-        "train_seconds": result["seconds"], "eval_seconds": time.perf_counter() - started,
-        "steps_per_stage": result["steps_per_stage"], "steps_by_stage": result["steps_by_stage"],
-        "device": str(dev), "stage_summaries": summaries, "threads": torch.get_num_threads(),
-        "versions": {"torch": torch.__version__, "python": platform.python_version()}, "palette": rows,
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
+    report = TrainingReport(
+        base=str(base), base_fingerprint=fp, task=settings.task, rank=adapters.rank, search_space=space,
+        settings=asdict(settings), data=data_info, train_seconds=result["seconds"],
+        eval_seconds=time.perf_counter() - started, steps_per_stage=result["steps_per_stage"],
+        steps_by_stage=result["steps_by_stage"], device=str(dev), palette=rows,
+        adapters={"stage_ranks": list(adapters.ranks), "vector_deltas": adapters.vectors, "head_deltas": adapters.head},
+        reordered=reordering is not None, stage_summaries=summaries, threads=torch.get_num_threads(),
+        versions={"torch": torch.__version__, "python": platform.python_version()})
+    report.write(out)
     return report
 
 

@@ -13,6 +13,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from slicer.formats.storage import load_subnet
+from slicer.spec.palette import read_palette
+from slicer.train.report import TrainingReport
 
 
 def run_mlfs(*args: str, home: Path) -> subprocess.CompletedProcess:
@@ -120,8 +122,8 @@ def test_train_under_torchrun_writes_one_report(tmp_path, make_store):
          "--max-steps", "2", "--batch-size", "8", "--device", "cpu"],
         capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((out / "report.json").read_text())
-    assert report["palette"] and (out / "adapters" / "palette.json").is_file() and (out / "reordering.safetensors").is_file()
+    report = TrainingReport.read(out)
+    assert report.palette and read_palette(out / "adapters") is not None and (out / "reordering.safetensors").is_file()
     steps = [(r["stage"], r["step"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert steps == [(s, k) for s in (0, 1, 2) for k in range(2)]  # one writer, no duplicated rows
     assert result.stdout.count("adapters    ") == 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
 import stat
 import subprocess
@@ -14,6 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from slicer.cli.main import app
+from slicer.formats.adapter_stack import StackMeta
+from slicer.spec.palette import PaletteTable, read_palette
+from slicer.train.report import TrainingReport
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -79,14 +81,15 @@ def test_train_takes_the_data_flags_and_reports_each_stage(trained):
     for stage in (0, 1, 2):
         assert f"stage {stage}     maxnet " in r.stdout and "minnet" in r.stdout and "(dev, 12 examples)" in r.stdout
     assert "palette evaluation (configs)" in r.stderr
-    palette = json.loads((out / "adapters" / "palette.json").read_text())
-    assert len(palette["configs"]) == 3  # --eval-configs 3: smallest, middle, largest
-    assert palette["data"]["name"] == "tweets" and palette["data"]["split"] == "dev"
-    assert palette["data"]["file"] == "dev.csv" and palette["data"]["examples"] == 12
-    report = json.loads((out / "report.json").read_text())
-    assert [s["stage"] for s in report["stage_summaries"]] == [0, 1, 2] and report["threads"] == 1
-    meta = json.loads((out / "adapters" / "adapter_config.json").read_text())
-    assert meta["data"]["read"]["text_columns"] == ["tweet"] and meta["data"]["label_names"] == ["neg", "pos"]
+    palette = read_palette(out / "adapters")
+    assert len(palette.rows) == 3  # --eval-configs 3: smallest, middle, largest
+    assert palette.data["name"] == "tweets" and palette.data["split"] == "dev"
+    assert palette.data["file"] == "dev.csv" and palette.data["examples"] == 12
+    report = TrainingReport.read(out)
+    assert [s["stage"] for s in report.stage_summaries] == [0, 1, 2] and report.threads == 1
+    assert report.palette == list(palette.rows)
+    meta = StackMeta.read(out / "adapters")
+    assert meta.data["read"]["text_columns"] == ["tweet"] and meta.label_names == ["neg", "pos"]
 
 
 def test_eval_needs_no_train_file_and_never_overwrites_unless_asked(trained, tmp_path):
@@ -102,14 +105,14 @@ def test_eval_needs_no_train_file_and_never_overwrites_unless_asked(trained, tmp
                             "--configs", "2"])
     assert r.exit_code == 0, r.output
     assert "not saved" in r.stdout and (adapters / "palette.json").read_bytes() == before
-    trained_rows = {c["key"]: c for c in json.loads(before)["configs"]}
+    trained_rows = {c["key"]: c for c in read_palette(adapters).rows}
 
     # --save on the same data merges: the 3 rows stay 3 (2 re-evaluated, same numbers), none dropped.
     r = runner.invoke(app, ["eval", "--base", str(base), "--adapters", str(adapters), "--data", str(dev_only),
                             "--configs", "2", "--save"])
     assert r.exit_code == 0, r.output
-    merged = json.loads((adapters / "palette.json").read_text())
-    assert {c["key"]: c["accuracy"] for c in merged["configs"]} == {k: c["accuracy"] for k, c in trained_rows.items()}
+    merged = read_palette(adapters)
+    assert {c["key"]: c["accuracy"] for c in merged.rows} == {k: c["accuracy"] for k, c in trained_rows.items()}
 
     # Other data: refused, the table is untouched; --out writes it elsewhere.
     other = tmp_path / "other"
@@ -123,8 +126,8 @@ def test_eval_needs_no_train_file_and_never_overwrites_unless_asked(trained, tmp
     r = runner.invoke(app, ["eval", "--base", str(base), "--adapters", str(adapters), "--data", str(other),
                             "--out", str(tmp_path / "other.json")])
     assert r.exit_code == 0, r.output
-    table = json.loads((tmp_path / "other.json").read_text())
-    assert table["data"]["name"] == "other" and table["data"]["examples"] == 6
+    table = PaletteTable.read(tmp_path / "other.json")
+    assert table.data["name"] == "other" and table.data["examples"] == 6
 
 
 def test_help_shows_no_bool_and_piped_tables_are_not_cut(tmp_path):

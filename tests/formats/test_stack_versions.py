@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.models import padded_batch, randomize_adapters
+from helpers.models import randomize_adapters
 
 from slicer.errors import CheckpointError
 from slicer.formats.adapter_stack import STACK_FORMAT, STACK_META, load_adapter_stack, save_adapter_stack
@@ -62,7 +62,7 @@ def configs(dims):
             SubnetConfig.parse({"layers": [1, 3], "heads": [4, 2], "ffn": [5, 60]}, dims)]
 
 
-def test_a_stack_with_every_new_part_round_trips(base_folder, tmp_path):
+def test_a_stack_with_every_new_part_round_trips(base_folder, tmp_path, encoder_batch):
     net, fp = write_stack(base_folder, tmp_path / "stack", FULL)
     meta = json.loads((tmp_path / "stack" / STACK_META).read_text())
     assert meta["format"] == STACK_FORMAT == "mlfs-adapters/2"
@@ -71,12 +71,12 @@ def test_a_stack_with_every_new_part_round_trips(base_folder, tmp_path):
     assert loaded.settings == net.settings and loaded.stage == 2
     for k, v in net.adapter_state().items():
         assert torch.equal(loaded.adapter_state()[k], v), k
-    inputs = padded_batch(net.dims)
+    inputs = encoder_batch
     for cfg in configs(net.dims):
         assert torch.equal(logits(loaded.extract(cfg), inputs), logits(net.extract(cfg), inputs)), cfg.describe()
 
 
-def test_a_version_1_stack_loads_and_computes_as_before(base_folder, tmp_path):
+def test_a_version_1_stack_loads_and_computes_as_before(base_folder, tmp_path, encoder_batch):
     """What the code before issue 17 wrote: format /1, one rank, no delta fields, low-rank pairs and the head."""
     net, fp = write_stack(base_folder, tmp_path / "stack", AdapterSettings(rank=4))
     path = tmp_path / "stack" / STACK_META
@@ -86,7 +86,7 @@ def test_a_version_1_stack_loads_and_computes_as_before(base_folder, tmp_path):
     path.write_text(json.dumps({**meta, "format": "mlfs-adapters/1"}))
     loaded = load_adapter_stack(load_base(base_folder), tmp_path / "stack", fp)
     assert loaded.settings == AdapterSettings(rank=4).for_family("encoder") and not loaded.deltas
-    inputs = padded_batch(net.dims)
+    inputs = encoder_batch
     for cfg in configs(net.dims):
         assert torch.equal(logits(loaded.extract(cfg), inputs), logits(net.extract(cfg), inputs)), cfg.describe()
 

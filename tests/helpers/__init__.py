@@ -8,5 +8,8 @@
   cut a server off from it.
 
 ``tests/conftest.py`` exposes the stateful ones as fixtures (``make_store``, ``store``/``server`` in
-tests/server); plain functions are imported.
+tests/server) and the setup every tiny-model test shares (``tiny_batch``, ``encoder_batch``: the standard padded
+batch). What a test calls with its own arguments stays a plain function, imported: ``output`` (once per model
+compared), ``randomize_adapters`` (inside model builders, with the builder's seed and scale) and
+``padded_batch`` for a batch of another seed or length.
 """

@@ -27,8 +27,8 @@ def make_classifier_store(root):
                 p.normal_(0, 2.0)
     supernet.set_stage(2)
     save_adapter_stack(supernet, root / "cls-stack", fingerprint(base),
-                       extra={"task": "classification", "data": {"label_names": ["negative", "positive"]},
-                              "train_settings": {"max_len": 32}})
+                       task="classification", data={"label_names": ["negative", "positive"]},
+                       train_settings={"max_len": 32})
     models = json.loads((root / "models.json").read_text())["models"]
     models.append({"name": "tiny-cls", "base": str(base), "adapters": str(root / "cls-stack")})
     (root / "models.json").write_text(json.dumps({"models": models}))

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from helpers.models import output, padded_batch, randomize_adapters
+from helpers.models import output, randomize_adapters
 
 from slicer.errors import ConfigError, MergeError
 from slicer.nn.adapters import AdapterSettings
@@ -62,10 +62,10 @@ def test_parts_exist_with_the_shapes_adapter_shapes_lists(tiny_dims):
     assert set(net.base_state()) == set(build_model(net.dims).state_dict())
 
 
-def test_deltas_change_the_function_and_extract_equals_the_supernet(tiny_dims):
+def test_deltas_change_the_function_and_extract_equals_the_supernet(tiny_dims, tiny_batch):
     net = make(tiny_dims)
     plain = make(tiny_dims, AdapterSettings(rank=4, stage_ranks=(4, 2, 6)))  # same low-rank parts, no deltas
-    inputs = padded_batch(tiny_dims)
+    inputs = tiny_batch
     assert not torch.allclose(output(net, inputs), output(plain, inputs), atol=1e-4)
     for cfg in configs(net.dims):
         net.set_active(cfg)
@@ -90,9 +90,9 @@ def test_extract_merges_vector_and_head_deltas_into_plain_tensors(tiny_dims):
     assert torch.equal(naive[name], base[: cfg.hidden])  # merge=False: the stored base alone
 
 
-def test_merge_keeps_the_function_and_is_idempotent(tiny_dims):
+def test_merge_keeps_the_function_and_is_idempotent(tiny_dims, tiny_batch):
     net = make(tiny_dims)
-    inputs = padded_batch(tiny_dims)
+    inputs = tiny_batch
     before = output(net, inputs)
     reference = copy.deepcopy(net)
     net.merge()
@@ -133,9 +133,9 @@ def test_a_stage_trains_only_its_own_parts(encoder_dims):
         assert {p.data_ptr() for p in net.parameters() if p.requires_grad} == {state[k].data_ptr() for k in mine}, (stage, trainable)
 
 
-def test_only_stages_is_the_supernet_with_later_parts_zeroed(tiny_dims):
+def test_only_stages_is_the_supernet_with_later_parts_zeroed(tiny_dims, tiny_batch):
     net = make(tiny_dims)
-    inputs = padded_batch(tiny_dims)
+    inputs = tiny_batch
     zeroed = copy.deepcopy(net)
     with torch.no_grad():
         for k, v in zeroed.adapter_state().items():

@@ -51,10 +51,6 @@ def make(dims: ModelDims, dtype: torch.dtype = torch.float64, adapters: bool = T
     return teacher, supernet
 
 
-def batch(dims: ModelDims, seed: int = 0) -> dict[str, torch.Tensor]:
-    return padded_batch(dims, seed)
-
-
 @st.composite
 def configs(draw, dims: ModelDims) -> SubnetConfig:
     """Any valid config: explicit layer subsets, per-layer heads (whole groups) and FFN widths, any hidden size."""
@@ -79,10 +75,10 @@ def shared(dims: ModelDims, dtype: torch.dtype = torch.float64) -> tuple[nn.Modu
 # ----- (a) extract == elastic forward -----------------------------------------------------------------------------
 @PROPERTY
 @given(data=st.data())
-def test_extract_equals_the_supernet_at_that_config(data, tiny_dims):
+def test_extract_equals_the_supernet_at_that_config(data, tiny_dims, tiny_batch):
     _, supernet = shared(tiny_dims)
     cfg = data.draw(configs(tiny_dims))
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     supernet.set_active(cfg)
     elastic = output(supernet, inputs)
     subnet = supernet.extract(cfg)
@@ -96,7 +92,7 @@ def test_extract_equals_the_supernet_at_that_config(data, tiny_dims):
 def test_extract_equals_the_supernet_in_float32(data, tiny_dims):
     _, supernet = shared(tiny_dims, torch.float32)
     cfg = data.draw(configs(tiny_dims))
-    inputs = batch(tiny_dims, seed=1)
+    inputs = padded_batch(tiny_dims, seed=1)  # another batch than tiny_batch
     supernet.set_active(cfg)
     elastic = output(supernet, inputs)
     static = output(supernet.extract(cfg), inputs)
@@ -105,10 +101,10 @@ def test_extract_equals_the_supernet_in_float32(data, tiny_dims):
     torch.testing.assert_close(static, elastic, rtol=1e-5, atol=1e-5 * scale)
 
 
-def test_subnets_differ_from_each_other(tiny_dims):
+def test_subnets_differ_from_each_other(tiny_dims, tiny_batch):
     """Guards the properties above against a forward that ignores the active config."""
     _, supernet = shared(tiny_dims)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     space = SearchSpace.default(tiny_dims)
     outs = {}
     for cfg in space.enumerate(tiny_dims):
@@ -120,14 +116,14 @@ def test_subnets_differ_from_each_other(tiny_dims):
 
 
 @pytest.mark.parametrize("alpha", [16.0, 1.0])
-def test_extract_equals_the_supernet_with_scaled_adapters(tiny_dims, alpha):
+def test_extract_equals_the_supernet_with_scaled_adapters(tiny_dims, alpha, tiny_batch):
     torch.manual_seed(0)
     base = build_model(tiny_dims).double().eval()
     supernet = Supernet(base, AdapterSettings(rank=RANK, alpha=alpha)).double().eval()
     randomize_adapters(supernet, 3)
     assert all(s.scale == alpha / RANK for s in supernet.adapter_stacks().values())
     cfg = SubnetConfig.parse({"layers": [0, 3], "ffn": [20, 50], "hidden": 30}, tiny_dims)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     supernet.set_active(cfg)
     torch.testing.assert_close(output(supernet.extract(cfg), inputs), output(supernet, inputs), rtol=1e-10, atol=1e-10)
     layer = supernet.adapted_layers()["layers.0.attn.q"]
@@ -136,21 +132,21 @@ def test_extract_equals_the_supernet_with_scaled_adapters(tiny_dims, alpha):
 
 
 # ----- (b) the maximal subnet is the teacher -----------------------------------------------------------------------
-def test_extract_max_with_zero_adapters_is_the_teacher_exactly(tiny_dims):
+def test_extract_max_with_zero_adapters_is_the_teacher_exactly(tiny_dims, tiny_batch):
     teacher, supernet = make(tiny_dims, adapters=False)
     subnet = supernet.extract(SubnetConfig.maximal(tiny_dims))
     t_state, s_state = teacher.state_dict(), subnet.state_dict()
     assert s_state.keys() == t_state.keys()
     for k in t_state:
         assert torch.equal(s_state[k], t_state[k]), k
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     assert torch.equal(output(subnet, inputs), output(teacher, inputs))
     assert torch.equal(output(supernet, inputs), output(teacher, inputs))
 
 
-def test_extract_max_with_adapters_is_the_merged_teacher(tiny_dims):
+def test_extract_max_with_adapters_is_the_merged_teacher(tiny_dims, tiny_batch):
     teacher, supernet = make(tiny_dims)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     subnet = supernet.extract(SubnetConfig.maximal(tiny_dims))
     assert not torch.allclose(output(subnet, inputs), output(teacher, inputs), atol=1e-4)  # the adapters matter
     supernet.merge()
@@ -203,9 +199,9 @@ def snapshot(supernet: Supernet) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in supernet.base_state().items()}
 
 
-def test_merge_preserves_the_function_and_is_idempotent(tiny_dims):
+def test_merge_preserves_the_function_and_is_idempotent(tiny_dims, tiny_batch):
     _, supernet = make(tiny_dims)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     before = output(supernet, inputs)
     weights_before = snapshot(supernet)
     supernet.merge()
@@ -271,9 +267,9 @@ def test_extracted_model_is_plain_and_sized_as_counted(data, tiny_dims):
     assert not any("adapter" in name for name, _ in subnet.named_parameters())
 
 
-def test_extracted_weights_are_copies(tiny_dims):
+def test_extracted_weights_are_copies(tiny_dims, tiny_batch):
     _, supernet = make(tiny_dims)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     reference = output(supernet, inputs)
     subnet = supernet.extract(SubnetConfig.maximal(tiny_dims))
     with torch.no_grad():
@@ -297,7 +293,7 @@ def test_extracted_subnet_is_not_elastic(tiny_dims):
 @given(data=st.data())
 def test_set_max_after_set_active_returns_to_the_maxnet(data, tiny_dims):
     _, supernet = shared(tiny_dims)
-    inputs = batch(tiny_dims, seed=2)
+    inputs = padded_batch(tiny_dims, seed=2)  # another batch than tiny_batch
     supernet.set_max()
     maxnet = output(supernet, inputs)
     cfg = data.draw(configs(tiny_dims))
@@ -311,9 +307,9 @@ def test_set_max_after_set_active_returns_to_the_maxnet(data, tiny_dims):
     assert torch.equal(output(supernet, inputs), maxnet)
 
 
-def test_set_max_returns_to_the_teacher_with_zero_adapters(tiny_dims):
+def test_set_max_returns_to_the_teacher_with_zero_adapters(tiny_dims, tiny_batch):
     teacher, supernet = make(tiny_dims, adapters=False)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     supernet.set_active(SubnetConfig.uniform(tiny_dims, 2, tiny_dims.group_size, 8, 16))
     supernet.set_max()
     assert torch.equal(output(supernet, inputs), output(teacher, inputs))
@@ -329,9 +325,9 @@ def test_sample_uses_the_space_and_does_not_activate(tiny_dims):
 
 
 # ----- adapters and stages ------------------------------------------------------------------------------------------
-def test_only_the_current_stage_is_trainable(tiny_dims):
+def test_only_the_current_stage_is_trainable(tiny_dims, tiny_batch):
     _, supernet = make(tiny_dims)
-    inputs = batch(tiny_dims)
+    inputs = tiny_batch
     base = [p for name, p in supernet.named_parameters() if ".adapter." not in name]
     assert base and not any(p.requires_grad for p in base)
     for stage in range(3):
@@ -386,12 +382,12 @@ def test_invalid_adapter_settings(kwargs, expected):
         AdapterSettings(**kwargs)
 
 
-def test_adapters_follow_the_base_dtype(tiny_dims):
+def test_adapters_follow_the_base_dtype(tiny_dims, tiny_batch):
     """A supernet over a float64 (or bf16, or GPU) base must create its adapters to match, or the forward fails."""
     base = build_model(tiny_dims).double()
     supernet = Supernet(base, AdapterSettings(rank=RANK))
     assert {p.dtype for p in supernet.parameters()} == {torch.float64}
-    assert output(supernet, batch(tiny_dims)).dtype == torch.float64
+    assert output(supernet, tiny_batch).dtype == torch.float64
 
 
 def test_adapter_shapes_without_building_match_the_supernet(tiny_dims):

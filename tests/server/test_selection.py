@@ -15,6 +15,7 @@ from server.selection import (
     gflops,
     memory_mb,
 )
+from slicer.spec.palette import PaletteTable
 from slicer.spec.search_space import SearchSpace
 from slicer.spec.subnet_config import SubnetConfig
 
@@ -24,7 +25,7 @@ def palette(minilm):
     configs = list(SearchSpace.from_dict({"layers": [3, 6], "heads": [6, 12], "ffn": [768, 1536], "hidden": [384]}).enumerate(minilm))
     # accuracy grows with size, as a trained palette's does
     rows = [{"key": c.key, "accuracy": 0.7 + c.param_count(minilm).non_embedding / 1e8} for c in configs]
-    return configs, {"metric": "accuracy", "configs": rows}
+    return configs, PaletteTable.of(rows, "classification", {"fingerprint": "f" * 64})
 
 
 def test_memory_and_flops_grow_with_the_config(minilm):

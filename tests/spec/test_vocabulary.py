@@ -71,7 +71,8 @@ def test_palette_round_trip_and_bad_tables(tmp_path):
     path = write_palette(tmp_path, rows, "causal-lm", "f" * 64)
     assert path.name == PALETTE_FILE
     table = read_palette(tmp_path)
-    assert table["metric"] == "loss" and table["configs"] == rows and table["task"] == "causal-lm"
+    assert table.metric == "loss" and list(table.rows) == rows and table.task == "causal-lm"
+    assert table.data_fingerprint == "f" * 64 and table.quality("k1") == -2.0 and table.quality("k2") is None
     assert read_palette(tmp_path / "none") is None and read_palette(None) is None
     (tmp_path / PALETTE_FILE).write_text(json.dumps({"task": "causal-lm"}))
     with pytest.raises(ConfigError, match="palette table"):

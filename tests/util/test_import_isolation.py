@@ -21,6 +21,7 @@ CASES = [
     ("slicer.spec.vocab", HEAVY),
     ("slicer.errors", HEAVY),
     ("slicer.paths", HEAVY),
+    ("slicer.train.report", HEAVY),  # report.json reads without loading a model
     ("slicer.cli.main", (*HEAVY, "server")),  # the library's commands never import the server
 ]
 

@@ -32,7 +32,7 @@ def model_info(svc: DeliveryService, name: str, m: LoadedModel, shape: Budget) -
                                   estimates=ests))
     return ModelInfo(name=name, family=m.dims.family, description=m.served.description,
                      search_space=m.opened.supernet.space.to_dict(), palette=palette,
-                     metric=(m.palette or {}).get("metric"), quality_metric=m.quality_metric,
+                     metric=m.palette.metric if m.palette else None, quality_metric=m.quality_metric,
                      palette_check=PaletteCheck(**m.palette_check),
                      has_validation_data=m.served.validation_data is not None,
                      estimates_at=Shape(seq_len=shape.seq_len, batch_size=shape.batch_size))
