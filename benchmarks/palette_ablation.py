@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from bench_record import base_record, machine, write_result
+from bench_record import QUICK_RESULTS, base_record, machine, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
@@ -154,9 +154,14 @@ def run_all(
     deadline: Annotated[float, typer.Option("--deadline", help="Seconds; shed low-priority variants to finish by then (0 = none).")] = 0.0,
     limit_train: Annotated[int, typer.Option("--limit-train", help="Smoke runs only (baselines).")] = 0,
     out_dir: Annotated[Path, typer.Option("--out-dir")] = RESULTS / "palette-ablation",
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run on the CPU: paper variant, seed 0, 2 steps per stage, 64 examples; into results/quick/palette-ablation/.")] = False,
 ) -> None:
     """Every variant x seed and the baselines as parallel processes; then the table."""
     started = time.monotonic()
+    if quick:
+        variants, seeds, max_steps, limit_train, device = "paper", "0", 2, 64, "cpu"
+        if out_dir.resolve() == (RESULTS / "palette-ablation").resolve():
+            out_dir = QUICK_RESULTS / "palette-ablation"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "logs").mkdir(exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -234,8 +239,10 @@ def table(
     """Aggregate the result files of one `all` call into the ablation table (mean of seeds)."""
     started = time.perf_counter()
     rows: dict[str, dict[str, Any]] = {}
+    smoke = False
     for path in sorted(out_dir.glob("*_seed*.json")):
         rec = json.loads(path.read_text())
+        smoke = smoke or bool(rec.get("smoke"))
         r = rec["results"]
         if "variant" in r:
             rows.setdefault(r["variant"], {"describes": r["describes"], "runs": []})["runs"].append(r)
@@ -293,7 +300,7 @@ def table(
     print(markdown)
     results["markdown"] = markdown
     record = base_record("palette-ablation", "MLFS variants x seeds at equal steps, with the separately trained minnet",
-                         {"out_dir": str(out_dir)}, results, started, machine(), False, [])
+                         {"out_dir": str(out_dir)}, results, started, machine(), smoke, [])
     target = write or out_dir.parent / "palette-ablation.json"
     write_result(target.parent, target.stem, record)
     return results

@@ -30,7 +30,7 @@ from typing import Annotated
 
 import httpx
 import typer
-from bench_record import base_record, machine, write_result
+from bench_record import base_record, machine, quick_out_dir, write_result
 from rich.console import Console
 from rich.table import Table
 
@@ -52,6 +52,7 @@ app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, pretty_ex
 console = Console(width=None if sys.stdout.isatty() else 140)
 ModelOpt = Annotated[str, typer.Option("--model", help="Served model of the default store.")]
 OutOpt = Annotated[Path, typer.Option("--out-dir", help="Where result JSON goes.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="Smoke run (a few rounds, the minnet only), written to results/quick/ and marked smoke.")]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -121,10 +122,12 @@ def mlfs_server(store: Path, pid: list[int] | None = None) -> Iterator[str]:
 
 
 def finish(name: str, what: str, settings: dict, results: dict, started: float, out_dir: Path, notes: list[str]) -> None:
+    """The result JSON (a ``--quick`` run's, ``settings["quick"]``, is marked smoke) and its figure."""
     import onnxruntime
 
     env = {**machine(), "onnxruntime": onnxruntime.__version__, "httpx": httpx.__version__}
-    write_result(out_dir, f"server-{name}", base_record(f"server-{name}", what, settings, results, started, env, False, notes))
+    write_result(quick_out_dir(out_dir, settings.get("quick", False)), f"server-{name}",
+                 base_record(f"server-{name}", what, settings, results, started, env, settings.get("quick", False), notes))
 
 
 # ----- build ----------------------------------------------------------------------------------------------------
@@ -190,7 +193,7 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
           configs: Annotated[str, typer.Option(help="Encoder configs to build, of: " + ", ".join(CONFIGS))] = ",".join(CONFIGS),
           rounds: Annotated[int, typer.Option(help="Cold builds per direct variant (the exporter: 1).")] = 3,
           runs: Annotated[int, typer.Option(help="Latency runs per artifact.")] = 40,
-          out_dir: OutOpt = RESULTS) -> None:
+          out_dir: OutOpt = RESULTS, quick: QuickOpt = False) -> None:
     """Cold builds direct vs torch.onnx.export side by side, per phase; int8 gate; inference latency."""
     import torch
 
@@ -198,6 +201,8 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
 
     torch.set_num_threads(2)
     started = time.perf_counter()
+    if quick:
+        configs, decoder, rounds, runs = "min", "", 1, 5
     rows, latency, int8_rows, decoder_rows = [], {}, [], []
     with temp_store() as store:
         services = {}
@@ -299,7 +304,7 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
     console.print(f"per process, paid at server start: {per_process}; the first build of the process is the first "
                   "figure of the first row's direct-fused builds")
     finish("build", "cold artifact builds: direct graph builder vs torch.onnx.export, per phase; int8 gate; latency",
-           {"model": model, "configs": {k: CONFIGS[k] for k in configs.split(",")}, "decoder": decoder, "decoder_slice": DECODER_SLICE, "rounds": rounds, "runs": runs},
+           {"model": model, "quick": quick, "configs": {k: CONFIGS[k] for k in configs.split(",")}, "decoder": decoder, "decoder_slice": DECODER_SLICE, "rounds": rounds, "runs": runs},
            {"rows": rows, "decoder": decoder_rows, "int8": int8_rows, "latency": latency, "cold_resolve": cold,
             "per_process": per_process, "load_average": os.getloadavg()}, started, out_dir,
            ["timed on a shared 2-core machine: compare ratios from this run, not absolute seconds",
@@ -367,6 +372,34 @@ async def hammer(url: str, body: dict, clients: int, requests: int) -> tuple[lis
         return times, time.perf_counter() - t0
 
 
+# The floor under any resolve: the same HTTP stack (uvicorn + FastAPI, JSON in and out) doing no work.
+TRIVIAL_APP = """
+import os, sys
+import uvicorn
+from fastapi import FastAPI, Request, Response
+app = FastAPI()
+ANSWER = os.environ["TRIVIAL_ANSWER"].encode()  # encoded once: no per-request serialisation
+@app.get("/readyz")
+async def ready():
+    return {"status": "ok"}
+@app.post("/v1/resolve")
+async def resolve(request: Request):
+    await request.body()
+    return Response(ANSWER, media_type="application/json")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+@contextmanager
+def trivial_server(answer: dict, pid: list[int] | None = None) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with process([sys.executable, "-c", TRIVIAL_APP, str(port)], f"{url}/readyz", env={"TRIVIAL_ANSWER": json.dumps(answer)}) as proc:
+        if pid is not None:
+            pid.append(proc.pid)
+        yield url
+
+
 def server_cpu(pid: int, url: str, body: dict, clients: int, requests: int) -> dict[str, float]:
     """CPU seconds the server process (all its threads) spent on ``requests`` resolves at ``clients`` concurrent
     clients, per request, with the throughput of the same run."""
@@ -383,33 +416,39 @@ def server_cpu(pid: int, url: str, body: dict, clients: int, requests: int) -> d
 
 @app.command("resolve")
 def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer.Option(help="Resolves per level.")] = 400,
-            cpu_rounds: Annotated[int, typer.Option(help="Rounds of the CPU comparison (each: both servers, 64 clients).")] = 3,
-            out_dir: OutOpt = RESULTS) -> None:
-    """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients, and the server's CPU per warm
-    resolve against a trivial FastAPI endpoint taking the same body (rounds interleaved)."""
+            cpu_rounds: Annotated[int, typer.Option(help="Rounds of the CPU comparison (each: every server, 64 clients).")] = 3,
+            out_dir: OutOpt = RESULTS, quick: QuickOpt = False) -> None:
+    """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients, beside a trivial FastAPI
+    endpoint (same body, the same answer, no work) on the same machine, levels interleaved; then the server's CPU
+    per warm resolve against that endpoint and one that also parses the body as a ``ResolveRequest``."""
     started = time.perf_counter()
+    requests = min(requests, 64) if quick else requests
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2},
             "budget": {"max_memory_mb": 300, "seq_len": 64, "precision": "fp32"}}
-    rows, pids = [], []
+    rows, trivial_rows, pids = [], [], []
+    cpu: dict[str, list[dict]] = {"mlfs": [], "trivial": [], "trivial-parsing": []}
     with temp_store() as store, mlfs_server(store, pids) as url:
         first = httpx.post(f"{url}/v1/resolve", json=body, timeout=600)  # the cold build, not measured
         first.raise_for_status()
-        asyncio.run(hammer(url, body, 4, 40))  # warm connections and code paths
-        for clients in (1, 4, 16, 64):
-            times, wall = asyncio.run(hammer(url, body, clients, requests))
-            rows.append({"clients": clients, "requests": len(times), "p50_ms": statistics.median(times),
-                         "p99_ms": percentile(times, 0.99), "per_second": len(times) / wall})
-        answer = store / "trivial-answer.json"
-        answer.write_text(json.dumps(first.json()))
-        port = free_port()
-        trivial = f"http://127.0.0.1:{port}"
-        cpu: dict[str, list[dict]] = {"mlfs": [], "trivial": []}
-        with process([sys.executable, str(Path(__file__).with_name("trivial_resolve_app.py")), str(port), str(answer)],
-                     f"{trivial}/readyz") as proc:
-            asyncio.run(hammer(trivial, body, 4, 40))
-            for _ in range(cpu_rounds):
-                cpu["mlfs"].append(server_cpu(pids[0], url, body, 64, requests))
-                cpu["trivial"].append(server_cpu(proc.pid, trivial, body, 64, requests))
+        (store / "trivial-answer.json").write_text(json.dumps(first.json()))
+        parsing_port = free_port()
+        parsing = f"http://127.0.0.1:{parsing_port}"
+        with trivial_server(first.json(), pids) as trivial, process(
+                [sys.executable, str(Path(__file__).with_name("trivial_resolve_app.py")), str(parsing_port),
+                 str(store / "trivial-answer.json")], f"{parsing}/readyz") as parsing_proc:
+            for target in (url, trivial):
+                asyncio.run(hammer(target, body, 4, 40))  # warm connections and code paths
+            pairs = ((url, rows), (trivial, trivial_rows))
+            for level, clients in enumerate((1, 4, 16, 64)):
+                for target, out in pairs if level % 2 == 0 else pairs[::-1]:  # who goes first alternates
+                    times, wall = asyncio.run(hammer(target, body, clients, requests))
+                    out.append({"clients": clients, "requests": len(times), "p50_ms": statistics.median(times),
+                                "p99_ms": percentile(times, 0.99), "per_second": len(times) / wall})
+            asyncio.run(hammer(parsing, body, 4, 40))
+            servers = {"mlfs": (pids[0], url), "trivial": (pids[1], trivial), "trivial-parsing": (parsing_proc.pid, parsing)}
+            for _ in range(cpu_rounds):  # rounds interleaved
+                for name, (pid, target) in servers.items():
+                    cpu[name].append(server_cpu(pid, target, body, 64, requests))
     base = rows[0]
     table = Table("clients", "p50 ms", "p99 ms", "resolves/s", "p50 / 1-client p50", "throughput / 1-client",
                   title=f"warm POST /v1/resolve ({model}; server and clients share this machine)")
@@ -417,22 +456,27 @@ def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer
         table.add_row(str(r["clients"]), f"{r['p50_ms']:.2f}", f"{r['p99_ms']:.2f}", f"{r['per_second']:.0f}",
                       f"{r['p50_ms'] / base['p50_ms']:.2f}x", f"{r['per_second'] / base['per_second']:.2f}x")
     console.print(table)
+    for r, t in zip(rows, trivial_rows):
+        console.print(f"{r['clients']:>2} clients: trivial FastAPI p50 {t['p50_ms']:.2f} ms, {t['per_second']:.0f}/s; "
+                      f"mlfs throughput {r['per_second'] / t['per_second']:.2f}x the trivial endpoint's")
     summary = {k: {m: statistics.median(r[m] for r in v) for m in ("cpu_ms_per_request", "per_second", "p50_ms")}
                for k, v in cpu.items()}
-    summary["cpu_ratio"] = summary["mlfs"]["cpu_ms_per_request"] / summary["trivial"]["cpu_ms_per_request"]
-    summary["throughput_ratio"] = summary["mlfs"]["per_second"] / summary["trivial"]["per_second"]
-    console.print(f"server CPU per warm resolve at 64 clients: mlfs {summary['mlfs']['cpu_ms_per_request']:.2f} ms, "
-                  f"trivial FastAPI endpoint {summary['trivial']['cpu_ms_per_request']:.2f} ms "
-                  f"({summary['cpu_ratio']:.2f}x); resolves/s {summary['mlfs']['per_second']:.0f} vs "
-                  f"{summary['trivial']['per_second']:.0f} ({summary['throughput_ratio']:.2f}x); load {os.getloadavg()[0]:.1f}")
-    finish("resolve", "warm resolve latency at 1-64 concurrent clients; server CPU per resolve vs a trivial endpoint",
-           {"model": model, "body": body, "requests_per_level": requests, "cpu_rounds": cpu_rounds,
-            "artifact": first.json()["config"]},
-           {"rows": rows, "cpu_vs_trivial": {"rounds": cpu, **summary}, "load_average": os.getloadavg()}, started, out_dir,
+    for name in ("trivial", "trivial-parsing"):
+        summary[f"cpu_ratio_vs_{name}"] = summary["mlfs"]["cpu_ms_per_request"] / summary[name]["cpu_ms_per_request"]
+        console.print(f"server CPU per warm resolve at 64 clients: mlfs {summary['mlfs']['cpu_ms_per_request']:.2f} ms, "
+                      f"{name} {summary[name]['cpu_ms_per_request']:.2f} ms ({summary[f'cpu_ratio_vs_{name}']:.2f}x); "
+                      f"resolves/s {summary['mlfs']['per_second']:.0f} vs {summary[name]['per_second']:.0f}; load {os.getloadavg()[0]:.1f}")
+    finish("resolve", "warm resolve latency at 1-64 concurrent clients; server CPU per resolve vs trivial endpoints",
+           {"model": model, "quick": quick, "body": body, "requests_per_level": requests, "cpu_rounds": cpu_rounds,
+            "artifact": first.json()["config"]}, {"rows": rows, "baseline": "trivial FastAPI endpoint (uvicorn, async, reads the body, answers pre-encoded bytes)",
+           "baseline_rows": trivial_rows,
+           "throughput_vs_baseline": [r["per_second"] / t["per_second"] for r, t in zip(rows, trivial_rows)],
+           "cpu_vs_trivial": {"rounds": cpu, **summary}, "load_average": os.getloadavg()},
+           started, out_dir,
            [f"cpu_count={os.cpu_count()}: clients and server compete for the same cores",
             "cpu_ms_per_request: the server process's user+system CPU (psutil) over a run of requests at 64 clients; "
-            "the trivial endpoint (benchmarks/trivial_resolve_app.py) parses the same ResolveRequest and answers a fixed "
-            "ResolveResponse under the same uvicorn settings; rounds interleaved"])
+            "trivial: the no-work endpoint above; trivial-parsing (benchmarks/trivial_resolve_app.py) parses the same "
+            "ResolveRequest and answers a fixed ResolveResponse under mlfs serve's uvicorn settings; rounds interleaved"])
 
 
 # ----- download -------------------------------------------------------------------------------------------------
@@ -447,9 +491,10 @@ def download(url: str) -> tuple[int, float]:
 
 @app.command("download")
 def download_cmd(model: ModelOpt = "minilm-sentiment", rounds: Annotated[int, typer.Option(help="Downloads per server.")] = 8,
-                 out_dir: OutOpt = RESULTS) -> None:
+                 out_dir: OutOpt = RESULTS, quick: QuickOpt = False) -> None:
     """The full model's artifact from mlfs serve and from python -m http.server, interleaved."""
     started = time.perf_counter()
+    rounds = 1 if quick else rounds
     body = {"model": model, "budget": {"max_memory_mb": 4000, "seq_len": 64, "precision": "fp32"}}
     with temp_store() as store, mlfs_server(store) as url:
         got = httpx.post(f"{url}/v1/resolve", json=body, timeout=600).json()
@@ -474,7 +519,7 @@ def download_cmd(model: ModelOpt = "minilm-sentiment", rounds: Annotated[int, ty
     table.add_row("python -m http.server", f"{result['static_mb_s']:.0f}", f"{min(plain):.0f}", f"{max(plain):.0f}")
     console.print(table)
     console.print(f"mlfs serve / static server throughput: {result['ratio']:.2f}x")
-    finish("download", "artifact download throughput vs a static file server", {"model": model, "rounds": rounds,
+    finish("download", "artifact download throughput vs a static file server", {"model": model, "quick": quick, "rounds": rounds,
            "config": got["config"]}, result, started, out_dir, [])
 
 

@@ -10,12 +10,13 @@ Measured in one run:
   the artifact's files alone from the same server (rounds interleaved).
 
 Targets: 0 failed calls; p99 during a swap <= 1.5x the steady p99 of the slower model; first predict <= 2x the
-download alone. Writes ``benchmarks/results/client-swap.json`` (+ ``client-swap.png`` with matplotlib).
+download alone. Writes ``benchmarks/results/client-swap.json`` (+ ``client-swap.png``, drawn by plots.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +30,7 @@ from typing import Annotated, Any
 import httpx
 import psutil
 import typer
-from bench_record import base_record, machine, write_result
+from bench_record import base_record, machine, quick_out_dir, write_result
 from rich.console import Console
 from rich.table import Table
 from server_bench import TOKEN, free_port, percentile, process, temp_store
@@ -43,16 +44,29 @@ app = typer.Typer(help=__doc__.split("\n\n")[0], pretty_exceptions_enable=False,
 
 
 @contextmanager
-def serving(store: Path, model: str) -> Iterator[str]:
-    """``mlfs serve`` over the default store cut down to ``model`` (start-up is not what is measured here)."""
+def serving(store: Path, model: str, nice: int, cut_down: bool = True) -> Iterator[str]:
+    """``mlfs serve`` over the default store cut down to ``model`` (start-up is not what is measured here), at
+    ``nice``: a device's server is another machine; here it shares the device's cores, and at a lower priority
+    it takes less of the CPU the measured calls need (0 keeps the old setting: server and device compete)."""
     path = store / "models.json"
-    path.write_text(json.dumps({"models": [m for m in json.loads(path.read_text())["models"] if m["name"] == model]}))
+    if cut_down:
+        path.write_text(json.dumps({"models": [m for m in json.loads(path.read_text())["models"] if m["name"] == model]}))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # python -m server.cli: the same command as `mlfs`, without depending on how the console script was installed
-    with process([sys.executable, "-m", "server.cli", "serve", "--store", str(store), "--port", str(port)], f"{url}/readyz",
+    command = [sys.executable, "-m", "server.cli", "serve", "--store", str(store), "--port", str(port)]
+    with process((["nice", "-n", str(nice)] if nice else []) + command, f"{url}/readyz",
                  env={"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "1800"}, timeout=900):
         yield url
+
+
+@contextmanager
+def bench_store(store: Path | None) -> Iterator[Path]:
+    if store is not None:  # an existing store (its artifacts already built): reruns skip the builds
+        yield store
+        return
+    with temp_store() as root:
+        yield root
 
 
 def resolve(url: str, model: str, memory_mb: float | None) -> dict[str, Any]:
@@ -85,12 +99,12 @@ def first_predict_vs_download(url: str, model: str, big: dict[str, Any], rounds:
             steps = {k: round(v, 3) for e in client.events.history for k, v in e.timings.items() if k != "decision_to_swap_s"}
             parts.append(steps)
             client.close()
-        start = time.perf_counter()
-        with httpx.Client(base_url=url) as http:
+        with httpx.Client(base_url=url) as http:  # made before the clock starts: its CA bundle load is not the download
+            start = time.perf_counter()
             http.get(f"{big['manifest_url']}").raise_for_status()
             for name in names:
                 http.get(f"/v1/artifacts/{big['artifact_id']}/files/{name}").raise_for_status()
-        plain.append(time.perf_counter() - start)
+            plain.append(time.perf_counter() - start)
     return {"first_predict_s": [round(x, 3) for x in first], "download_only_s": [round(x, 3) for x in plain],
             "first_predict_steps_s": parts,
             "median_ratio": round(statistics.median(first) / statistics.median(plain), 2),
@@ -176,43 +190,23 @@ def swap_run(url: str, model: str, big: dict[str, Any], small_mb: float, steady_
                        "decision_at_s": [round(at - m["decision_to_swap_s"], 3) for m, (at, _) in zip(moves, swaps)]}}
 
 
-def plot(runs: list[dict[str, Any]], path: Path) -> str | None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return "matplotlib is not installed: no PNG (the JSON holds the series)"
-    fig, axes = plt.subplots(len(runs), 1, figsize=(10, 3.2 * len(runs)), squeeze=False)
-    for ax, run in zip(axes[:, 0], runs):
-        s = run["series"]
-        for art in sorted(set(s["artifact"])):
-            pts = [(t, ms) for t, ms, a in zip(s["t_s"], s["ms"], s["artifact"]) if a == art]
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=2, label=art)
-        for t in s["decision_at_s"]:
-            ax.axvline(t, color="grey", linestyle=":")
-        for t in s["swap_at_s"]:
-            ax.axvline(t, color="red", linestyle="--")
-        ax.set_yscale("log")
-        ax.set_ylabel("predict ms")
-        ax.set_title(f"swap strategy {run['strategy_setting']}: decision (dotted), swap (dashed)")
-        ax.legend(markerscale=4, fontsize=7)
-    axes[-1, 0].set_xlabel("seconds")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return None
-
-
 @app.command()
 def main(model: Annotated[str, typer.Option(help="served model of the default store")] = "minilm-sentiment",
          steady_s: Annotated[float, typer.Option(help="seconds of steady calls around each swap")] = 5.0,
-         rounds: Annotated[int, typer.Option(help="first-predict vs download rounds")] = 3,
+         rounds: Annotated[int, typer.Option(help="first-predict vs download rounds")] = 5,
          strategies: Annotated[list[str] | None, typer.Option("--strategy", help="auto (sequential down) and/or overlap")] = None,
-         out_dir: Annotated[Path, typer.Option(help="where result JSON goes")] = RESULTS) -> None:
+         server_nice: Annotated[int, typer.Option(help="niceness of the server process (0: same priority as the device)")] = 10,
+         store: Annotated[Path | None, typer.Option(help="an existing store holding the model (default: a fresh copy of the "
+                                                    "default store, whose builds take minutes)")] = None,
+         out_dir: Annotated[Path, typer.Option(help="where result JSON goes")] = RESULTS,
+         quick: Annotated[bool, typer.Option("--quick", help="smoke run: 1 s steady phases, 1 round, overlap only; into results/quick/, marked smoke")] = False) -> None:
     started = time.perf_counter()
+    load_start = os.getloadavg()
+    if quick:
+        steady_s, rounds, strategies = 1.0, 1, strategies or ["overlap"]
+    out_dir = quick_out_dir(out_dir, quick)
     strategies = strategies or ["auto", "overlap"]
-    with temp_store() as store, serving(store, model) as url:
+    with bench_store(store) as root, serving(root, model, server_nice, cut_down=store is None) as url:
         models = httpx.get(f"{url}/v1/models").json()["models"]
         palette = next(m for m in models if m["name"] == model)["palette"]
         some_profile = next(iter(palette[0]["estimates"]))
@@ -236,20 +230,21 @@ def main(model: Annotated[str, typer.Option(help="served model of the default st
     console.print(f"first predict of a fresh device {statistics.median(first['first_predict_s']):.2f} s vs download alone "
                   f"{statistics.median(first['download_only_s']):.2f} s: {first['median_ratio']}x (target <= 2x)")
     notes = ["server, client and the caller thread share this machine's cores; other jobs may have run at the same time",
+             f"the server ran at nice {server_nice} (a device's server is another machine; 0 = same priority as the device)",
+             "download alone: GETs of the manifest and every file on an httpx client made before the clock starts",
              "steady phases exclude the decision->swap windows; 'during' is every call that started inside one"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = plot(runs, out_dir / "client-swap.png")
-    if png:
-        notes.append(png)
     results = {"big": {"config": big["config"], "estimates": big["estimates"]},
                "small": {"config": small["config"], "estimates": small["estimates"]},
                "server_build_s": round(build_s, 1), "first_predict": first, "runs": runs}
     import onnxruntime
 
-    env = {**machine(), "onnxruntime": onnxruntime.__version__}
+    env = {**machine(), "onnxruntime": onnxruntime.__version__,
+           "load_average_1_5_15": {"start": [round(x, 2) for x in load_start], "end": [round(x, 2) for x in os.getloadavg()]}}
+    console.print(f"load average (1, 5, 15 min) at start {env['load_average_1_5_15']['start']}, at end {env['load_average_1_5_15']['end']}")
     write_result(out_dir, "client-swap", base_record("client-swap", __doc__.split("\n\n")[0],
                                                      {"model": model, "steady_s": steady_s, "rounds": rounds,
-                                                      "strategies": strategies}, results, started, env, False, notes))
+                                                      "strategies": strategies, "server_nice": server_nice, "quick": quick,
+                                                      "store": "existing" if store is not None else "fresh default"}, results, started, env, quick, notes))
 
 
 if __name__ == "__main__":

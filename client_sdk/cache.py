@@ -4,6 +4,12 @@ Layout: ``root/artifacts/<id>/`` (manifest.json, model.onnx, tokenizer.json, ...
 (downloads in progress, kept so an interrupted download resumes), ``root/index.json``. A folder is installed
 by one rename, and every file is checked against the manifest's sha256 before it is loaded: a tampered or
 truncated file is never run. Artifacts in use (``hold``) are never evicted.
+
+Hashing once. The download hashes every file as it arrives; install then stamps each verified file's
+modification time with a moment already past (``_STAMP_AGE_NS``) and records (inode, size, mtime_ns) in the
+index. Before a load, a file whose three values still match is not hashed again (an 88 MB model took 0.1-0.4 s);
+any write since, even within the file system's timestamp granularity, sets the mtime to "now" and so differs
+from the stamp, a replaced file has another inode, a truncated one another size: those are hashed as before.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from .errors import CacheError, IntegrityError
 
 log = logging.getLogger(__name__)
 ARTIFACT_ID = re.compile(r"^[0-9a-f]{64}$")
+_STAMP_AGE_NS = 60 * 10**9  # how far back install stamps verified files' mtimes: beyond any timestamp granularity (FAT: 2 s)
 
 
 def default_cache_dir() -> Path:
@@ -47,6 +54,15 @@ class CachedArtifact:
     size_bytes: int
     installed_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.time)
+    verified_stats: dict[str, list[int]] = field(default_factory=dict)  # file -> [inode, size, mtime_ns] when hashed
+
+
+def rank(row: CachedArtifact) -> tuple[float, float, bool, str]:
+    """The one order of cached artifacts (larger is better), the server's order where it can be: highest quality,
+    then the larger model, then fp32 over int8; the artifact id breaks what is still tied, so one cache and one
+    budget always give the same answer, whoever asks."""
+    quality = row.quality if row.quality is not None else float("-inf")
+    return (quality, row.memory_mb, row.precision == "fp32", row.artifact_id)
 
 
 def check_id(artifact_id: str) -> str:
@@ -89,6 +105,12 @@ class DeviceCache:
         with self._lock, self._index_lock():
             rows = [r for r in self._read().values() if (self.root / "artifacts" / r.artifact_id).is_dir()]
         return [r for r in rows if (model is None or r.model == model) and (server is None or r.server == server)]
+
+    def best_fit(self, model: str, server: str, memory_mb: float, precision: str = "auto") -> CachedArtifact | None:
+        """The best cached artifact of ``model`` from ``server`` within ``memory_mb`` (by ``rank``)."""
+        rows = [r for r in self.entries(model, server)
+                if r.memory_mb <= memory_mb and (precision == "auto" or r.precision == precision)]
+        return max(rows, key=rank, default=None)
 
     def get(self, artifact_id: str) -> CachedArtifact | None:
         check_id(artifact_id)
@@ -141,6 +163,7 @@ class DeviceCache:
             replace_directory(staged, final)
             index = self._read()
             row.size_bytes = sum(p.stat().st_size for p in final.iterdir())
+            row.verified_stats = _stamp(final, manifest)
             index[row.artifact_id] = row
             self._write(index)
         return self.evict(keep={row.artifact_id})
@@ -148,13 +171,20 @@ class DeviceCache:
     def verified_manifest(self, artifact_id: str) -> dict[str, Any]:
         """The manifest, after every file it lists was checked; a bad artifact is removed and IntegrityError raised."""
         folder = self.folder(artifact_id)
+        row = self.get(artifact_id)
         try:
             manifest = read_manifest(folder)
-            verify_files(folder, manifest)
+            hashed = verify_files(folder, manifest, row.verified_stats if row is not None else None)
         except IntegrityError:
             log.warning("cached artifact %s failed verification; removing it", artifact_id[:12])
             self.remove(artifact_id)
             raise
+        if hashed and row is not None:  # e.g. touched but unchanged: hashed now, so the next load need not
+            with self._lock, self._index_lock():
+                index = self._read()
+                if artifact_id in index:
+                    index[artifact_id].verified_stats = _stamp(folder, manifest)
+                    self._write(index)
         return manifest
 
     # ----- removal ------------------------------------------------------------------------------------------
@@ -211,13 +241,40 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
-    """Every file the manifest lists is present with its size and sha256."""
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _stamp(folder: Path, manifest: dict[str, Any]) -> dict[str, list[int]]:
+    """Set the verified files' (and the manifest's) mtime to a moment already past and return their stat keys:
+    a later write moves the mtime to now, so it never matches the stamp (see the module docstring)."""
+    stamp = time.time_ns() - _STAMP_AGE_NS
+    stats = {}
+    for name in [*manifest["files"], "manifest.json"]:
+        path = folder / name
+        os.utime(path, ns=(path.stat().st_atime_ns, stamp))
+        stats[name] = _stat_key(path)
+    return stats
+
+
+def verify_files(folder: Path, manifest: dict[str, Any], known: dict[str, list[int]] | None = None) -> list[str]:
+    """Every file the manifest lists is present with its size and sha256. ``known`` (an index row's
+    ``verified_stats``) lets a file whose inode, size and mtime are unchanged since it was hashed skip the hash,
+    as long as the manifest itself is unchanged too. Returns the names hashed."""
+    if known and not ((folder / "manifest.json").is_file() and _stat_key(folder / "manifest.json") == known.get("manifest.json")):
+        known = None
+    hashed = []
     for name, info in manifest["files"].items():
         if "/" in name or "\\" in name or name.startswith("."):
             raise IntegrityError(f"manifest names a file outside its artifact: {name!r}")
         path = folder / name
         if not path.is_file():
             raise IntegrityError(f"{name} of {folder.name[:12]} is missing")
-        if path.stat().st_size != info["size"] or sha256_file(path) != info["sha256"]:
+        key = _stat_key(path)
+        if known and known.get(name) == key and key[1] == info["size"]:
+            continue
+        if key[1] != info["size"] or sha256_file(path) != info["sha256"]:
             raise IntegrityError(f"{name} of {folder.name[:12]} differs from its manifest (size or sha256); not loaded")
+        hashed.append(name)
+    return hashed

@@ -36,8 +36,9 @@ from .budget import Budget
 from .cache import CachedArtifact, DeviceCache, verify_files
 from .errors import CacheError, ClientError, IntegrityError, ModelError, NoFitError, UnreachableError
 from .events import Event, EventBus
-from .latency import synthetic_inputs
+from .latency import summarise, synthetic_inputs, time_passes
 from .model import Generation, ModelHandle, Prediction
+from .priority import at_lower_priority
 from .probe import DeviceReport, Probe, ProbeFn
 from .server_api import Backoff, Progress, Resolution, ServerAPI
 
@@ -50,6 +51,7 @@ class _Slot:
     handle: ModelHandle | None
     refs: int = 0
     retired: bool = False
+    awaited: bool = False  # a swap thread waits to free this slot's session once its calls drain
     latencies_ms: deque = field(default_factory=lambda: deque(maxlen=50))
 
 
@@ -65,6 +67,7 @@ class BenchmarkResult:
     threads: int
     profile: str | None
     reported: bool
+    uncontended_ms: float | None = None  # what was reported: the median without run-queue waits (client_sdk.latency)
 
 
 class Client:
@@ -76,8 +79,12 @@ class Client:
     ``Authorization: Bearer`` (telemetry may require it); ``headroom_mb``: memory left free for everything
     else; ``count_loaded_model``: the probe's free memory excludes the loaded model, so the model's own
     estimate is added back (False for probes that report memory for the model itself, like simulations);
-    ``battery_scale``: memory budget factor on battery (smaller models draw less power).
+    ``battery_scale``: memory budget factor on battery (smaller models draw less power); ``load_nice``: how much
+    lower the OS priority of a swap's work is while calls go on, its download and (overlapping) model load
+    (Linux; 0 keeps it equal to the calls'; a sequential swap's load, which calls wait for, keeps theirs).
     """
+
+    DRAIN_WAIT_S = 5.0  # how long a swap waits for the old model's calls before leaving its release to them
 
     def __init__(self, server: str, model: str, *, probe: ProbeFn | None = None, budget: Budget = Budget(),
                  cache_dir: str | Path | None = None, disk_budget_mb: float = 2048,
@@ -85,7 +92,7 @@ class Client:
                  threads: int | None = None, headroom_mb: float = 0.0, count_loaded_model: bool = True,
                  battery_scale: float = 0.5, swap_strategy: Literal["auto", "overlap", "sequential"] = "auto",
                  resolve_wait_s: float = 300.0, backoff: Backoff = Backoff(), progress: Progress | None = None,
-                 events: EventBus | None = None) -> None:
+                 events: EventBus | None = None, load_nice: int = 10) -> None:
         self.model_name, self.budget = model, budget
         self.api = ServerAPI(server, transport=transport, device_token=device_token, backoff=backoff)
         self.cache = DeviceCache(Path(cache_dir) if cache_dir is not None else None, disk_budget_mb)
@@ -93,12 +100,14 @@ class Client:
         self.events = events or EventBus()
         self.threads, self.headroom_mb, self.count_loaded_model = threads, headroom_mb, count_loaded_model
         self.battery_scale, self.swap_strategy = battery_scale, swap_strategy
-        self.resolve_wait_s, self.progress = resolve_wait_s, progress
+        self.resolve_wait_s, self.progress, self.load_nice = resolve_wait_s, progress, load_nice
         self.offline = False
         self._slot: _Slot | None = None
         self._cond = threading.Condition()
         self._gate_open = True
-        self._swap_lock = threading.RLock()
+        # held across one decision (read the budget, choose, swap): the monitor's thread, a manual switch or a
+        # manual monitor step never act on a budget another decision has made stale
+        self.swap_lock = threading.RLock()
         self.last_swap_at = 0.0
         self.monitor = None
 
@@ -142,10 +151,16 @@ class Client:
         return res
 
     def fetch(self, res: Resolution) -> CachedArtifact:
-        """The artifact in the device cache, downloaded (resumably) and verified if it is not there yet."""
+        """The artifact in the device cache, downloaded (resumably) and verified if it is not there yet. While a
+        model serves calls, the download (receive, hash, write) runs ``load_nice`` steps lower than they do."""
         row = self.cache.get(res.artifact_id)
         if row is not None:
             return row
+        if self._slot is not None:
+            return at_lower_priority(lambda: self._download(res), self.load_nice)
+        return self._download(res)
+
+    def _download(self, res: Resolution) -> CachedArtifact:
         start = time.perf_counter()
         self.cache.hold(res.artifact_id)  # not evicted while staging, nor by another install meanwhile
         try:
@@ -178,11 +193,9 @@ class Client:
         return row
 
     def best_cached(self, memory_mb: float) -> CachedArtifact | None:
-        """The best cached artifact of this model that fits ``memory_mb``: highest quality, then largest."""
-        rows = [r for r in self.cache.entries(self.model_name, self.api.base_url) if r.memory_mb <= memory_mb]
-        if self.budget.precision != "auto":
-            rows = [r for r in rows if r.precision == self.budget.precision]
-        return max(rows, key=lambda r: (r.quality if r.quality is not None else float("-inf"), r.memory_mb), default=None)
+        """The best cached artifact of this model that fits ``memory_mb`` (``cache.rank``: quality, size, fp32,
+        then the artifact id)."""
+        return self.cache.best_fit(self.model_name, self.api.base_url, memory_mb, self.budget.precision)
 
     def choose(self, memory_mb: float, budget: Budget | None = None, reason: str = "") -> CachedArtifact:
         """Resolve and fetch; with the server unreachable, the best cached fit (an ``offline_fallback`` event)."""
@@ -208,16 +221,24 @@ class Client:
     def _threads(self) -> int:
         return self.threads or max(1, self.probe().cpu_count)
 
-    def _open(self, row: CachedArtifact, manifest: dict[str, Any] | None = None) -> ModelHandle:
+    def _open(self, row: CachedArtifact, manifest: dict[str, Any] | None = None, background: bool = False) -> ModelHandle:
+        """Verify, load and smoke-test ``row``. ``background``: calls run meanwhile (an overlap swap), so the load
+        runs at a lower OS priority (``load_nice``): building a session takes a core for 0.2-1 s, and on a
+        device without a spare one the calls, not the load, should get it."""
         if manifest is None:
             manifest = self.cache.verified_manifest(row.artifact_id)  # a tampered or truncated file stops here
-        handle = ModelHandle(self.cache.folder(row.artifact_id), manifest, row.artifact_id, self._threads())
-        handle.smoke()
-        return handle
+        threads = self._threads()
+
+        def load() -> ModelHandle:
+            handle = ModelHandle(self.cache.folder(row.artifact_id), manifest, row.artifact_id, threads)
+            handle.smoke()
+            return handle
+
+        return at_lower_priority(load, self.load_nice) if background else load()
 
     def load(self) -> CachedArtifact:
         """Make sure a model is loaded (the first call does this on its own); returns it."""
-        with self._swap_lock:
+        with self.swap_lock:
             for attempt in (1, 2):
                 if self._slot is not None:
                     break
@@ -235,16 +256,17 @@ class Client:
         if isinstance(budget, (int, float)):
             budget = Budget(max_memory_mb=float(budget), max_latency_ms=self.budget.max_latency_ms,
                             seq_len=self.budget.seq_len, batch_size=self.budget.batch_size, precision=self.budget.precision)
-        if budget is not None:
-            self.budget = budget
-        started = time.perf_counter()
-        row = self.choose(self.memory_budget_mb(), reason=reason)
-        return self.swap_to(row, reason, started)
+        with self.swap_lock:
+            if budget is not None:
+                self.budget = budget
+            started = time.perf_counter()
+            row = self.choose(self.memory_budget_mb(), reason=reason)
+            return self.swap_to(row, reason, started)
 
     def swap_to(self, row: CachedArtifact, reason: str, started: float | None = None) -> Event | None:
         """Load ``row`` and make it answer calls; in-flight calls finish on the old model."""
         started = started if started is not None else time.perf_counter()
-        with self._swap_lock:
+        with self.swap_lock:
             old = self._slot
             if old is not None and old.row.artifact_id == row.artifact_id:
                 self.cache.touch(row.artifact_id)
@@ -256,13 +278,13 @@ class Client:
             load_start = time.perf_counter()
             try:
                 if overlap:
-                    handle = self._open(row)
+                    handle = self._open(row, background=old is not None)
                     with self._cond:
                         self._slot = _Slot(row, handle)
                         if old is not None:
                             old.retired = True
-                            if old.refs == 0:
-                                self._free(old)
+                    if old is not None:
+                        self._release_drained(old)
                 else:
                     handle = self._sequential(old, row)
             except (ClientError, OSError, RuntimeError) as err:
@@ -291,7 +313,8 @@ class Client:
             while old.refs:
                 self._cond.wait()
             old.retired = True
-            self._free(old, release=False)  # keep it held: it is the fallback if the new one fails
+            dropped = self._detach(old, release=False)  # keep it held: it is the fallback if the new one fails
+        del dropped  # the old session goes here, outside the lock
         gc.collect()
         new = None
         try:
@@ -309,10 +332,26 @@ class Client:
         self.cache.release(old.row.artifact_id)
         return handle
 
-    def _free(self, slot: _Slot, release: bool = True) -> None:
-        slot.handle = None  # drops the onnxruntime session (and its memory) once no call holds it
-        if release:
+    def _detach(self, slot: _Slot, release: bool = True) -> ModelHandle | None:
+        """Take a drained slot's handle (under ``_cond``); the caller drops it after leaving the lock: tearing an
+        onnxruntime session down takes 10-30 ms with the GIL held, no call should wait for it under the lock."""
+        handle, slot.handle = slot.handle, None
+        if release and handle is not None:
             self.cache.release(slot.row.artifact_id)
+        return handle
+
+    def _release_drained(self, old: _Slot) -> None:
+        """After an overlap swap, on the swapping thread: wait (a while) for the calls still on the old model to
+        finish and free its session here, not in the last call's return path. A call running past
+        ``DRAIN_WAIT_S`` (a long generate) frees it itself when it returns."""
+        deadline = time.monotonic() + self.DRAIN_WAIT_S
+        with self._cond:
+            old.awaited = True
+            while old.refs and time.monotonic() < deadline:
+                self._cond.wait(timeout=max(0.0, deadline - time.monotonic()))
+            old.awaited = False
+            handle = self._detach(old) if old.refs == 0 else None
+        del handle
 
     @contextmanager
     def _lease(self) -> Iterator[_Slot]:
@@ -333,10 +372,10 @@ class Client:
             with self._cond:
                 slot.latencies_ms.append(elapsed)
                 slot.refs -= 1
+                handle = self._detach(slot) if slot.refs == 0 and slot.retired and not slot.awaited else None
                 if slot.refs == 0:
-                    if slot.retired and slot.handle is not None:
-                        self._free(slot)
                     self._cond.notify_all()
+            del handle  # only when no swap thread waits to free it (a closed client, or a call past DRAIN_WAIT_S)
 
     # ----- running ------------------------------------------------------------------------------------------
     def predict(self, texts: Sequence[str]) -> list[Prediction]:
@@ -357,7 +396,8 @@ class Client:
     def benchmark(self, runs: int = 20, warmup: int = 3, seq_len: int | None = None, batch_size: int = 1,
                   profile: str | None = None, report: bool = True) -> BenchmarkResult:
         """p50/p95 of the current model on this device at (batch, seq_len), after ``warmup`` runs; with a
-        ``profile`` (default: the probe's) and ``report``, the median goes to ``POST /v1/telemetry/latency``."""
+        ``profile`` (default: the probe's) and ``report``, the median without run-queue waits (``uncontended_ms``,
+        what the server's bench stores too) goes to ``POST /v1/telemetry/latency``."""
         if runs < 1 or warmup < 0:
             raise ClientError("runs must be >= 1 and warmup >= 0")
         seq_len = seq_len or self.budget.seq_len
@@ -370,24 +410,21 @@ class Client:
             feeds = synthetic_inputs(session, seq_len, batch_size)
             for _ in range(warmup):
                 session.run(None, feeds)
-            times = []
-            for _ in range(runs):
-                t = time.perf_counter()
-                session.run(None, feeds)
-                times.append((time.perf_counter() - t) * 1000)
+            passes = time_passes(session, feeds, runs)  # the same timed loop as the server's bench
             row, threads = slot.row, slot.handle.threads
-        times.sort()
+        times = sorted(p.wall_ms for p in passes)
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
+        measured = summarise(passes, threads, seq_len, batch_size)
         reported = False
         if report and profile:
             try:
-                self.api.report_latency(row.artifact_id, profile, statistics.median(times), seq_len, batch_size)
+                self.api.report_latency(row.artifact_id, profile, measured.table_ms, seq_len, batch_size)
                 reported = True
             except (ClientError, httpx.HTTPError) as err:
                 self.events.emit(Event("telemetry_failed", str(err), to_id=row.artifact_id))
                 raise
         result = BenchmarkResult(row.artifact_id, row.config, statistics.median(times), p95, runs, seq_len, batch_size,
-                                 threads, profile, reported)
+                                 threads, profile, reported, measured.uncontended_ms)
         self.events.emit(Event("benchmark", f"p50 {result.p50_ms:.2f} ms, p95 {result.p95_ms:.2f} ms at seq_len {seq_len}"
                                + (f", reported for {profile}" if reported else ""), to_id=row.artifact_id,
                                data={"p50_ms": result.p50_ms, "p95_ms": result.p95_ms}))
@@ -412,10 +449,12 @@ class Client:
         self.stop_monitor()
         with self._cond:
             slot, self._slot = self._slot, None
+            handle = None
             if slot is not None:
                 slot.retired = True
-                if slot.refs == 0 and slot.handle is not None:
-                    self._free(slot)
+                if slot.refs == 0:
+                    handle = self._detach(slot)
+        del handle
         self.api.close()
 
     def __enter__(self) -> Client:

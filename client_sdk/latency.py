@@ -10,14 +10,25 @@ spinning off took one config from 22.8 ms to 17.1 ms median under the same load.
 spinning saves a wake-up per operator (a few percent at most for these graphs). ``ALLOW_SPINNING`` is off
 because devices rarely have idle cores; every session opened here (timing and inference) uses it unless told
 otherwise, and every measurement records the setting it ran with.
+
+Contention: wall time on a shared machine measures the neighbours as much as the model. Every timed pass also
+reads how long the threads that run it (the caller and the session's intra-op workers) sat runnable on a run
+queue while another process had the CPU (Linux ``/proc/self/task/*/schedstat``), and ``uncontended_ms`` is the
+median of the pass's time less that wait per thread: for one thread exactly the pass's own CPU time, for more
+an approximation of what the pass takes with the cores to itself. That is the figure the server's bench and
+calibration store and a device reports, so a table measured beside busy neighbours and a check on a quiet
+device describe the same thing; ``median_ms`` stays the wall time seen. Where the kernel does not say (not
+Linux), the wait is 0 and both figures are the wall time.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +48,13 @@ class LatencyResult:
     batch_size: int
     allow_spinning: bool = ALLOW_SPINNING
     load: float | None = None  # the machine's 1-minute load average while measuring (None where unknown)
+    uncontended_ms: float | None = None  # median of each pass less its run-queue wait per thread (module docstring)
+    wait_ms: float = 0.0  # median run-queue wait per pass and thread
+
+    @property
+    def table_ms(self) -> float:
+        """The figure a latency table stores and a device reports: the uncontended time where known."""
+        return self.uncontended_ms if self.uncontended_ms is not None else self.median_ms
 
 
 def session_options(threads: int, allow_spinning: bool = ALLOW_SPINNING) -> ort.SessionOptions:
@@ -52,7 +70,10 @@ def session_options(threads: int, allow_spinning: bool = ALLOW_SPINNING) -> ort.
 
 
 def open_session(path: str | Path, threads: int, allow_spinning: bool = ALLOW_SPINNING) -> ort.InferenceSession:
-    return ort.InferenceSession(str(path), session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
+    before = thread_ids()
+    session = ort.InferenceSession(str(path), session_options(threads, allow_spinning), providers=["CPUExecutionProvider"])
+    _WORKERS[session] = thread_ids() - before  # its intra-op pool (another thread started meanwhile: rare, harmless)
+    return session
 
 
 def load_average() -> float | None:
@@ -107,21 +128,96 @@ def measure_interleaved(paths: Sequence[str | Path], threads: int = 1, seq_len: 
         for _ in range(warmup):
             session.run(None, feed)
     per_round = [runs // rounds + (1 if r < runs % rounds else 0) for r in range(rounds)]
-    times: list[list[float]] = [[] for _ in sessions]
+    passes: list[list[Pass]] = [[] for _ in sessions]
     loads = [load_average()]
     for r, n in enumerate(per_round):
         order = list(range(len(sessions)))
         order = order[r % len(order):] + order[:r % len(order)]
         for i in order:
-            for _ in range(n):
-                start = time.perf_counter()
-                sessions[i].run(None, feeds[i])
-                times[i].append((time.perf_counter() - start) * 1000)
+            passes[i] += time_passes(sessions[i], feeds[i], n)
     loads.append(load_average())
     load = None if None in loads else sum(loads) / len(loads)
-    out = []
-    for t in times:
-        t.sort()
-        p90 = t[min(len(t) - 1, round(0.9 * (len(t) - 1)))]
-        out.append(LatencyResult(statistics.median(t), p90, len(t), threads, seq_len, batch_size, allow_spinning, load))
+    return [summarise(p, threads, seq_len, batch_size, allow_spinning, load) for p in passes]
+
+
+@dataclass(frozen=True)
+class Pass:
+    wall_ms: float
+    wait_ms: float  # run-queue wait of the threads that ran the pass (0 where unknown)
+    span_ms: float | None = None  # wall time of the span the wait was read over, less the reads' own cost
+
+    @property
+    def uncontended_ms(self) -> float:
+        # never more than the pass itself: the span only widens the window the wait is read over
+        return self.wall_ms if self.span_ms is None else max(min(self.span_ms - self.wait_ms, self.wall_ms), 0.0)
+
+
+# Worker threads each session started (its intra-op pool): the threads whose waits delay its passes.
+_WORKERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def thread_ids() -> set[str]:
+    try:
+        return set(os.listdir("/proc/self/task"))
+    except OSError:  # not Linux
+        return set()
+
+
+def thread_schedstat(tids: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+    """{thread id: (ns on CPU, ns runnable but waiting)} for ``tids`` (default: all this process's threads);
+    {} where the kernel does not say."""
+    out = {}
+    for tid in thread_ids() if tids is None else tids:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                run, wait, _ = f.read().split()
+            out[tid] = (int(run), int(wait))
+        except (OSError, ValueError):
+            continue  # a thread that exited, or a kernel without schedstat
     return out
+
+
+def _read_cost_ms(tids: list[str]) -> float:
+    """What one pair of schedstat reads adds to a span (the least of a few, so a preempted read does not count)."""
+    costs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        thread_schedstat(tids)
+        thread_schedstat(tids)
+        costs.append((time.perf_counter() - start) * 1000)
+    return min(costs)
+
+
+def time_passes(session: ort.InferenceSession, feeds: dict[str, np.ndarray], runs: int) -> list[Pass]:
+    """The one timed loop (server bench, calibration, a device's benchmark): ``runs`` passes, each with its
+    wall time and the run-queue wait of the threads that run it (this thread and the session's workers), per
+    thread, read over a span just around the pass; the reads' own cost is taken off that span."""
+    tids = [str(threading.get_native_id()), *sorted(_WORKERS.get(session, ()))]
+    watch = bool(thread_schedstat(tids[:1]))
+    cost = _read_cost_ms(tids) if watch else 0.0
+    out = []
+    for _ in range(runs):
+        if not watch:
+            start = time.perf_counter()
+            session.run(None, feeds)
+            out.append(Pass((time.perf_counter() - start) * 1000, 0.0))
+            continue
+        outer = time.perf_counter()
+        before = thread_schedstat(tids)
+        start = time.perf_counter()
+        session.run(None, feeds)
+        end = time.perf_counter()
+        after = thread_schedstat(tids)
+        span = (time.perf_counter() - outer) * 1000 - cost
+        waited = sum(after[t][1] - before[t][1] for t in after if t in before) / 1e6 / len(tids)
+        out.append(Pass((end - start) * 1000, waited, span))
+    return out
+
+
+def summarise(passes: Sequence[Pass], threads: int, seq_len: int, batch_size: int,
+              allow_spinning: bool = ALLOW_SPINNING, load: float | None = None) -> LatencyResult:
+    walls = sorted(p.wall_ms for p in passes)
+    p90 = walls[min(len(walls) - 1, round(0.9 * (len(walls) - 1)))]
+    uncontended = statistics.median(p.uncontended_ms for p in passes)
+    return LatencyResult(statistics.median(walls), p90, len(walls), threads, seq_len, batch_size, allow_spinning, load,
+                         uncontended, statistics.median(p.wait_ms for p in passes))

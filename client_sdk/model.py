@@ -7,7 +7,9 @@ the manifest's ``device`` block.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +39,41 @@ class Generation:
     artifact_id: str
 
 
+class _Tokenizers:
+    """Configured tokenizers shared between handles, keyed by the tokenizer file's verified sha256 and the settings
+    applied to it. ``Tokenizer.from_file`` holds the GIL while it parses (about 0.1 s for a 30k vocabulary), which
+    stalls every call running meanwhile; slices of one base share their tokenizer, so a swap between them loads
+    none. Handles only read a tokenizer after configuring it, and tokenizers may encode from several threads."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._items: OrderedDict[tuple, Tokenizer] = OrderedDict()
+        self._lock = threading.Lock()
+        self.keep = keep
+
+    def get(self, path: Path, sha256: str | None, family: str, max_len: int, pad_id: int) -> Tokenizer:
+        key = (sha256, family, max_len, pad_id)
+        with self._lock:
+            if sha256 is not None and key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        tokenizer = Tokenizer.from_file(str(path))
+        if family == "encoder":
+            tokenizer.enable_truncation(max_len)
+            tokenizer.enable_padding(pad_id=pad_id)
+        else:
+            tokenizer.no_truncation()
+            tokenizer.no_padding()
+        if sha256 is not None:
+            with self._lock:
+                self._items[key] = tokenizer
+                while len(self._items) > self.keep:
+                    self._items.popitem(last=False)
+        return tokenizer
+
+
+_TOKENIZERS = _Tokenizers()
+
+
 def _softmax(x: np.ndarray) -> np.ndarray:
     z = np.exp(x - x.max(-1, keepdims=True))
     return z / z.sum(-1, keepdims=True)
@@ -64,19 +101,30 @@ class ModelHandle:
         self.labels: list[str] | None = device.get("labels")
         if self.labels is None and dims.get("num_labels"):
             self.labels = [f"LABEL_{i}" for i in range(dims["num_labels"])]
-        self.session = open_session(self.folder / "model.onnx", threads)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
         tok_path = self.folder / "tokenizer.json"
         if not tok_path.is_file():
             raise ModelError(f"artifact {artifact_id[:12]} has no tokenizer.json; it cannot take text")
-        self.tokenizer = Tokenizer.from_file(str(tok_path))
-        if self.family == "encoder":
-            self.tokenizer.enable_truncation(self.max_len)
-            self.tokenizer.enable_padding(pad_id=int(self.pad_id))
-        else:
-            self.tokenizer.no_truncation()
-            self.tokenizer.no_padding()
+        sha256 = (manifest.get("files") or {}).get("tokenizer.json", {}).get("sha256")  # the cache verified the file
+        # the tokenizer is parsed (GIL held) while onnxruntime builds the session (GIL released): in parallel
+        tokenizer: dict[str, Any] = {}
+
+        def parse() -> None:
+            try:
+                tokenizer["value"] = _TOKENIZERS.get(tok_path, sha256, self.family, self.max_len, int(self.pad_id))
+            except Exception as err:  # re-raised below, on the loading thread
+                tokenizer["error"] = err
+
+        parser = threading.Thread(target=parse, name="mlfs-tokenizer", daemon=True)
+        parser.start()
+        try:
+            self.session = open_session(self.folder / "model.onnx", threads)
+        finally:
+            parser.join()
+        if "error" in tokenizer:
+            raise tokenizer["error"]
+        self.tokenizer = tokenizer["value"]
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
 
     # ----- encoders -----------------------------------------------------------------------------------------
     def _encode(self, texts: Sequence[str]) -> dict[str, np.ndarray]:

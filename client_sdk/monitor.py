@@ -45,6 +45,7 @@ class Swappable(Protocol):
     events: EventBus
     offline: bool
     last_swap_at: float
+    swap_lock: Any  # held across a whole step: two decisions never interleave
 
     @property
     def current(self) -> Any: ...
@@ -86,7 +87,13 @@ class Monitor:
             self._stop.wait(self.policy.interval_s)
 
     def step(self) -> Event | None:
-        """One poll: decide, and act if needed. Returns the swap event when a swap happened."""
+        """One poll: decide, and act if needed. Returns the swap event when a swap happened. Steps (this thread's,
+        a caller's) and manual switches run one at a time, each on the probe it read itself: a decision made on
+        a budget that changed meanwhile never overrides a newer one."""
+        with self.client.swap_lock:
+            return self._step()
+
+    def _step(self) -> Event | None:
         client, policy = self.client, self.policy
         if client.current is None:
             client.load()

@@ -6,14 +6,17 @@ The httpx transport is injectable (``transport=``): tests cut connections or fli
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -69,12 +72,21 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
+@functools.cache
+def _tls_context(scheme: str) -> ssl.SSLContext:
+    """One TLS context per process. httpx loads the CA bundle for every new client (0.1 s, a fresh device's
+    first predict pays it); a plain-HTTP server needs none, so it gets a context that trusts no certificate at
+    all: whatever might lead such a client to TLS fails closed."""
+    return httpx.create_ssl_context() if scheme == "https" else ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+
+
 class ServerAPI:
     def __init__(self, base_url: str, transport: httpx.BaseTransport | None = None, device_token: str | None = None,
                  timeout_s: float = 30.0, backoff: Backoff = Backoff(), sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {device_token}"} if device_token else {}
-        self.http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout_s, headers=headers)
+        verify = _tls_context(urlsplit(self.base_url).scheme)
+        self.http = httpx.Client(base_url=self.base_url, transport=transport, timeout=timeout_s, headers=headers, verify=verify)
         self.backoff, self.sleep = backoff, sleep
 
     def close(self) -> None:

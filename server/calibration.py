@@ -137,7 +137,7 @@ def calibrate(thread_counts: Iterable[int], rounds: int = 4, runs: int = 12,
             for threads in counts if r % 2 == 0 else counts[::-1]:
                 results = measure_interleaved(paths, threads, SEQ_LEN, 1, rounds=1, runs=max(1, runs // rounds),
                                               warmup=1, allow_spinning=allow_spinning)
-                per_round[threads].append([x.median_ms for x in results])
+                per_round[threads].append([x.table_ms for x in results])
                 loads[threads] = results[0].load
         measured = {t: [float(np.median(col)) for col in zip(*rows)] for t, rows in per_round.items()}
         seconds = {t: round((time.perf_counter() - start) / len(counts), 2) for t in counts}

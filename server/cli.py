@@ -188,13 +188,14 @@ def bench_latency_cmd(
             rows = measure_profile(svc, loaded, prof, cfgs, seq_len, batch_size, precision, runs, rounds, spin,
                                    on_build=lambda c: status.update(f"building or finding {c.describe()}"))
         load = rows[0].result.load if rows else None
-        table = Table("config", "params", "median ms", "p90 ms", "artifact",
+        table = Table("config", "params", "stored ms (uncontended)", "median ms (wall)", "p90 ms", "wait ms", "artifact",
                       title=f"{model} on profile {profile} ({prof.threads} threads, spinning {'on' if spin else 'off'}), "
                             f"seq {seq_len} x batch {batch_size}, {precision}, {rounds} rounds"
                             + (f", load {load:.2f}" if load is not None else ""))
         for row in rows:
-            table.add_row(row.config.describe(), f"{row.params / 1e6:.2f}M", f"{row.result.median_ms:.2f}",
-                          f"{row.result.p90_ms:.2f}", row.artifact_id[:12])
+            table.add_row(row.config.describe(), f"{row.params / 1e6:.2f}M", f"{row.result.table_ms:.2f}",
+                          f"{row.result.median_ms:.2f}", f"{row.result.p90_ms:.2f}", f"{row.result.wait_ms:.2f}",
+                          row.artifact_id[:12])
         out.print(table)
         where = Path(svc.settings.store) / "meta.sqlite" if svc.meta.dialect == "sqlite" else "the PostgreSQL metadata"
         out.print(f"stored {len(cfgs)} measurements for profile {profile} in {where}")

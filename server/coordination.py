@@ -186,8 +186,14 @@ class PostgresLease:
             raise LeaseLost(f"build of {self.key[:12]} lost its claim: {self._lost}")
 
     def release(self) -> None:
+        """Stop renewing and delete the row (once: a replica shutting down may release it before its builder)."""
         self._stop.set()
         self._thread.join()
+        with self._claims._guard:
+            if self not in self._claims._held:
+                return
+            self._claims._held.discard(self)
+        self._lost = self._lost or "released (the replica is shutting down)"
         try:
             self._claims.release(self.key, self.generation)
         except DatabaseUnavailable as err:  # the row expires by itself
@@ -201,6 +207,14 @@ class PostgresClaims:
         self.meta, self.lease_s, self.poll_s = meta, lease_s, poll_s
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._threads = _KeyLocks()
+        self._held: set[PostgresLease] = set()  # live leases, released by close()
+        self._guard = threading.Lock()
+
+    def _lease(self, key: str, generation: int) -> PostgresLease:
+        lease = PostgresLease(self, key, generation)
+        with self._guard:
+            self._held.add(lease)
+        return lease
 
     def acquire(self, key: str) -> int | None:
         """Take the key if nobody holds a live claim on it; the claim's generation, or None."""
@@ -231,7 +245,7 @@ class PostgresClaims:
         with self._threads(key):
             while (generation := self.acquire(key)) is None:
                 time.sleep(self.poll_s)
-            lease = PostgresLease(self, key, generation)
+            lease = self._lease(key, generation)
             try:
                 yield lease
             finally:
@@ -244,13 +258,20 @@ class PostgresClaims:
             if generation is None:
                 yield None
                 return
-            lease = PostgresLease(self, key, generation)
+            lease = self._lease(key, generation)
             try:
                 yield lease
             finally:
                 lease.release()
 
     def close(self) -> None:
+        """Release every claim still held (a build abandoned at shutdown: another replica takes it over now, not
+        after the lease; the abandoned build fails its ``confirm`` and publishes nothing), then disconnect."""
+        with self._guard:
+            held = list(self._held)
+        for lease in held:
+            log.warning("shutting down: releasing the build claim on %s unfinished", lease.key[:12])
+            lease.release()
         self.meta.close()
 
 

@@ -4,7 +4,8 @@ A profile is emulated with onnxruntime's thread count; each config's artifact co
 if missing), so measuring also pre-builds what the profile's devices will ask for. All artifacts are timed
 together, interleaved over rounds (``client_sdk.latency.measure_interleaved``), so a busy spell on a shared
 machine slows every config a little rather than one config a lot; warm-up passes are discarded and each row is
-the median of its timed passes, stored with the machine's load and the spinning setting it ran with.
+the median of its timed passes without their run-queue waits (``LatencyResult.table_ms``: the server's
+neighbours are not the device's), stored with the machine's load and the spinning setting it ran with.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def measure_profile(svc: DeliveryService, model: LoadedModel, profile: DevicePro
                                   rounds=rounds, runs=runs, allow_spinning=allow_spinning)
     rows = []
     for cfg, entry, result in zip(configs, entries, results):
-        svc.meta.put_latency(profile.name, cfg.key, precision, seq_len, batch_size, result.median_ms, "bench",
+        svc.meta.put_latency(profile.name, cfg.key, precision, seq_len, batch_size, result.table_ms, "bench",
                              threads=profile.threads, load=result.load, spinning=result.allow_spinning)
         rows.append(LatencyRow(cfg, precision, cfg.param_count(model.dims).total, entry.key, result))
     return rows

@@ -224,7 +224,17 @@ class DeliveryService:
             targets.append((choice.config, choice.precision))
         return list(dict.fromkeys(targets))
 
+    async def drain(self, timeout_s: float) -> None:
+        """At shutdown (after the last request was answered): give running builds ``timeout_s`` to finish and
+        publish; queued ones are dropped by ``close``, and one still running then is abandoned there."""
+        running = [f for f in self._inflight.values() if not f.done()]
+        if running and timeout_s > 0:
+            log.info("shutting down: waiting up to %g s for %d build(s) to finish", timeout_s, len(running))
+            await asyncio.wait(running, timeout=timeout_s)
+
     def close(self) -> None:
+        """Release everything: queued builds are cancelled; a build still running loses its claim now (another
+        replica takes it over at once) and publishes nothing."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.cache.claims.close()
         self.meta.close()

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     lease_s: float = Field(30.0, gt=0)  # a build claim lapses this long after its holder's last renewal
     claim_poll_s: float = Field(1.0, gt=0)  # how often a replica waiting for another's build checks its claim
     evict_grace_s: float = Field(300.0, ge=0)  # with PostgreSQL: an evicted entry's files outlive its last use by this
+    # On SIGTERM: requests in progress are answered, then running builds get this long to finish and publish
+    # before they are abandoned and their claims released (README "Rolling restart").
+    shutdown_build_wait_s: float = Field(20.0, ge=0)
     db_connect_timeout_s: float = Field(5.0, gt=0)
     db_statement_timeout_s: float = Field(10.0, gt=0)
     graph_builder: Builder = DEFAULT_BUILDER  # direct (graph written from the weights) or torch (torch.onnx.export)

@@ -82,7 +82,8 @@ def create_app(settings: Settings, prepare_store: bool = False) -> FastAPI:
             if scrub is not None:
                 scrub.cancel()
             svc = app.state.service
-            if svc is not None:
+            if svc is not None:  # uvicorn has answered every request it accepted; finish or hand over the builds
+                await svc.drain(settings.shutdown_build_wait_s)
                 svc.close()
 
     app = FastAPI(title="MLFS Edge delivery server", version="1", lifespan=lifespan)

@@ -3,6 +3,7 @@ without a server: a stand-in client records what the monitor asks for."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ class StandIn:
     events: EventBus = field(default_factory=EventBus)
     asked: list[float] = field(default_factory=list)
     probe: SimulatedProbe = field(default_factory=lambda: SimulatedProbe(0))
+    swap_lock: threading.RLock = field(default_factory=threading.RLock)
 
     def memory_budget_mb(self, report=None) -> float:
         return self.budget_mb
@@ -61,6 +63,32 @@ def test_moves_down_at_once_but_up_only_after_the_cooldown_and_hysteresis():
     assert event is not None and event.to_id == "small" and client.asked[-1] == 40.0
     decisions = client.events.of("decision")
     assert [d.data["direction"] for d in decisions] == ["up", "up", "down"] and "40.0 MB" in decisions[-1].reason
+
+
+def test_a_step_on_a_stale_budget_never_overrides_a_newer_decision():
+    """The monitor's thread read a roomy budget and is still asking the server when memory drops and the test
+    steps too: steps run one at a time, so the later step (on the lower budget) has the last word."""
+    client = StandIn(Row("mid", 50.0), budget_mb=100.0, last_swap_at=time.monotonic() - 3600)
+    asking, answered = threading.Event(), threading.Event()
+    ask = client.choose
+
+    def slow_choose(budget_mb, reason=""):
+        if threading.current_thread().name == "stale":
+            asking.set()
+            answered.wait(1.0)  # without one-at-a-time steps, the newer step finishes meanwhile
+        return ask(budget_mb, reason)
+
+    client.choose = slow_choose
+    monitor = Monitor(client, SwapPolicy(cooldown_s=0, up_polls=1))
+    stale = threading.Thread(target=monitor.step, name="stale")
+    stale.start()
+    assert asking.wait(10)
+    client.budget_mb = 40.0  # memory drops while the stale step is still deciding to move up
+    event = monitor.step()
+    answered.set()
+    stale.join(10)
+    assert event is not None and event.to_id == "small" and client.current.artifact_id == "small"
+    assert [e.to_id for e in client.events.of("swap")] == ["big", "small"]
 
 
 def test_slow_calls_ask_for_a_model_smaller_than_the_current_one():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from client_sdk import CachedArtifact, CacheError, DeviceCache, IntegrityError, Probe, SimulatedProbe
+from client_sdk.cache import rank
 from client_sdk.probe import read_cgroup
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,3 +124,102 @@ def test_artifact_ids_cannot_name_paths(tmp_path):
     for bad in ("../" + "a" * 61, "A" * 64, "a" * 63):
         with pytest.raises(CacheError):
             cache.folder(bad)
+
+
+def test_the_best_cached_fit_is_one_order_with_a_deterministic_tie_break(tmp_path):
+    cache = DeviceCache(tmp_path)
+
+    def row(c: str, memory_mb: float, quality: float | None, precision: str = "fp32") -> CachedArtifact:
+        r = stage(cache, c * 64, 10)
+        r.memory_mb, r.quality, r.precision = memory_mb, quality, precision
+        return r
+
+    rows = [row("1", 20.0, 0.8), row("2", 30.0, 0.9), row("3", 30.0, 0.9), row("4", 40.0, 0.7),
+            row("5", 30.0, 0.9, "int8"), row("6", 60.0, None)]
+    for r in rows[::-1]:  # installed in reverse: the order of the index must not matter
+        cache.install(r)
+    best = cache.best_fit("m", "http://s", 50.0)
+    assert best is not None and best.artifact_id == "3" * 64  # quality, then size, then fp32, then the id
+    assert best.artifact_id == max(rows[:5], key=rank).artifact_id
+    assert cache.best_fit("m", "http://s", 50.0, precision="int8").artifact_id == "5" * 64
+    assert cache.best_fit("m", "http://s", 25.0).artifact_id == "1" * 64
+    assert cache.best_fit("m", "http://s", 10.0) is None
+    assert cache.best_fit("m", "http://other", 50.0) is None
+
+
+def test_a_verified_file_is_not_hashed_again_until_it_changes(tmp_path, monkeypatch):
+    import client_sdk.cache as cache_module
+
+    hashed = []
+    real = cache_module.sha256_file
+    monkeypatch.setattr(cache_module, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    cache = DeviceCache(tmp_path)
+    artifact_id = "f" * 64
+    cache.install(stage(cache, artifact_id, 4096))  # hashed once, here
+    assert hashed == ["model.onnx"] and set(cache.get(artifact_id).verified_stats) == {"model.onnx", "manifest.json"}
+    cache.verified_manifest(artifact_id)
+    cache.verified_manifest(artifact_id)
+    assert hashed == ["model.onnx"]  # inode, size and mtime as verified: no second pass over the file
+    model = cache.folder(artifact_id) / "model.onnx"
+    os.utime(model)  # touched, contents unchanged: hashed once, then trusted again
+    cache.verified_manifest(artifact_id)
+    cache.verified_manifest(artifact_id)
+    assert hashed == ["model.onnx"] * 2
+    with model.open("r+b") as f:  # one byte flipped in place right away: same inode, same size
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))
+    with pytest.raises(IntegrityError, match="differs from its manifest"):
+        cache.verified_manifest(artifact_id)
+    assert cache.get(artifact_id) is None and not model.exists()
+
+
+def test_a_flipped_replaced_or_re_manifested_file_is_hashed_again(tmp_path):
+    cache = DeviceCache(tmp_path)
+    for artifact_id, victim in (("1" * 64, "model.onnx"), ("2" * 64, "manifest.json"), ("3" * 64, "flip")):
+        cache.install(stage(cache, artifact_id, 4096))
+        folder = cache.folder(artifact_id)
+        st = (folder / "model.onnx").stat()
+        if victim == "flip":  # in place, at once: whatever the timestamp granularity, the mtime is no longer the stamp
+            with (folder / "model.onnx").open("r+b") as f:
+                first = f.read(1)[0]
+                f.seek(0)
+                f.write(bytes([first ^ 0xFF]))
+        elif victim == "model.onnx":  # another file of the same size, its mtime set back to the recorded one
+            (folder / "other").write_bytes(os.urandom(4096))
+            os.replace(folder / "other", folder / "model.onnx")
+            os.utime(folder / "model.onnx", ns=(st.st_atime_ns, st.st_mtime_ns))
+        else:  # the manifest rewritten to name other bytes, the model's stat untouched
+            data = os.urandom(4096)
+            manifest = {"files": {"model.onnx": {"sha256": hashlib.sha256(data).hexdigest(), "size": 4096}}}
+            (folder / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(IntegrityError):
+            cache.verified_manifest(artifact_id)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+def test_background_work_runs_at_a_lower_priority_and_hands_errors_back():
+    import threading
+
+    from client_sdk.errors import ModelError
+    from client_sdk.priority import at_lower_priority, lower_this_thread
+
+    def own() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = own()  # the process's (pytest's main thread)
+    assert at_lower_priority(own, 3) == min(19, before + 3)
+    assert own() == before  # the calling thread keeps its priority
+    assert at_lower_priority(own, 0) == before
+
+    def lowered_twice() -> int:  # a helper started from an already lowered thread does not go lower still
+        lower_this_thread(3)
+        return at_lower_priority(own, 3)
+
+    assert at_lower_priority(lowered_twice, 3) == min(19, before + 3)
+
+    def broken():
+        raise ModelError("smoke failed")
+
+    with pytest.raises(ModelError, match="smoke failed"):
+        at_lower_priority(broken, 3)

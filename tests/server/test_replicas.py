@@ -6,11 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import signal
-import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,56 +14,14 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from helpers.replicas import start_replicas, stop_all
 from helpers.store import TOKEN, make_store
 
-REPO = Path(__file__).resolve().parents[2]
 LEASE_S = 5.0  # short for the kill test, long enough that a starved builder on a busy machine keeps its claim
 BUILD_DELAY_S = 2.0  # every build waits this long first (replica_serve.py): room to overlap it and to kill it
 GRACE_S = 2.0
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Replica:
-    def __init__(self, store: Path, database_url: str, logs: Path, index: int) -> None:
-        self.port = _port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-               "MLFS_DATABASE_URL": database_url, "MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_LEASE_S": str(LEASE_S),
-               "MLFS_CLAIM_POLL_S": "0.2", "MLFS_BUILD_WAIT_S": "1", "MLFS_EVICT_GRACE_S": str(GRACE_S),
-               "MLFS_CACHE_BUDGET_MB": "0", "TEST_BUILD_DELAY_S": str(BUILD_DELAY_S)}
-        self.log = logs / f"replica{index}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).with_name("replica_serve.py")), "serve", "--store", str(store),
-             "--port", str(self.port)], env=env, stdout=self.log.open("w"), stderr=subprocess.STDOUT, cwd=REPO)
-
-    def wait_ready(self, deadline: float) -> None:
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"replica exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        raise RuntimeError(f"replica not ready:\n{self.log.read_text()[-3000:]}")
-
-    def builds(self) -> int:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return int(float(re.search(r"^mlfs_build_seconds_count (\S+)$", text, re.M).group(1)))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+ENV = {"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_LEASE_S": str(LEASE_S), "MLFS_CLAIM_POLL_S": "0.2", "MLFS_BUILD_WAIT_S": "1",
+       "MLFS_EVICT_GRACE_S": str(GRACE_S), "MLFS_CACHE_BUDGET_MB": "0", "TEST_BUILD_DELAY_S": str(BUILD_DELAY_S)}
 
 
 @pytest.fixture(scope="module")
@@ -77,15 +31,11 @@ def cluster(tmp_path_factory, pg_admin):
     root = tmp_path_factory.mktemp("replicas")
     store = make_store(root / "store")
     url = fresh_database(pg_admin)
-    replicas = [Replica(store, url, root, i) for i in range(3)]
+    replicas = start_replicas(store, url, root, 3, ENV)
     try:
-        deadline = time.time() + 600  # three processes importing torch on a busy 2-core machine
-        for r in replicas:
-            r.wait_ready(deadline)
         yield store, url, replicas
     finally:
-        for r in replicas:
-            r.stop()
+        stop_all(replicas)
 
 
 def body(max_memory_mb: float) -> dict:

@@ -200,6 +200,23 @@ def test_a_claim_is_held_while_renewed_and_taken_over_after_its_holder_stops(pg_
         assert again is not None
 
 
+def test_closing_releases_the_claims_of_builds_still_running(pg_url):
+    """A replica shutting down (SIGTERM) with a build still running hands its key over at once, not after the
+    lease, and the abandoned build may not publish."""
+    a = PostgresClaims(PostgresMetadata(pg_url), lease_s=30, poll_s=0.05, owner="replica-a")
+    b = PostgresClaims(PostgresMetadata(pg_url), lease_s=30, poll_s=0.05, owner="replica-b")
+    with a.claim(KEY) as abandoned:
+        a.close()
+        assert b.holders() == {}
+        with b.try_claim(KEY) as taken:
+            assert taken is not None  # at once, 30 s before the lease would have lapsed
+            with pytest.raises(LeaseLost, match="shutting down"):
+                abandoned.confirm()
+    with a.claim(OTHER):  # a finished build's claim goes as before
+        pass
+    assert b.holders() == {}
+
+
 def _port(url: str) -> int:
     return int(url.rsplit(":", 1)[1].split("/")[0])
 

@@ -1,0 +1,134 @@
+"""Every benchmark script runs (its ``--quick`` mode) and writes a well-formed result JSON and PNG; every
+figure redraws from the committed JSONs. Behaviour only: no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BENCH = REPO / "benchmarks"
+RESULTS = BENCH / "results"
+PALETTE = REPO / "palettes" / "minilm-movie-reviews" / "adapters"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run(args: list[str], timeout: float = 300) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(BENCH), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "COLUMNS": "160"}
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def assert_png(path: Path) -> None:
+    assert path.is_file(), f"{path.name} was not written"
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5_000, f"{path.name} is not a real PNG"
+
+
+def assert_result(path: Path, benchmark: str, smoke: bool) -> dict:
+    """What bench_record promises: settings, results, environment with the git commit, the command; its PNG."""
+    rec = json.loads(path.read_text())
+    assert rec["benchmark"] == benchmark
+    assert rec["smoke"] is smoke
+    for key in ("what", "settings", "results", "wall_seconds", "finished_at", "environment", "command", "notes"):
+        assert key in rec, key
+    assert rec["environment"]["git"]["commit"] and rec["environment"]["cpu_count"]
+    assert Path(rec["command"].split()[1]).name in {"mlfs_reference.py", "palette_quality.py", "server_bench.py",
+                                                      "swap_bench.py", "latency_bench.py", "replicas_bench.py",
+                                                      "palette_ablation.py", "device_latency.py"}
+    assert_png(path.with_suffix(".png"))
+    return rec
+
+
+def test_plot_all_redraws_every_committed_figure(tmp_path):
+    for src in RESULTS.glob("*.json"):
+        shutil.copy(src, tmp_path / src.name)
+    out = run([str(BENCH / "plot_all.py"), "--results", str(tmp_path)])
+    sys.path.insert(0, str(BENCH))
+    try:
+        from plots import FIGURES, unplotted
+    finally:
+        sys.path.remove(str(BENCH))
+    drawn = {p.stem for p in tmp_path.glob("*.png")}
+    for stem in {p.stem for p in tmp_path.glob("*.json")} - set(unplotted(tmp_path)):
+        assert stem in drawn, f"no figure for {stem}: {out[-2000:]}"
+        assert_png(tmp_path / f"{stem}.png")
+    for spec in FIGURES:
+        if not spec.per_file:
+            assert_png(tmp_path / f"{spec.name}.png")
+    quality = json.loads((tmp_path / "palette-quality.json").read_text())["results"]
+    methods = {p["method"] for p in quality["points"]}
+    assert {"MLFS palette", "teacher fully fine-tuned"} <= methods
+    assert sum(p["method"] == "MLFS palette" for p in quality["points"]) == 36
+    assert all(0 < p["accuracy"] <= 1 and p["params_non_embedding"] > 0 for p in quality["points"])
+
+
+def test_palette_quality_quick(tmp_path):
+    run([str(BENCH / "palette_quality.py"), "--quick", "--results", str(RESULTS), "--out-dir", str(tmp_path)])
+    rec = assert_result(tmp_path / "palette-quality.json", "palette-quality", smoke=True)
+    ratios = rec["results"]["ratios"]
+    assert ratios[0]["shape"] == rec["results"]["minnet_shape"] and ratios[-1]["shape"] == rec["results"]["teacher_shape"]
+    assert ratios[-1]["total_params_vs_teacher"] == 1.0 and 0 < ratios[0]["total_params_vs_teacher"] < 1
+
+
+def test_full_ft_quick_on_a_tiny_model(tmp_path, make_store):
+    """mlfs_reference.py full-ft --quick on a tiny random BERT and a tiny two-label data set."""
+    make_store(tmp_path)
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = random.Random(0)
+    for split, n in (("train", 96), ("dev", 32)):
+        rows = [{"text": " ".join(f"w{rng.randrange(2, 47) + 47 * (i % 2)}" for _ in range(8)),
+                 "label": ["negative", "positive"][i % 2]} for i in range(n)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out"
+    run([str(BENCH / "mlfs_reference.py"), "full-ft", "--quick", "--base", str(tmp_path / "tiny-bert"), "--data", str(data),
+         "--batch-size", "8", "--threads", "1", "--out-dir", str(out)])
+    rec = assert_result(out / "full-ft.json", "full-ft", smoke=True)
+    assert rec["settings"]["epochs"] == 1 and rec["results"]["data"]["train_used"] == 64
+    assert len(rec["results"]["per_epoch"]) == 1 and len(rec["results"]["train_loss"]) == rec["results"]["steps"]
+
+
+def _postgres_missing() -> str | None:
+    sys.path.insert(0, str(REPO / "tests"))
+    from helpers.postgres import missing
+
+    return missing()
+
+
+# The rest need the real MiniLM (and the shipped palette); each runs for a minute or more on two cores.
+HEAVY = {
+    "no-stages-1-2": (["mlfs_reference.py", "no-stages-1-2", "--adapters", str(PALETTE)], "no-stages-1-2", "no-stages-1-2"),
+    "gamma": (["mlfs_reference.py", "gamma", "--adapters", str(PALETTE)], "gamma", "gamma"),
+    "server-resolve": (["server_bench.py", "resolve"], "server-resolve", "server-resolve"),
+    "server-download": (["server_bench.py", "download"], "server-download", "server-download"),
+    "server-build": (["server_bench.py", "build"], "server-build", "server-build"),
+    "client-swap": (["swap_bench.py"], "client-swap", "client-swap"),
+    "latency": (["latency_bench.py"], "latency", "latency"),
+    "device-latency": (["device_latency.py"], "device-latency", "device-latency"),
+    "replicas": (["replicas_bench.py", "throughput"], "server-replicas", "server-replicas"),
+    "replicas-rolling": (["replicas_bench.py", "rolling"], "server-replicas-rolling", "server-replicas-rolling"),
+    "palette-ablation": (["palette_ablation.py", "all"], "palette-ablation", "palette-ablation"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(HEAVY))
+def test_heavy_benchmark_quick(name, tmp_path, prepared_teacher):
+    prepared_teacher("minilm")
+    if name.startswith("replicas") and (why := _postgres_missing()):
+        pytest.skip(why)
+    args, stem, benchmark = HEAVY[name]
+    out = tmp_path / ("palette-ablation" if name == "palette-ablation" else "out")
+    extra = ["--store", str(tmp_path / "store")] if "latency" in name else []  # never the shared bench stores
+    run([str(BENCH / args[0]), *args[1:], "--quick", "--out-dir", str(out), *extra], timeout=1200)
+    assert_result((out.parent if name == "palette-ablation" else out) / f"{stem}.json", benchmark, smoke=True)
