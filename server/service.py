@@ -34,6 +34,7 @@ from slicer import (
     read_palette,
     stack_fingerprint,
     validation_set,
+    warm_up_builds,
 )
 from slicer.onnx.decoder_int8 import int8_unavailable
 from slicer.onnx.quantize import INT8_SCHEME
@@ -157,6 +158,7 @@ class DeliveryService:
         self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
         self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
+        self.warm_up: dict[str, dict[str, float] | None] = {}  # model -> seconds its build warm-up took at load
 
     def load(self, names: list[str] | None = None) -> None:
         """Load the served models (all, or ``names``); called once at start-up, off the request path. Progress
@@ -173,12 +175,24 @@ class DeliveryService:
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
             _ = self.models[name].validation  # tokenised now, not inside the first cold build
+            self.warm_up[name] = self._warm_up(self.models[name])
             self.loading["loaded"].append(name)
             log.info("serving %s (loaded in %.1f s)", name, time.perf_counter() - started)
         self.loading.update(current=None, since=None)
         if self.settings.latency_calibration:
             self.calibrate(force=False)
         self.ready = True
+
+    def _warm_up(self, model: LoadedModel) -> dict[str, float] | None:
+        """The one-time costs of building (onnxruntime and PyTorch start-up) paid at load, not by the first
+        request's cold build. A failure here is logged, not fatal: the build itself reports it properly."""
+        try:
+            timings = warm_up_builds(model.opened, model.validation, self.build_options("fp32"))
+        except MLFSError as err:
+            log.warning("model %s: build warm-up failed (%s); the first build will say more", model.served.name, err)
+            return None
+        log.info("model %s: builds warmed up in %.2f s", model.served.name, timings["total_s"])
+        return timings
 
     def calibrate(self, force: bool = True, **options) -> list:
         """The built-in latency calibration for every profile's thread count (only missing ones unless forced)."""
@@ -505,7 +519,8 @@ class DeliveryService:
     async def artifact(self, model: LoadedModel, cfg: SubnetConfig, precision: str, wait_s: float) -> Entry | None:
         """The ready entry, or None if still building after ``wait_s`` (the build goes on)."""
         key = self.artifact_id(model, cfg, precision)
-        entry = await asyncio.to_thread(self.cache.get, key)
+        # a warm entry answers from memory on the loop (microseconds); the database and hashing go to a thread
+        entry = self.cache.get_cached(key) or await asyncio.to_thread(self.cache.get, key)
         if entry is not None:
             self.metrics.cache_hits.inc()
             return entry
