@@ -83,7 +83,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[None]:
+def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, timeout: float = 300) -> Iterator[subprocess.Popen]:
     """A server subprocess, up once ``ready_url`` answers 200; stopped (and reaped) afterwards."""
     proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -99,7 +99,7 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, 
             if time.time() > deadline:
                 raise RuntimeError(f"{ready_url} not ready after {timeout} s")
             time.sleep(0.3)
-        yield
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -109,12 +109,15 @@ def process(args: list[str], ready_url: str, env: dict[str, str] | None = None, 
 
 
 @contextmanager
-def mlfs_server(store: Path) -> Iterator[str]:
+def mlfs_server(store: Path, pid: list[int] | None = None) -> Iterator[str]:
+    """``mlfs serve`` on ``store``; yields its URL (its process id is appended to ``pid`` when given)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     mlfs = str(Path(sys.executable).with_name("mlfs"))
     with process([mlfs, "serve", "--store", str(store), "--port", str(port)], f"{url}/readyz",
-                 env={"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "600"}):
+                 env={"MLFS_OPERATOR_TOKEN": TOKEN, "MLFS_BUILD_WAIT_S": "600"}) as proc:
+        if pid is not None:
+            pid.append(proc.pid)
         yield url
 
 
@@ -142,7 +145,9 @@ def cold_build(svc: DeliveryService, loaded, cfg, precision: str) -> dict:
     phases = {"slice_merge": t["slice_merge_s"], "graph": t["graph_s"], "validate": t["validate_s"],
               "quantise": t.get("quantize_s", 0.0)}
     phases["hash_write_other"] = max(0.0, total - sum(phases.values()))
-    return {"total_s": total, "cpu_s": cpu, "phases_s": phases, "size_bytes": entry.record.size, "path": entry.path}
+    # the PyTorch reference runs beside the graph write (not a phase of its own: it overlaps "graph")
+    return {"total_s": total, "cpu_s": cpu, "phases_s": phases, "reference_overlapped_s": t.get("reference_s"),
+            "validate_share": phases["validate"] / total, "size_bytes": entry.record.size, "path": entry.path}
 
 
 def interleaved_latency(runners: dict, runs: int) -> dict[str, dict[str, float]]:
@@ -204,7 +209,10 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
         for name, (builder, mode) in BUILDERS.items():
             services[name] = DeliveryService(Settings(store=store, graph_builder=builder, graph_mode=mode), Metrics())
         first = services["direct-fused"]
+        t0 = time.perf_counter()
         first.load([model] + ([decoder] if decoder else []))
+        per_process = {"load_s": time.perf_counter() - t0, "warm_up": first.warm_up}  # paid once, at server start
+        console.print(f"per process (at load): build warm-up {first.warm_up}")
         for svc in services.values():
             svc.models = first.models  # one loaded model (and one validation set) shared by every variant
         loaded = first.model(model)
@@ -215,11 +223,15 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
                 builds = [cold_build(svc, loaded, cfg, "fp32") for _ in range(1 if name == "torch" else rounds)]
                 best = min(builds, key=lambda b: b["total_s"])
                 row["builds"][name] = {"total_s": [b["total_s"] for b in builds], "median_s": statistics.median(b["total_s"] for b in builds),
+                                       "validate_share": statistics.median(b["validate_share"] for b in builds),
+                                       "reference_overlapped_s": statistics.median(b["reference_overlapped_s"] or 0.0 for b in builds),
                                        "cpu_s": [b["cpu_s"] for b in builds], "median_cpu_s": statistics.median(b["cpu_s"] for b in builds),
                                        "phases_s_of_median": sorted(builds, key=lambda b: b["total_s"])[len(builds) // 2]["phases_s"],
                                        "size_bytes": best["size_bytes"]}
                 row.setdefault("paths", {})[name] = best["path"] / "model.onnx"
-                console.print(f"{label} {name}: {row['builds'][name]['median_s']:.2f} s")
+                console.print(f"{label} {name}: {row['builds'][name]['median_s']:.2f} s (all: "
+                              f"{', '.join(f'{x:.2f}' for x in row['builds'][name]['total_s'])}; validate "
+                              f"{100 * row['builds'][name]['validate_share']:.0f} % of the build; load {os.getloadavg()[0]:.1f})")
             torch_s = row["builds"]["torch"]["median_s"]
             row["ratio_vs_torch"] = {n: b["median_s"] / torch_s for n, b in row["builds"].items()}
             row["cpu_ratio_vs_torch"] = {n: b["median_cpu_s"] / row["builds"]["torch"]["median_cpu_s"] for n, b in row["builds"].items()}
@@ -289,11 +301,18 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
                       f"on {q.get('examples')} dev examples, agreement {q.get('argmax_agreement', float('nan')):.4f}, size {r['size_ratio']:.2f}x fp32"
                       if r["accepted"] else f"rejected: {r['rejected'][:200]}"))
     console.print(f"cold POST /v1/resolve at the default build_wait_s: {cold}")
+    console.print(f"per process, paid at server start: {per_process}; the first build of the process is the first "
+                  "figure of the first row's direct-fused builds")
     finish("build", "cold artifact builds: direct graph builder vs torch.onnx.export, per phase; int8 gate; latency",
            {"model": model, "quick": quick, "configs": {k: CONFIGS[k] for k in configs.split(",")}, "decoder": decoder, "decoder_slice": DECODER_SLICE, "rounds": rounds, "runs": runs},
-           {"rows": rows, "decoder": decoder_rows, "int8": int8_rows, "latency": latency, "cold_resolve": cold}, started, out_dir,
+           {"rows": rows, "decoder": decoder_rows, "int8": int8_rows, "latency": latency, "cold_resolve": cold,
+            "per_process": per_process, "load_average": os.getloadavg()}, started, out_dir,
            ["timed on a shared 2-core machine: compare ratios from this run, not absolute seconds",
             "cold build = DeliveryService.build after dropping the entry: slice+merge, graph, validate, (quantise), hash, rename, metadata",
+            "per build vs per process: the build warm-up (onnxruntime and PyTorch start-up on the smallest config) is paid "
+            "once at load (results.per_process); total_s lists every build in order, the first one being the process's first build",
+            "validate = after the graph is written: session, onnxruntime runs, and whatever of the PyTorch reference "
+            "(run beside the graph write, reference_overlapped_s) was not done yet",
             "cpu_s = process CPU seconds during the build (all its threads): the work, whatever else holds the cores",
             "latency: rounds interleaved across artifacts; the maxnet is the teacher's shape (all layers, heads, FFN)"])
 
@@ -372,27 +391,51 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 
 
 @contextmanager
-def trivial_server(answer: dict) -> Iterator[str]:
+def trivial_server(answer: dict, pid: list[int] | None = None) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with process([sys.executable, "-c", TRIVIAL_APP, str(port)], f"{url}/readyz", env={"TRIVIAL_ANSWER": json.dumps(answer)}):
+    with process([sys.executable, "-c", TRIVIAL_APP, str(port)], f"{url}/readyz", env={"TRIVIAL_ANSWER": json.dumps(answer)}) as proc:
+        if pid is not None:
+            pid.append(proc.pid)
         yield url
+
+
+def server_cpu(pid: int, url: str, body: dict, clients: int, requests: int) -> dict[str, float]:
+    """CPU seconds the server process (all its threads) spent on ``requests`` resolves at ``clients`` concurrent
+    clients, per request, with the throughput of the same run."""
+    import psutil
+
+    server = psutil.Process(pid)
+    before = server.cpu_times()
+    times, wall = asyncio.run(hammer(url, body, clients, requests))
+    after = server.cpu_times()
+    cpu = (after.user - before.user) + (after.system - before.system)
+    return {"cpu_ms_per_request": 1000 * cpu / len(times), "per_second": len(times) / wall,
+            "p50_ms": statistics.median(times), "requests": len(times)}
 
 
 @app.command("resolve")
 def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer.Option(help="Resolves per level.")] = 400,
+            cpu_rounds: Annotated[int, typer.Option(help="Rounds of the CPU comparison (each: every server, 64 clients).")] = 3,
             out_dir: OutOpt = RESULTS, quick: QuickOpt = False) -> None:
     """Warm resolve latency and throughput at 1, 4, 16 and 64 concurrent clients, beside a trivial FastAPI
-    endpoint (same body, the same answer, no work) on the same machine, levels interleaved."""
+    endpoint (same body, the same answer, no work) on the same machine, levels interleaved; then the server's CPU
+    per warm resolve against that endpoint and one that also parses the body as a ``ResolveRequest``."""
     started = time.perf_counter()
     requests = min(requests, 64) if quick else requests
     body = {"model": model, "device": {"memory_available_mb": 300, "cpu_count": 2},
             "budget": {"max_memory_mb": 300, "seq_len": 64, "precision": "fp32"}}
-    rows, trivial_rows = [], []
-    with temp_store() as store, mlfs_server(store) as url:
+    rows, trivial_rows, pids = [], [], []
+    cpu: dict[str, list[dict]] = {"mlfs": [], "trivial": [], "trivial-parsing": []}
+    with temp_store() as store, mlfs_server(store, pids) as url:
         first = httpx.post(f"{url}/v1/resolve", json=body, timeout=600)  # the cold build, not measured
         first.raise_for_status()
-        with trivial_server(first.json()) as trivial:
+        (store / "trivial-answer.json").write_text(json.dumps(first.json()))
+        parsing_port = free_port()
+        parsing = f"http://127.0.0.1:{parsing_port}"
+        with trivial_server(first.json(), pids) as trivial, process(
+                [sys.executable, str(Path(__file__).with_name("trivial_resolve_app.py")), str(parsing_port),
+                 str(store / "trivial-answer.json")], f"{parsing}/readyz") as parsing_proc:
             for target in (url, trivial):
                 asyncio.run(hammer(target, body, 4, 40))  # warm connections and code paths
             pairs = ((url, rows), (trivial, trivial_rows))
@@ -401,6 +444,11 @@ def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer
                     times, wall = asyncio.run(hammer(target, body, clients, requests))
                     out.append({"clients": clients, "requests": len(times), "p50_ms": statistics.median(times),
                                 "p99_ms": percentile(times, 0.99), "per_second": len(times) / wall})
+            asyncio.run(hammer(parsing, body, 4, 40))
+            servers = {"mlfs": (pids[0], url), "trivial": (pids[1], trivial), "trivial-parsing": (parsing_proc.pid, parsing)}
+            for _ in range(cpu_rounds):  # rounds interleaved
+                for name, (pid, target) in servers.items():
+                    cpu[name].append(server_cpu(pid, target, body, 64, requests))
     base = rows[0]
     table = Table("clients", "p50 ms", "p99 ms", "resolves/s", "p50 / 1-client p50", "throughput / 1-client",
                   title=f"warm POST /v1/resolve ({model}; server and clients share this machine)")
@@ -411,12 +459,24 @@ def resolve(model: ModelOpt = "minilm-sentiment", requests: Annotated[int, typer
     for r, t in zip(rows, trivial_rows):
         console.print(f"{r['clients']:>2} clients: trivial FastAPI p50 {t['p50_ms']:.2f} ms, {t['per_second']:.0f}/s; "
                       f"mlfs throughput {r['per_second'] / t['per_second']:.2f}x the trivial endpoint's")
-    finish("resolve", "warm resolve latency at 1-64 concurrent clients", {"model": model, "quick": quick, "body": body,
-           "requests_per_level": requests, "artifact": first.json()["config"]}, {"rows": rows, "baseline": "trivial FastAPI endpoint (uvicorn, async, reads the body, answers pre-encoded bytes)",
+    summary = {k: {m: statistics.median(r[m] for r in v) for m in ("cpu_ms_per_request", "per_second", "p50_ms")}
+               for k, v in cpu.items()}
+    for name in ("trivial", "trivial-parsing"):
+        summary[f"cpu_ratio_vs_{name}"] = summary["mlfs"]["cpu_ms_per_request"] / summary[name]["cpu_ms_per_request"]
+        console.print(f"server CPU per warm resolve at 64 clients: mlfs {summary['mlfs']['cpu_ms_per_request']:.2f} ms, "
+                      f"{name} {summary[name]['cpu_ms_per_request']:.2f} ms ({summary[f'cpu_ratio_vs_{name}']:.2f}x); "
+                      f"resolves/s {summary['mlfs']['per_second']:.0f} vs {summary[name]['per_second']:.0f}; load {os.getloadavg()[0]:.1f}")
+    finish("resolve", "warm resolve latency at 1-64 concurrent clients; server CPU per resolve vs trivial endpoints",
+           {"model": model, "quick": quick, "body": body, "requests_per_level": requests, "cpu_rounds": cpu_rounds,
+            "artifact": first.json()["config"]}, {"rows": rows, "baseline": "trivial FastAPI endpoint (uvicorn, async, reads the body, answers pre-encoded bytes)",
            "baseline_rows": trivial_rows,
-           "throughput_vs_baseline": [r["per_second"] / t["per_second"] for r, t in zip(rows, trivial_rows)]},
+           "throughput_vs_baseline": [r["per_second"] / t["per_second"] for r, t in zip(rows, trivial_rows)],
+           "cpu_vs_trivial": {"rounds": cpu, **summary}, "load_average": os.getloadavg()},
            started, out_dir,
-           [f"cpu_count={os.cpu_count()}: clients and server compete for the same cores"])
+           [f"cpu_count={os.cpu_count()}: clients and server compete for the same cores",
+            "cpu_ms_per_request: the server process's user+system CPU (psutil) over a run of requests at 64 clients; "
+            "trivial: the no-work endpoint above; trivial-parsing (benchmarks/trivial_resolve_app.py) parses the same "
+            "ResolveRequest and answers a fixed ResolveResponse under mlfs serve's uvicorn settings; rounds interleaved"])
 
 
 # ----- download -------------------------------------------------------------------------------------------------

@@ -98,6 +98,10 @@ class ModelHandle:
         self.pad_id = special.get("pad_token_id", dims.get("pad_token_id")) or 0
         eos = special.get("eos_token_id")
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        # decoders: the manifest's generation block (chat template, stop tokens, sampling defaults); its stop
+        # tokens end generate() by default, like the eos id above
+        self.generation: dict[str, Any] = manifest.get("generation") or {}
+        self.eos_ids |= {int(t) for t in self.generation.get("stop_token_ids") or []}
         self.labels: list[str] | None = device.get("labels")
         if self.labels is None and dims.get("num_labels"):
             self.labels = [f"LABEL_{i}" for i in range(dims["num_labels"])]

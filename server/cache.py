@@ -81,6 +81,7 @@ class ArtifactCache:
         self.meta, self.budget, self.evict_grace_s = metadata, budget_bytes, evict_grace_s
         self.claims = claims or LocalClaims(self.root / ".locks")
         self._verified: dict[str, dict[str, Fingerprint]] = {}  # key -> file -> fingerprint when last hashed valid
+        self._entries: dict[str, Entry] = {}  # key -> the entry last found intact (``get_cached``)
         self._clean_leftovers()
 
     def _clean_leftovers(self) -> None:
@@ -108,7 +109,28 @@ class ArtifactCache:
             log.warning("artifact %s failed verification; dropping it", key[:12])
             self.drop(key)
             return None
-        return Entry(key, path, record)
+        self._entries[key] = Entry(key, path, record)
+        return self._entries[key]
+
+    def get_cached(self, key: str) -> Entry | None:
+        """The entry from memory when this process found it intact before and its files' (inode, size, mtime,
+        ctime) are unchanged: a stat per file, no database and no hashing, so it may run on the event loop. None
+        when it cannot say so (then ``get`` decides): never seen, a file changed or gone, or replicas share the
+        store (grace > 0), where only the database shows an eviction mark and a use must revive it."""
+        entry = self._entries.get(key) if self.evict_grace_s == 0 else None
+        seen = self._verified.get(key)
+        if entry is None or seen is None:
+            return None
+        try:
+            if any(fingerprint(entry.path / name) != fp for name, fp in seen.items()):
+                return None
+        except OSError:
+            return None
+        return entry
+
+    def _forget(self, key: str) -> None:
+        self._verified.pop(key, None)
+        self._entries.pop(key, None)
 
     def _intact(self, key: str, path: Path, record: ArtifactRecord, rehash: bool = False) -> bool:
         seen = {} if rehash else self._verified.get(key, {})
@@ -188,8 +210,9 @@ class ArtifactCache:
         self.meta.put_artifact(record)
         # These bytes were hashed as they were written: the first serve need not read them again.
         self._verified[key] = {name: fingerprint(final / name) for name in files}
+        self._entries[key] = Entry(key, final, record)
         self.evict(keep=key)
-        return Entry(key, final, record)
+        return self._entries[key]
 
     # ----- housekeeping -------------------------------------------------------------------------------------
     def drop(self, key: str) -> None:
@@ -197,7 +220,7 @@ class ArtifactCache:
         check_key(key)
         self.meta.delete_artifact(key)
         shutil.rmtree(self.root / key, ignore_errors=True)
-        self._verified.pop(key, None)
+        self._forget(key)
 
     def pin(self, key: str, pinned: bool = True) -> None:
         self.meta.set_pinned(check_key(key), pinned)
@@ -232,7 +255,7 @@ class ArtifactCache:
             with self.claims.try_claim(r.key) as lease:
                 if lease is not None and self.meta.delete_evicted(r.key, self.evict_grace_s):
                     shutil.rmtree(self.root / r.key, ignore_errors=True)
-                    self._verified.pop(r.key, None)
+                    self._forget(r.key)
                     dropped.append(r.key)
         return dropped
 

@@ -229,10 +229,61 @@ def bench_calibrate_cmd(
     out.print(table)
 
 
+failed_app = typer.Typer(help="Builds that failed (remembered in the store's metadata, never retried until cleared).",
+                         no_args_is_help=True)
+
+
+@contextmanager
+def _metadata(store: Path | None, config: Path | None):
+    from .coordination import open_shared_state
+    from .errors import ServerError
+    from .settings import Settings
+
+    settings = Settings.load(config, store=store)
+    try:
+        meta, claims, _ = open_shared_state(Path(settings.store), settings)
+    except ServerError as e:
+        raise ConfigError(str(e)) from None
+    try:
+        yield meta
+    finally:
+        if claims is not None:
+            claims.close()
+        meta.close()
+
+
+@failed_app.command("list")
+def failed_list_cmd(model: Annotated[str | None, typer.Option("--model", help="Only this model.")] = None,
+                    store: StoreOpt = None, config: SettingsOpt = None) -> None:
+    """Every remembered failed build: model, config, precision, kind and the reason with its figures."""
+    _need_server_extra("failed-builds list")
+    with _metadata(store, config) as meta:
+        rows = [f for f in meta.failed_builds() if model is None or f.model == model]
+    table = Table("model", "config key", "precision", "kind", "reason", "artifact", title="failed builds")
+    for f in rows:
+        table.add_row(f.model, f.config_key, f.precision, f.kind, f.reason, f.artifact_key[:12])
+    out.print(table)
+
+
+@failed_app.command("clear")
+def failed_clear_cmd(model: ModelOpt,
+                     config_key: Annotated[str | None, typer.Option("--config-key", help="Only this config.")] = None,
+                     precision: Annotated[str | None, typer.Option("--precision", help="Only fp32 or int8.")] = None,
+                     store: StoreOpt = None, config: SettingsOpt = None) -> None:
+    """Forget a model's failed builds so selection may try them again (a running server sees it within seconds)."""
+    _need_server_extra("failed-builds clear")
+    if precision not in (None, "fp32", "int8"):
+        raise ConfigError(f"--precision must be fp32 or int8, got {precision!r}")
+    with _metadata(store, config) as meta:
+        cleared = meta.clear_failed_builds(model, config_key, precision)
+    out.print(f"cleared {cleared} failed build(s) of {model}")
+
+
 app = root_app()
 app.command("serve")(serve_cmd)
 app.command("warm")(warm_cmd)
 app.add_typer(bench_app, name="bench")
+app.add_typer(failed_app, name="failed-builds")
 
 
 def main() -> None:

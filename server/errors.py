@@ -6,6 +6,8 @@ each class to its status code, in one table.
 
 from __future__ import annotations
 
+import time
+
 from slicer import MLFSError
 
 
@@ -54,13 +56,35 @@ class ProfileError(ServerError, ValueError):
 
 
 class BuildFailed(ServerError):
-    """An artifact could not be built (for example an int8 model rejected by its quality gate)."""
+    """An artifact could not be built (for example an int8 model rejected by its quality gate). ``errors``: the
+    remembered failure, for the response body."""
+
+    def __init__(self, message: str, errors: list[dict] | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors or []
+
+    @classmethod
+    def of(cls, failure, hint: str = "") -> BuildFailed:
+        """The error for a remembered failure (``server.metadata.FailedBuild``): what failed, why, the figures."""
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failure.failed))
+        return cls(f"artifact {failure.artifact_key} ({failure.model}, config {failure.config_key}, "
+                   f"{failure.precision}) cannot be built: its build failed at {when} ({failure.kind}): {failure.reason}"
+                   + (f"; {hint}" if hint else ""),
+                   [{"loc": ["build"], "msg": failure.reason, "type": f"build_failed.{failure.kind}",
+                     "artifact_id": failure.artifact_key, "config_key": failure.config_key,
+                     "precision": failure.precision, "details": failure.details}])
 
 
 class BuildQueueFull(ServerError):
     """Too many builds are queued or running; the caller should retry after ``retry_after_s``."""
 
     retry_after_s = 30
+
+
+class QualityPending(ServerError):
+    """Configs' quality is still being measured before one is served; the caller retries after ``retry_after_s``."""
+
+    retry_after_s = 15
 
 
 class NotReady(ServerError):

@@ -48,6 +48,22 @@ class ArtifactRecord:
     evicting: float | None = None  # database time it was chosen for eviction; any use revives it
 
 
+@dataclass
+class FailedBuild:
+    """A build that failed for a reason of the artifact itself (gate, parity, export), remembered per lineage
+    (``server.service.lineage``: base, adapters, build recipe, validation data) so a restart does not repeat it."""
+
+    lineage: str
+    config_key: str
+    precision: str
+    model: str
+    artifact_key: str
+    kind: str  # int8_gate, parity or error
+    reason: str  # one line, for people
+    details: dict[str, Any]  # the figures: gate agreement and threshold, parity differences and allowed error
+    failed: float = 0.0
+
+
 class MetadataStore(Protocol):
     dialect: str  # "sqlite" or "postgresql"
 
@@ -67,6 +83,14 @@ class MetadataStore(Protocol):
     def put_calibration(self, threads: int, coeffs: tuple[float, float, float], info: dict[str, Any]) -> None: ...
     def calibration(self) -> dict[int, dict[str, Any]]: ...
     def latency_version(self) -> tuple[int, int]: ...
+    def put_failed_build(self, failure: FailedBuild) -> None: ...
+    def failed_builds(self, lineage: str | None = None) -> list[FailedBuild]: ...
+    def failed_build(self, artifact_key: str) -> FailedBuild | None: ...
+    def clear_failed_builds(self, model: str, config_key: str | None = None, precision: str | None = None) -> int: ...
+    def put_quality(self, scope: str, config_key: str, metric: str, value: float, info: dict[str, Any]) -> None: ...
+    def qualities(self, scope: str) -> dict[str, dict[str, Any]]: ...
+    def put_resolution(self, rid: str, request: str, artifact_key: str) -> None: ...
+    def resolution(self, rid: str) -> tuple[str, str] | None: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
 
@@ -106,7 +130,25 @@ MIGRATIONS: list[list[tuple[str, tuple[str, ...]]]] = [
             c DOUBLE PRECISION NOT NULL, info TEXT NOT NULL, measured DOUBLE PRECISION NOT NULL)""",
          ("sqlite", "postgresql")),
     ],
+    [  # 4 (issue 18): builds that failed, with why (never retried blindly after a restart); each config's quality
+        # measured before its first serve for a model without a palette table; resolutions a 202 named, so a
+        # device polling one after a restart, or on another replica, is told how its build ended
+        ("""CREATE TABLE failed_builds (
+            lineage TEXT NOT NULL, config_key TEXT NOT NULL, precision TEXT NOT NULL, model TEXT NOT NULL,
+            artifact_key TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL,
+            failed DOUBLE PRECISION NOT NULL, PRIMARY KEY (lineage, config_key, precision))""",
+         ("sqlite", "postgresql")),
+        ("CREATE INDEX failed_builds_artifact ON failed_builds (artifact_key)", ("sqlite", "postgresql")),
+        ("""CREATE TABLE config_quality (
+            scope TEXT NOT NULL, config_key TEXT NOT NULL, metric TEXT NOT NULL, value DOUBLE PRECISION NOT NULL,
+            info TEXT NOT NULL, measured DOUBLE PRECISION NOT NULL, PRIMARY KEY (scope, config_key))""",
+         ("sqlite", "postgresql")),
+        ("""CREATE TABLE resolutions (
+            id TEXT PRIMARY KEY, request TEXT NOT NULL, artifact_key TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL)""", ("sqlite", "postgresql")),
+    ],
 ]
+RESOLUTIONS_KEPT_S = 7 * 86400  # a resolution id answers this long after its 202
 BENCH_RECENT = 5  # bench runs per (profile, config, precision, shape) that count: a re-bench replaces old tables
 DEVICE_RECENT = 20  # reports per client and key that count (older ones are deleted)
 DEVICE_WINDOW_S = 30 * 86400  # device reports older than this are ignored
@@ -256,6 +298,66 @@ class _SQLMetadata:
 
     def _external_version(self) -> int:
         raise NotImplementedError
+
+    # ----- failed builds, measured quality, resolutions (schema version 4) -----------------------------------
+    def put_failed_build(self, f: FailedBuild) -> None:
+        self._execute(
+            "INSERT INTO failed_builds (lineage, config_key, precision, model, artifact_key, kind, reason, details, "
+            "failed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (lineage, config_key, precision) DO UPDATE SET "
+            "model = excluded.model, artifact_key = excluded.artifact_key, kind = excluded.kind, "
+            "reason = excluded.reason, details = excluded.details, failed = excluded.failed",
+            (f.lineage, f.config_key, f.precision, f.model, f.artifact_key, f.kind, f.reason,
+             json.dumps(f.details, default=str), f.failed or time.time()))
+
+    _FAILED = "lineage, config_key, precision, model, artifact_key, kind, reason, details, failed"
+
+    @staticmethod
+    def _failure(row: tuple) -> FailedBuild:
+        *head, details, failed = row
+        return FailedBuild(*head, json.loads(details), failed)
+
+    def failed_builds(self, lineage: str | None = None) -> list[FailedBuild]:
+        where, args = ("WHERE lineage = ?", (lineage,)) if lineage is not None else ("", ())
+        return [self._failure(r) for r in
+                self._execute(f"SELECT {self._FAILED} FROM failed_builds {where} ORDER BY failed", args)]
+
+    def failed_build(self, artifact_key: str) -> FailedBuild | None:
+        rows = self._execute(f"SELECT {self._FAILED} FROM failed_builds WHERE artifact_key = ? ORDER BY failed DESC",
+                             (artifact_key,))
+        return self._failure(rows[0]) if rows else None
+
+    def clear_failed_builds(self, model: str, config_key: str | None = None, precision: str | None = None) -> int:
+        """Forget the failed builds recorded for model ``model`` (all, or one config and/or precision); how many."""
+        sql, args = "DELETE FROM failed_builds WHERE model = ?", [model]
+        for column, value in (("config_key", config_key), ("precision", precision)):
+            if value is not None:
+                sql, args = f"{sql} AND {column} = ?", [*args, value]
+        return len(self._execute(f"{sql} RETURNING config_key", tuple(args)))
+
+    def put_quality(self, scope: str, config_key: str, metric: str, value: float, info: dict[str, Any]) -> None:
+        self._execute("INSERT INTO config_quality (scope, config_key, metric, value, info, measured) "
+                      "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (scope, config_key) DO UPDATE SET metric = excluded.metric, "
+                      "value = excluded.value, info = excluded.info, measured = excluded.measured",
+                      (scope, config_key, metric, value, json.dumps(info), time.time()))
+
+    def qualities(self, scope: str) -> dict[str, dict[str, Any]]:
+        """config key -> {"metric", "value", "info", "measured"} measured in ``scope``."""
+        return {k: {"metric": m, "value": v, "info": json.loads(i), "measured": t} for k, m, v, i, t in
+                self._execute("SELECT config_key, metric, value, info, measured FROM config_quality WHERE scope = ?",
+                              (scope,))}
+
+    def put_resolution(self, rid: str, request: str, artifact_key: str) -> None:
+        now = time.time()
+        self._execute("INSERT INTO resolutions (id, request, artifact_key, created) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT (id) DO UPDATE SET request = excluded.request, "
+                      "artifact_key = excluded.artifact_key, created = excluded.created", (rid, request, artifact_key, now))
+        self._execute("DELETE FROM resolutions WHERE created < ?", (now - RESOLUTIONS_KEPT_S,))
+
+    def resolution(self, rid: str) -> tuple[str, str] | None:
+        """(request JSON, artifact key) of a resolution a 202 named, or None."""
+        rows = self._execute("SELECT request, artifact_key FROM resolutions WHERE id = ? AND created >= ?",
+                             (rid, time.time() - RESOLUTIONS_KEPT_S))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def ping(self) -> None:
         """Raise (DatabaseUnavailable) unless the database answers."""

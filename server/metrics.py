@@ -14,4 +14,6 @@ class Metrics:
         self.cache_hits = Counter("mlfs_cache_hits_total", "Resolves answered from the cache", registry=self.registry)
         self.cache_misses = Counter("mlfs_cache_misses_total", "Resolves that started a build", registry=self.registry)
         self.bytes_served = Counter("mlfs_bytes_served_total", "Artifact bytes sent", registry=self.registry)
+        self.build_failures = Counter("mlfs_build_failures_total", "Builds that failed (remembered, not retried), by "
+                                      "kind: int8_gate, parity, error", ["kind"], registry=self.registry)
         self.builds_in_flight = Gauge("mlfs_builds_in_flight", "Builds queued or running", registry=self.registry)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import hashlib
 import logging
 import math
 import time
@@ -33,7 +34,10 @@ from slicer import (
     read_palette,
     stack_fingerprint,
     validation_set,
+    warm_up_builds,
 )
+from slicer.onnx.decoder_int8 import int8_unavailable
+from slicer.onnx.quantize import INT8_SCHEME
 
 from .cache import ArtifactCache, Entry, artifact_key
 from .calibration import calibrate
@@ -46,11 +50,14 @@ from .errors import (
     CoordinationError,
     NoFit,
     ProfileError,
+    QualityPending,
     UnknownModel,
 )
 from .latency_model import Estimates, LatencyEstimator
+from .metadata import FailedBuild
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
+from .quality import QualityGate, Verdict
 from .selection import Budget, Candidate, Choice, candidates_from_palette, choose
 from .settings import Settings
 from .store import (
@@ -65,6 +72,9 @@ from .store import (
 from .telemetry import RateLimiter, ReportRejected, check_report, client_id
 
 log = logging.getLogger(__name__)
+FAILURES_REFRESH_S = 5.0  # failed builds recorded by another replica (or cleared by the CLI) are seen this late
+CLEAR_HINT = ("an operator clears it through the model's failed-builds route (DELETE) or `mlfs failed-builds clear "
+              "--model {model}`; a new adapter stack, build recipe or validation data starts afresh")
 
 
 @dataclass
@@ -102,6 +112,16 @@ class LoadedModel:
         """What every build of this model is validated on, tokenised once for the model's life."""
         return validation_set(self.opened, self.served.validation_data)
 
+    @functools.cached_property
+    def validation_fingerprint(self) -> str:
+        """The validation inputs by content (an attached file replaced under the same name changes it)."""
+        h = hashlib.sha256(self.validation.source.encode())
+        for b in [*self.validation.parity, *self.validation.gate]:
+            for name in sorted(b):
+                h.update(name.encode())
+                h.update(b[name].numpy().tobytes())
+        return h.hexdigest()
+
 
 def load_model(served: ServedModel, opened: OpenSupernet | None = None, reordering_cache: Path | None = None,
                palette_check: dict[str, Any] | None = None) -> LoadedModel:
@@ -128,12 +148,17 @@ class DeliveryService:
         self._served = load_models(root)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
         self._inflight: dict[str, asyncio.Future] = {}
-        self.unbuildable: dict[str, set[tuple[str, str]]] = {}  # model -> (config key, precision) whose build failed
+        self._measuring: dict[str, asyncio.Future] = {}  # quality measurements per resolve request
+        # lineage -> (when read, (config key, precision) -> failure): the metadata's failed builds, read again
+        # every FAILURES_REFRESH_S so other replicas' failures and the CLI's clearing are seen
+        self._failures: dict[str, tuple[float, dict[tuple[str, str], FailedBuild]]] = {}
+        self.quality = QualityGate(self.meta, settings.quality_max_perplexity_ratio, settings.quality_min_accuracy_margin)
         self.build_options("fp32")  # refuse a bad builder or graph mode at start-up, not at the first build
         self.latency = LatencyEstimator(self.meta, self.profiles, settings.telemetry_min_clients)
         self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
         self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
+        self.warm_up: dict[str, dict[str, float] | None] = {}  # model -> seconds its build warm-up took at load
 
     def load(self, names: list[str] | None = None) -> None:
         """Load the served models (all, or ``names``); called once at start-up, off the request path. Progress
@@ -150,12 +175,24 @@ class DeliveryService:
             # A base served without adapters is ranked once, then its order is read from the store.
             self.models[name] = load_model(self._served[name], reordering_cache=Path(self.settings.store) / CACHE_SUBDIR)
             _ = self.models[name].validation  # tokenised now, not inside the first cold build
+            self.warm_up[name] = self._warm_up(self.models[name])
             self.loading["loaded"].append(name)
             log.info("serving %s (loaded in %.1f s)", name, time.perf_counter() - started)
         self.loading.update(current=None, since=None)
         if self.settings.latency_calibration:
             self.calibrate(force=False)
         self.ready = True
+
+    def _warm_up(self, model: LoadedModel) -> dict[str, float] | None:
+        """The one-time costs of building (onnxruntime and PyTorch start-up) paid at load, not by the first
+        request's cold build. A failure here is logged, not fatal: the build itself reports it properly."""
+        try:
+            timings = warm_up_builds(model.opened, model.validation, self.build_options("fp32"))
+        except MLFSError as err:
+            log.warning("model %s: build warm-up failed (%s); the first build will say more", model.served.name, err)
+            return None
+        log.info("model %s: builds warmed up in %.2f s", model.served.name, timings["total_s"])
+        return timings
 
     def calibrate(self, force: bool = True, **options) -> list:
         """The built-in latency calibration for every profile's thread count (only missing ones unless forced)."""
@@ -179,8 +216,7 @@ class DeliveryService:
                                                        validation, replace)
         loaded = load_model(served, opened, palette_check=check)
         self._served[name] = served
-        self.models[name] = loaded
-        self.unbuildable.pop(name, None)
+        self.models[name] = loaded  # new adapters: a new lineage, so earlier failures no longer apply
         return loaded
 
     def remove(self, name: str) -> None:
@@ -189,7 +225,7 @@ class DeliveryService:
         remove_model(Path(self.settings.store), name)
         self.models.pop(name, None)
         self._served.pop(name, None)
-        self.unbuildable.pop(name, None)
+        self.meta.clear_failed_builds(name)
 
     def attach_validation(self, name: str, file: Path) -> LoadedModel:
         """Judge ``name``'s int8 builds on this dev file from now on; its palette is checked against it."""
@@ -197,8 +233,7 @@ class DeliveryService:
         served, check = attach_validation(Path(self.settings.store), name, file)
         loaded = dataclasses.replace(model, served=served, palette_check=check)
         self._served[name] = served
-        self.models[name] = loaded
-        self.unbuildable.pop(name, None)  # int8 was judged on calibration text before: give it another chance
+        self.models[name] = loaded  # new validation data, new lineage: int8 gets another chance on it
         return loaded
 
     def warm_targets(self, model: LoadedModel, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
@@ -206,7 +241,7 @@ class DeliveryService:
         """What to pre-build: explicit configs at ``precision``, plus the best choice for each budget."""
         targets = [(SubnetConfig.parse(c, model.dims), precision) for c in configs]
         for budget, profile, speed in budgets:
-            choice = self.choose(model, budget, profile, speed)
+            choice = self.choose_gated(model, budget, profile, speed)
             targets.append((choice.config, choice.precision))
         return list(dict.fromkeys(targets))
 
@@ -237,6 +272,9 @@ class DeliveryService:
             raise ArtifactNotFound(f"artifact {artifact_id} is still building; wait on the resolve_url of the 202 "
                                    "(GET /v1/resolutions/...), which answers 200 with the artifact when it is ready")
         if entry is None:
+            failure = self.meta.failed_build(artifact_id)
+            if failure is not None:  # a 202 named this id and its build failed: say so, not 404
+                raise BuildFailed.of(failure, "resolve again (POST the same request): the next best config is chosen")
             raise ArtifactNotFound(f"no artifact {artifact_id}; resolve a budget to get one built")
         return entry
 
@@ -247,8 +285,11 @@ class DeliveryService:
         best tried. ``threads``: a device without a profile (its cpu_count), for the latency estimates."""
         model = self.model(name)
         wait = self.settings.build_wait_s if wait_s is None else wait_s
+        loop = asyncio.get_running_loop()
         for attempt in (1, 2):  # a failed build is excluded from selection, so the second choice differs
-            choice = self.choose(model, budget, profile, speed_score, threads)
+            choice = self.choose_gated(model, budget, profile, speed_score, threads, measure=False)
+            if choice is None:
+                choice = await self._measured_choice(loop, model, budget, profile, speed_score, threads, wait)
             try:
                 return choice, await self.artifact(model, choice.config, choice.precision, wait)
             except BuildFailed:
@@ -256,12 +297,38 @@ class DeliveryService:
                     raise
         raise AssertionError("unreachable")
 
+    async def _measured_choice(self, loop, model: LoadedModel, budget: Budget, profile: str | None,
+                               speed_score: float | None, threads: int | None, wait_s: float) -> Choice:
+        """``choose_gated`` with measurements, in the build thread (it shares the supernet and the CPU with builds;
+        a resolve whose figures are known never waits behind a build). The same request asked again waits on the
+        same measurement; one still running after ``wait_s`` is a 503 with Retry-After (QualityPending)."""
+        key = repr((model.served.name, budget, profile, speed_score, threads))
+        future = self._measuring.get(key)
+        if future is None:
+            future = asyncio.ensure_future(loop.run_in_executor(
+                self._pool, self.choose_gated, model, budget, profile, speed_score, threads))
+            self._measuring[key] = future
+
+            def done(f: asyncio.Future) -> None:
+                self._measuring.pop(key, None)
+                if not f.cancelled() and f.exception() is not None and not isinstance(f.exception(), MLFSError):
+                    log.warning("quality measurement for %s failed: %s", model.served.name, f.exception())
+
+            future.add_done_callback(done)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except asyncio.TimeoutError:
+            raise QualityPending(f"measuring the quality of {model.served.name!r} configs before serving one "
+                                 "(seconds to minutes per config, once; kept in the store); retry after Retry-After"
+                                 ) from None
+
     async def warm(self, name: str, configs: list[dict], budgets: list[tuple[Budget, str | None, float | None]],
                    ) -> list[tuple[Entry, SubnetConfig, str]]:
         """Build (waiting as long as it takes) and pin explicit configs and the best config per budget."""
         model = self.model(name)
         warmed = []
-        for cfg, precision in self.warm_targets(model, configs, budgets):
+        targets = await asyncio.get_running_loop().run_in_executor(self._pool, self.warm_targets, model, configs, budgets)
+        for cfg, precision in targets:
             entry = await self.artifact(model, cfg, precision, wait_s=math.inf)
             self.cache.pin(entry.key)
             warmed.append((entry, cfg, precision))
@@ -296,12 +363,107 @@ class DeliveryService:
         """The best config for the budget; the device's speed score defaults to its profile's."""
         if profile is not None and profile not in self.profiles:
             raise ProfileError(f"unknown device profile {profile!r}; known: {sorted(self.profiles)}")
-        failed = self.unbuildable.get(model.served.name, set())
-        if budget.precision == "auto" and any(p == "int8" for _, p in failed):
+        offered, why = self.int8_offer(model)
+        if not offered and budget.precision == "int8":
+            raise NoFit(f"int8 is not offered for model {model.served.name!r}: {why}")
+        if not offered and budget.precision == "auto":
+            budget = dataclasses.replace(budget, precision="fp32")
+        failures = self.failures(model)
+        if budget.precision == "auto" and any(p == "int8" and f.kind == "int8_gate" for (_, p), f in failures.items()):
             # one int8 build of this model failed its quality gate: the others would too, each after a full build
             budget = dataclasses.replace(budget, precision="fp32")
+        exclude = set(failures) | {(k, p) for k, v in self.quality.known(model).items() if v.excluded
+                                   for p in ("fp32", "int8")}
         latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
-        return choose(model.dims, model.candidates, budget, latency, exclude=failed)
+        try:
+            return choose(model.dims, model.candidates, budget, latency, exclude=exclude)
+        except NoFit as err:
+            if not exclude:
+                raise
+            try:
+                choose(model.dims, model.candidates, budget, latency)
+            except NoFit:
+                raise err from None  # nothing would fit anyway: its message says what is needed
+            raise NoFit(f"every config of {model.served.name!r} that fits this budget is excluded: too far below the "
+                        f"teacher ({self.quality.rule()}) or its build failed; GET /v1/models lists each with its "
+                        "reason") from None
+
+    def choose_gated(self, model: LoadedModel, budget: Budget, profile: str | None = None,
+                     speed_score: float | None = None, threads: int | None = None, measure: bool = True,
+                     ) -> Choice | None:
+        """``choose``, with the chosen config's quality measured first if it is not known yet (blocking: seconds
+        per config; with ``measure`` False, None instead); a config far below the teacher is excluded and the next
+        best chosen."""
+        for _ in range(len(model.candidates) + 1):
+            choice = self.choose(model, budget, profile, speed_score, threads)
+            if not measure and self.quality.unmeasured(model, choice.config):
+                return None
+            verdict = self.quality.verdict(model, choice.config)
+            if verdict is None or not verdict.excluded:
+                if verdict is not None and choice.quality is None:  # measured, not from a palette table
+                    choice = dataclasses.replace(choice, quality=verdict.quality)
+                return choice
+            log.info("model %s: %s not delivered: %s", model.served.name, choice.config.describe(), verdict.reason)
+        raise AssertionError("unreachable: every pass excludes one more config")
+
+    def quality_metric(self, model: LoadedModel) -> str | None:
+        """What ``quality`` means for the model: its palette's metric, else what the quality gate measures."""
+        if model.quality_metric is not None or self.quality.applies(model) is not None:
+            return model.quality_metric
+        return "accuracy" if model.dims.num_labels else "neg_loss"
+
+    def int8_offer(self, model: LoadedModel) -> tuple[bool, str]:
+        """Whether int8 artifacts of this model are offered, and why (or why not)."""
+        reason = int8_unavailable(model.dims.family)
+        if reason is not None:
+            return False, reason
+        return True, f"int8 ({INT8_SCHEME}) is offered; each build must pass its quality gate against fp32"
+
+    def quality_verdicts(self, model: LoadedModel) -> dict[str, Verdict]:
+        return self.quality.known(model)
+
+    # ----- failed builds ------------------------------------------------------------------------------------
+    def lineage(self, model: LoadedModel) -> str:
+        """What a failed build is remembered for: base, adapters, build recipe and validation data by content.
+        A change to any of them gives every config a new chance."""
+        parts = [model.opened.base_fingerprint, model.adapters_fingerprint or "-", self.build_options("fp32").recipe,
+                 model.validation_fingerprint]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def failures(self, model: LoadedModel, fresh: bool = False) -> dict[tuple[str, str], FailedBuild]:
+        """(config key, precision) -> the remembered failure, for the model's current lineage."""
+        lineage = self.lineage(model)
+        seen = self._failures.get(lineage)
+        if fresh or seen is None or time.monotonic() - seen[0] > FAILURES_REFRESH_S:
+            seen = (time.monotonic(), {(f.config_key, f.precision): f for f in self.meta.failed_builds(lineage)})
+            self._failures[lineage] = seen
+        return seen[1]
+
+    def failure_of(self, artifact_key: str) -> FailedBuild | None:
+        return self.meta.failed_build(artifact_key)
+
+    def clear_failures(self, name: str, config_key: str | None = None, precision: str | None = None) -> int:
+        """Forget model ``name``'s failed builds (all, or one config and/or precision): they may be tried again."""
+        cleared = self.meta.clear_failed_builds(name, config_key, precision)
+        self._failures.clear()
+        log.info("cleared %d failed build(s) of %s", cleared, name)
+        return cleared
+
+    def _remember_failure(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str,
+                          err: MLFSError) -> None:
+        details = dict(getattr(err, "details", None) or {})
+        kind = str(details.pop("kind", "error"))
+        reason = " ".join(str(err).split())[:500]
+        failure = FailedBuild(self.lineage(model), cfg.key, precision, model.served.name, key, kind, reason, details,
+                              time.time())
+        self.metrics.build_failures.labels(kind=kind).inc()
+        log.warning("build of %s %s %s failed (%s): %s; it will not be tried again (%s)", model.served.name,
+                    cfg.describe(), precision, kind, reason, CLEAR_HINT.format(model=model.served.name))
+        try:
+            self.meta.put_failed_build(failure)
+        except CoordinationError as db_err:  # remembered here at least; the next restart may try it once more
+            log.warning("could not record the failed build in the metadata: %s", db_err)
+        self.failures(model)[(cfg.key, precision)] = failure
 
     def build_options(self, precision: str) -> BuildOptions:
         return BuildOptions(precision, self.settings.graph_builder, self.settings.graph_mode)
@@ -312,8 +474,13 @@ class DeliveryService:
 
     # ----- building -----------------------------------------------------------------------------------------
     def build(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> Entry:
-        """The artifact for (config, precision), built now if it is not cached (blocking)."""
-        return self._build_blocking(model, cfg, precision, self.artifact_id(model, cfg, precision))
+        """The artifact for (config, precision), built now if it is not cached (blocking); a remembered failed
+        build raises BuildFailed instead of being tried again."""
+        key = self.artifact_id(model, cfg, precision)
+        failed = self.failures(model).get((cfg.key, precision))
+        if failed is not None and self.cache.get(key) is None:
+            raise BuildFailed.of(failed, CLEAR_HINT.format(model=model.served.name))
+        return self._build_blocking(model, cfg, precision, key)
 
     def _build_blocking(self, model: LoadedModel, cfg: SubnetConfig, precision: str, key: str) -> Entry:
         def build(folder: Path) -> dict[str, Any]:
@@ -327,21 +494,39 @@ class DeliveryService:
             entry, built = self.cache.get_or_build(key, build)
         except CoordinationError:
             raise  # the database, not the artifact: nothing to exclude
-        except MLFSError:
-            # e.g. an int8 model that failed its quality gate: selection stops offering it
-            self.unbuildable.setdefault(model.served.name, set()).add((cfg.key, precision))
+        except MLFSError as err:
+            # e.g. an int8 model that failed its quality gate: remembered (in the metadata), selection stops offering it
+            self._remember_failure(model, cfg, precision, key, err)
             raise
         if built:
             self.metrics.build_seconds.observe(time.perf_counter() - start)
         return entry
 
+    async def settled(self, key: str, wait_s: float) -> bool:
+        """Wait up to ``wait_s`` for this process's build of ``key``, if one runs; False if it is still running.
+        Its outcome (an entry, or a remembered failure) is for the caller to look up."""
+        future = self._inflight.get(key)
+        if future is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=wait_s)
+        except asyncio.TimeoutError:
+            return False
+        except Exception:
+            pass
+        return True
+
     async def artifact(self, model: LoadedModel, cfg: SubnetConfig, precision: str, wait_s: float) -> Entry | None:
         """The ready entry, or None if still building after ``wait_s`` (the build goes on)."""
         key = self.artifact_id(model, cfg, precision)
-        entry = await asyncio.to_thread(self.cache.get, key)
+        # a warm entry answers from memory on the loop (microseconds); the database and hashing go to a thread
+        entry = self.cache.get_cached(key) or await asyncio.to_thread(self.cache.get, key)
         if entry is not None:
             self.metrics.cache_hits.inc()
             return entry
+        failed = self.failures(model).get((cfg.key, precision))
+        if failed is not None:  # never retried blindly (an explicit warm of it, a stale resolution)
+            raise BuildFailed.of(failed, CLEAR_HINT.format(model=model.served.name))
         future = self._inflight.get(key)
         if future is None:
             if len(self._inflight) >= self.settings.max_pending_builds:
@@ -357,7 +542,8 @@ class DeliveryService:
                 self.metrics.builds_in_flight.set(len(self._inflight))
                 # Retrieve the outcome here: when every caller got 202, nobody awaits a failed build, and asyncio
                 # would log "Future exception was never retrieved" with a traceback.
-                if not f.cancelled() and f.exception() is not None:
+                error = None if f.cancelled() else f.exception()
+                if error is not None and (isinstance(error, CoordinationError) or not isinstance(error, MLFSError)):
                     log.warning("build of %s %s failed: %s", cfg.describe(), precision, f.exception())
 
             future.add_done_callback(done)
@@ -368,6 +554,9 @@ class DeliveryService:
         except (BuildFailed, CoordinationError):
             raise
         except MLFSError as err:
+            failed = self.failures(model).get((cfg.key, precision))
+            if failed is not None:
+                raise BuildFailed.of(failed, CLEAR_HINT.format(model=model.served.name)) from err
             raise BuildFailed(f"{cfg.describe()} {precision} cannot be built: {err}") from err
 
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     telemetry_rate_per_minute: float = Field(30.0, gt=0)  # reports per client (address), bursts of 10
     telemetry_max_factor: float = Field(5.0, gt=1)  # a report beyond estimate x/÷ this factor is refused
     latency_calibration: bool = True  # calibrate at start when the store has no calibration for a profile
+    # Quality gate (README "Quality gate"): configs this far below the teacher are never selected.
+    quality_max_perplexity_ratio: float = Field(2.0, gt=1)  # language models: perplexity <= this x the teacher's
+    quality_min_accuracy_margin: float = Field(0.05, ge=0, le=1)  # classifiers: accuracy >= majority class + this
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides) -> Settings:

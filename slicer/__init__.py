@@ -34,7 +34,8 @@ _API: dict[str, str] = {
     # slicing and building (torch)
     "OpenSupernet": ".slicing", "open_supernet": ".slicing", "slice_to_folder": ".slicing",
     "export_to_folder": ".slicing", "read_config_arg": ".slicing", "build_subnet_artifact": ".slicing",
-    "validation_set": ".slicing", "TrainingReport": ".train.report", "REPORT_FILE": ".train.report", "BuildOptions": ".onnx.build", "ValidationSet": ".onnx.validate",
+    "validation_set": ".slicing", "warm_up_builds": ".slicing", "TrainingReport": ".train.report",
+    "REPORT_FILE": ".train.report", "BuildOptions": ".onnx.build", "ValidationSet": ".onnx.validate",
 }
 
 __all__ = sorted(_API)

@@ -31,7 +31,12 @@ class MergeError(MLFSError):
 
 
 class ExportError(MLFSError):
-    """An export failed, or its validation against PyTorch or its quantisation quality gate did not pass."""
+    """An export failed, or its validation against PyTorch or its quantisation quality gate did not pass.
+    ``details`` holds the figures behind it (``kind``: ``parity`` or ``int8_gate``), for whoever records it."""
+
+    def __init__(self, message: str, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.details = details or {}
 
 
 @dataclass(frozen=True)

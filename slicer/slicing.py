@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ConfigError
 from .formats.adapter_stack import StackMeta, load_adapter_stack, stack_fingerprint
+from .formats.generation import TextGeneration
 from .formats.reordering_cache import ReorderingCache
 from .formats.storage import fingerprint, load_base, save_subnet
 from .formats.teachers import resolve_base
@@ -131,22 +132,44 @@ def build_subnet_artifact(opened: OpenSupernet, cfg: SubnetConfig, folder: Path,
     """Slice, merge, write the graph, validate (and quantise) ``cfg`` into the empty ``folder``; returns the manifest.
 
     One pass: the caller owns the folder's atomic rename (the artifact cache, or ``export_to_folder``)."""
-    from .onnx.build import BuildOptions, build_artifact
+    from .onnx.build import BUILD_THREADS, BuildOptions, build_artifact, torch_threads
     from .onnx.quiet import quiet_build_logs
 
     quiet_build_logs()
     options = options or BuildOptions()
+    with torch_threads(BUILD_THREADS):
+        start = time.perf_counter()
+        subnet = opened.supernet.extract(cfg)
+        extra = {
+            "base_fingerprint": opened.base_fingerprint,
+            # the stack by content, never by path: a manifest is served to devices and must not expose server folders
+            "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
+            "expected_quality": expected_quality(opened.adapters_dir, cfg),
+            "slice_timings": {"slice_merge_s": time.perf_counter() - start},
+            "device": device_fields(opened),
+            # decoders: chat template, special and stop tokens, sampling defaults (slicer.formats.generation)
+            "generation": TextGeneration.from_folder(opened.base_dir).to_dict()
+            if opened.supernet.dims.family == "decoder" else None,
+        }
+        return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
+
+
+def warm_up_builds(opened: OpenSupernet, validation, options=None) -> dict[str, float]:
+    """Pay this process's one-time build costs at start-up (``slicer.onnx.build.warm_up``) on the search space's
+    smallest config, so the first cold build of a request costs what every later one does; nothing is written.
+    Returns the seconds per phase, ``total_s`` included."""
+    from .onnx.build import BUILD_THREADS, BuildOptions, torch_threads, warm_up
+    from .onnx.quiet import quiet_build_logs
+
+    quiet_build_logs()
     start = time.perf_counter()
-    subnet = opened.supernet.extract(cfg)
-    extra = {
-        "base_fingerprint": opened.base_fingerprint,
-        # the stack by content, never by path: a manifest is served to devices and must not expose server folders
-        "adapters": {"fingerprint": stack_fingerprint(opened.adapters_dir)} if opened.adapters_dir else None,
-        "expected_quality": expected_quality(opened.adapters_dir, cfg),
-        "slice_timings": {"slice_merge_s": time.perf_counter() - start},
-        "device": device_fields(opened),
-    }
-    return build_artifact(subnet, folder, validation, options, tokenizer=opened.base_dir, extra=extra)
+    sup = opened.supernet
+    with torch_threads(BUILD_THREADS):
+        subnet = sup.extract(sup.space.smallest(sup.dims))
+        timings = {"slice_merge_s": time.perf_counter() - start}
+        timings.update(warm_up(subnet, validation, options or BuildOptions()))
+    timings["total_s"] = time.perf_counter() - start
+    return timings
 
 
 def export_to_folder(opened: OpenSupernet, cfg: SubnetConfig, out: str | Path, options=None,

@@ -24,6 +24,7 @@ from ..errors import (
     NotFound,
     NotReady,
     ProfileError,
+    QualityPending,
     Unauthorized,
 )
 from ..telemetry import RateLimited, ReportRejected
@@ -44,6 +45,7 @@ STATUS: dict[type[Exception], int] = {
     ReportRejected: 422,
     RateLimited: 429,
     BuildQueueFull: 503,
+    QualityPending: 503,
     CoordinationError: 503,
     NotReady: 503,
 }
@@ -60,7 +62,8 @@ DESCRIPTIONS = {
     422: "Invalid request (fields, non-finite numbers), nothing in the palette fits, the artifact cannot be built, "
          "or a latency report out of bounds or scope",
     429: "Too many latency reports from this client; retry after Retry-After seconds",
-    503: "Build queue full, models still loading, or the shared database unreachable; retry after Retry-After seconds",
+    503: "Build queue full, models still loading, configs' quality still being measured, or the shared database "
+         "unreachable; retry after Retry-After seconds",
 }
 
 
@@ -100,7 +103,7 @@ async def _server_error(request: Request, err: Exception) -> JSONResponse:
     headers = {"Retry-After": str(retry)} if retry is not None else None
     if status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    return error_response(status, str(err), headers)
+    return error_response(status, str(err), headers, getattr(err, "errors", None))
 
 
 async def _http_error(request: Request, err: HTTPException) -> JSONResponse:

@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 Precision = Literal["fp32", "int8", "auto"]
 QualityMetric = Literal["accuracy", "neg_loss"]
 QUALITY_DOC = ("higher is better: the palette's dev accuracy (`accuracy`), or the negative mean token "
-               "cross-entropy (`neg_loss`) for language models; null without a palette table")
+               "cross-entropy (`neg_loss`) for language models; without a palette table the figure the quality gate "
+               "measured, null until measured")
 
 
 class Strict(BaseModel):
@@ -59,6 +60,11 @@ class ErrorItem(BaseModel):
     loc: list[str | int]
     msg: str
     type: str
+    # a failed build (type build_failed.<kind>): which artifact, and the figures behind the failure
+    artifact_id: str | None = None
+    config_key: str | None = None
+    precision: str | None = None
+    details: dict[str, Any] | None = None
 
 
 class ErrorBody(BaseModel):
@@ -98,8 +104,9 @@ class ResolveResponse(BaseModel):
 
 class Building(BaseModel):
     """202: the artifact is being built. Wait on ``resolve_url`` (GET, after Retry-After seconds): it stays the
-    same for this request while the build runs, and answers 200 with the artifact once it is ready, even when
-    selection had to move on (an int8 build refused by its quality gate gives way to the next choice)."""
+    same for this request while the build runs, and answers 200 with the artifact once it is ready, or 422 with
+    the reason and its figures if that build failed (an int8 build refused by its quality gate, a graph that
+    failed parity); POST /v1/resolve again then gets the next best config. The id outlives restarts."""
 
     artifact_id: str
     status: Literal["building"]
@@ -114,6 +121,19 @@ class ProfileEstimate(LatencyFields):
     fits_memory: bool
 
 
+class QualityCheck(BaseModel):
+    """A config's figure beside the teacher's (README "Quality gate"): excluded configs are never selected."""
+
+    metric: Literal["perplexity", "accuracy"]
+    value: float
+    reference: float = Field(description="the teacher's perplexity, or the accuracy of always answering the "
+                                         "majority class")
+    limit: float = Field(description="the worst value still delivered")
+    excluded: bool
+    source: str = Field(description="'palette table' or 'measured on ...' (the model's validation or calibration text)")
+    reason: str
+
+
 class PaletteRow(BaseModel):
     key: str
     config: dict[str, Any]
@@ -123,6 +143,33 @@ class PaletteRow(BaseModel):
     quality: float | None = Field(description=QUALITY_DOC)
     quality_metric: QualityMetric | None
     estimates: dict[str, ProfileEstimate]
+    quality_check: QualityCheck | None = Field(None, description="null until measured (before its first serve) or "
+                                                                 "for a model the gate does not apply to")
+    excluded: bool = Field(False, description="true: too far below the teacher (quality_check.reason) or every "
+                                              "precision's build failed (failed_builds)")
+
+
+class QualityGateInfo(BaseModel):
+    applies: bool
+    rule: str = Field(description="the rule, or why the gate does not apply to this model")
+    judged: int = Field(description="configs with a known figure (palette table or measured)")
+    excluded: int
+
+
+class FailedBuildInfo(BaseModel):
+    artifact_id: str
+    config_key: str
+    shape: str
+    precision: str
+    kind: str = Field(description="int8_gate, parity or error")
+    reason: str
+    details: dict[str, Any] = Field(description="the figures: gate agreement and threshold, parity error and allowed")
+    failed_at: float = Field(description="unix time")
+
+
+class Int8Offer(BaseModel):
+    offered: bool
+    reason: str
 
 
 class Shape(BaseModel):
@@ -151,6 +198,10 @@ class ModelInfo(BaseModel):
     palette_check: PaletteCheck
     has_validation_data: bool = Field(description="int8 builds are judged on real dev data (else calibration text)")
     estimates_at: Shape
+    quality_gate: QualityGateInfo
+    failed_builds: list[FailedBuildInfo] = Field(description="remembered failures of the current adapters, recipe "
+                                                             "and validation data; never retried until cleared")
+    int8: Int8Offer
 
 
 class Profile(BaseModel):
@@ -199,6 +250,10 @@ class Registered(BaseModel):
     replaced: bool
     palette_check: PaletteCheck
     has_validation_data: bool
+
+
+class Cleared(BaseModel):
+    cleared: int = Field(description="failed builds forgotten")
 
 
 class Health(BaseModel):

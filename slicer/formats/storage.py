@@ -32,13 +32,16 @@ from .checkpoint import (
     read_json,
     read_safetensors,
 )
+from .generation import CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
 SUBNET_FORMAT = "mlfs-subnet/1"
 SUBNET_META = "mlfs_model.json"
 WEIGHTS = "model.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+# the chat template travels with the tokenizer (transformers reads it from either file)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+                   CHAT_TEMPLATE_FILE)
 HF_SUBDIR = "transformers"
 
 
@@ -168,6 +171,9 @@ def save_subnet(
             (hf_dir / "config.json").write_text(json.dumps(hf_config, indent=2))
             save_file(ours_to_hf(state, dims.family), str(hf_dir / WEIGHTS))
             copy_tokenizer(tokenizer_from, hf_dir)
+            if tokenizer_from is not None and (Path(tokenizer_from) / GENERATION_CONFIG_FILE).is_file():
+                # stop tokens and sampling defaults: transformers' generate() reads them from here
+                shutil.copy2(Path(tokenizer_from) / GENERATION_CONFIG_FILE, hf_dir / GENERATION_CONFIG_FILE)
         for weights in tmp.rglob("*.safetensors"):
             new_file_mode(weights)  # safetensors writes 0600; a saved model is as readable as any file
         meta = SubnetMeta(dims, cfg, provenance or {}, HF_SUBDIR if hf_config is not None else None,

@@ -28,7 +28,10 @@ log = logging.getLogger(__name__)
 
 PARITY_TOLERANCE = 1e-4  # the floor, relative to the output's scale when that exceeds 1
 REFERENCE_FACTOR = 4.0  # ONNX may be this many times as far from float64 as PyTorch float32 is
-PARITY_ROWS = 4  # examples per parity batch; two batches (short and long examples): a wrong graph shows on any
+# Examples per parity batch; two batches (short and long examples), each padded. A wrong graph shows on any example
+# (wrong weights on every token, wrong masking on every padded row), so two per batch are as strong as four and
+# halve what validation runs (it was 26-28 % of a direct build with four).
+PARITY_ROWS = 2
 DECODER_GATE_BLOCKS = 128  # language-model blocks the int8 gate reads (every position of each is a prediction)
 
 
@@ -124,33 +127,48 @@ def run_reference(model, feed: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         return [out.logits, *[t for kv in out.past_key_values for t in kv]]
 
 
-def graph_feeds(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-    """Graph inputs from real batches; for decoders a prefill (past length 0) and a decode step after it."""
-    feeds = []
+def reference_runs(model, batches: list[dict[str, torch.Tensor]]) -> list[tuple[dict[str, torch.Tensor], list[np.ndarray]]]:
+    """Graph inputs from real batches, each with the PyTorch subnet's outputs for it (graph output order), computed
+    once: for decoders a prefill (past length 0) and a decode step fed the prefill's own present key/values."""
+    runs = []
     for b in batches:
         if model.dims.family == "encoder":
-            feeds.append({"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
-                          "token_type_ids": b.get("token_type_ids", torch.zeros_like(b["input_ids"]))})
+            feed = {"input_ids": b["input_ids"], "attention_mask": b["attention_mask"],
+                    "token_type_ids": b.get("token_type_ids", torch.zeros_like(b["input_ids"]))}
+            runs.append((feed, [t.numpy() for t in run_reference(model, feed)]))
             continue
         ids, mask = b["input_ids"], b["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         prefill = {"input_ids": ids[:, :-1], "attention_mask": mask[:, :-1], "position_ids": positions[:, :-1],
                    **empty_past(model.dims, model.cfg, ids.shape[0])}
-        feeds.append(prefill)
+        out = run_reference(model, prefill)
+        runs.append((prefill, [t.numpy() for t in out]))
         decode = {"input_ids": ids[:, -1:], "attention_mask": mask, "position_ids": positions[:, -1:]}
-        for i, t in enumerate(run_reference(model, prefill)[1:]):
+        for i, t in enumerate(out[1:]):
             decode[f"past.{i // 2}.{'key' if i % 2 == 0 else 'value'}"] = t
-        feeds.append(decode)
-    return feeds
+        runs.append((decode, [t.numpy() for t in run_reference(model, decode)]))
+    return runs
 
 
-def session(path: Path, threads: int = 1):
+def graph_feeds(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+    """The graph inputs of ``reference_runs`` alone."""
+    return [feed for feed, _ in reference_runs(model, batches)]
+
+
+def session(path: Path | bytes, threads: int = 1, spinning: bool = False):
+    """An onnxruntime CPU session of a graph file (or a serialised graph) with ``threads`` intra-op threads.
+
+    Spinning is off by default, as on devices (client_sdk/latency.py): a server's cores are shared, and spinning
+    threads then compete with the work itself."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    spin = "1" if spinning else "0"
+    opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
 
 
 def float64_copy(model):
@@ -162,9 +180,11 @@ def float64_copy(model):
     return ref.eval()
 
 
-def check_parity(model, onnx_path: Path, feeds: list[dict[str, torch.Tensor]], sess=None) -> dict[str, Any]:
+def check_parity(model, onnx_path: Path, feeds: list[dict[str, torch.Tensor]], sess=None,
+                 references: list[list[np.ndarray]] | None = None) -> dict[str, Any]:
     """Per output: max |onnx - torch float32|, and when that exceeds the floor, the float64 judgement.
 
+    ``references``: the float32 PyTorch outputs per feed when already computed (``reference_runs``), else run here.
     Raises ExportError when any output is not finite or beyond its allowed error.
     """
     sess = sess or session(onnx_path, threads=2)
@@ -172,9 +192,9 @@ def check_parity(model, onnx_path: Path, feeds: list[dict[str, torch.Tensor]], s
     diff, scale = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
     finite = dict.fromkeys(names, True)
     runs = []
-    for feed in feeds:
-        ours = sess.run(None, {k: v.numpy() for k, v in feed.items()})
-        f32 = [t.numpy() for t in run_reference(model, feed)]
+    for k, feed in enumerate(feeds):
+        ours = sess.run(None, {name: v.numpy() for name, v in feed.items()})
+        f32 = references[k] if references is not None else [t.numpy() for t in run_reference(model, feed)]
         runs.append((feed, ours, f32))
         for name, a, b in zip(names, ours, f32):
             if a.size:
@@ -205,7 +225,11 @@ def check_parity(model, onnx_path: Path, feeds: list[dict[str, torch.Tensor]], s
     if bad:
         raise ExportError(f"ONNX output differs from the float64 PyTorch reference beyond the allowed error "
                           f"(max |onnx - float64| > allowed, absolute; PyTorch float32 is off by "
-                          f"{ {k: f'{torch64[k]:.3g}' for k in bad} }): {bad}")
+                          f"{ {k: f'{torch64[k]:.3g}' for k in bad} }): {bad}",
+                          details={"kind": "parity", "onnx_float64_diff": {k: onnx64[k] for k in bad},
+                                   "allowed": {k: allowed[k] for k in bad},
+                                   "torch_float32_diff": {k: torch64[k] for k in bad},
+                                   "not_finite": [k for k in bad if not finite[k]]})
     return report
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -164,3 +165,19 @@ def test_mlfs_composes_the_slicer_and_server_commands(tmp_path):
         assert command in full.stdout and command in lib.stdout
     for command in ("serve", "warm", "bench"):
         assert command in full.stdout and command not in lib.stdout
+
+
+def test_slice_copies_the_chat_template_and_generation_config_into_its_transformers_output(tiny_llama, tmp_path):
+    base = tmp_path / "chat-base"
+    shutil.copytree(tiny_llama, base)
+    (base / "chat_template.jinja").write_text("{{ messages }}")
+    (base / "generation_config.json").write_text('{"eos_token_id": [2, 7], "temperature": 0.6}')
+    out = tmp_path / "sub"
+    r = run_mlfs("slice", "--base", str(base), "--config", '{"layers": 2}', "--out", str(out), home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    hf = out / "transformers"
+    assert (hf / "chat_template.jinja").read_text() == "{{ messages }}"
+    assert json.loads((hf / "generation_config.json").read_text())["eos_token_id"] == [2, 7]
+    from transformers import GenerationConfig
+
+    assert GenerationConfig.from_pretrained(hf).eos_token_id == [2, 7]  # transformers reads it from there

@@ -102,6 +102,30 @@ def test_unchanged_files_are_not_rehashed(cache, monkeypatch):
     assert cache.get(KEY_A) is not None and hashed == []
 
 
+def test_memory_path_answers_only_for_unchanged_entries_this_process_verified(cache, tmp_path):
+    """``get_cached`` (what a warm resolve asks on the event loop) never vouches for what it has not verified:
+    a changed or missing file, a dropped entry, a fresh process or a store shared by replicas send the caller to
+    ``get`` (the database and hashing)."""
+    assert cache.get_cached(KEY_A) is None  # never seen
+    entry, _ = cache.get_or_build(KEY_A, writer(b"m" * 100))
+    assert cache.get_cached(KEY_A).record.files == entry.record.files
+    assert ArtifactCache(cache.root, cache.meta, budget_bytes=10_000).get_cached(KEY_A) is None  # a restart
+    path = cache.root / KEY_A / "model.onnx"
+    data = bytearray(path.read_bytes())
+    data[10] ^= 0xFF
+    path.write_bytes(bytes(data))  # same size, other bytes: the fingerprint (ctime) changed
+    assert cache.get_cached(KEY_A) is None and cache.get(KEY_A) is None  # get hashes it and drops it
+    cache.get_or_build(KEY_B, writer(b"n" * 100))
+    (cache.root / KEY_B / "manifest.json").unlink()
+    assert cache.get_cached(KEY_B) is None
+    cache.get_or_build(KEY_C, writer(b"o" * 100))
+    cache.drop(KEY_C)
+    assert cache.get_cached(KEY_C) is None
+    shared = ArtifactCache(tmp_path / "shared", SQLiteMetadata(tmp_path / "s.sqlite"), 10_000, evict_grace_s=30)
+    shared.get_or_build(KEY_A, writer(b"p" * 100))
+    assert shared.get_cached(KEY_A) is None and shared.get(KEY_A) is not None  # replicas: the database decides
+
+
 def test_a_build_hashes_each_file_once(cache, monkeypatch):
     """Files the build reports (hashed while written) are not read again, neither at the build nor at the first
     serve; unreported ones (the manifest) and reports that do not match the file's size are hashed here."""

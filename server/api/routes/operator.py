@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Response, Security, UploadFile
+from fastapi import APIRouter, File, Form, Query, Response, Security, UploadFile
 from fastapi import Path as PathParam
 
 from slicer import PALETTE_FILE, STACK_META, STACK_WEIGHTS
@@ -19,6 +19,7 @@ from ..errors import responses
 from ..schemas import (
     CachedArtifact,
     CacheListing,
+    Cleared,
     PaletteCheck,
     Registered,
     Warmed,
@@ -126,3 +127,16 @@ async def attach_validation(
         val = _save_uploads(tmp, {_validation_name(validation): validation})[_validation_name(validation)]
         loaded = await asyncio.to_thread(svc.attach_validation, name, val)
     return _registered(loaded, False)
+
+
+@router.delete("/models/{name}/failed-builds", response_model=Cleared, responses=responses(404))
+async def clear_failed_builds(
+    name: str,
+    svc: Service,
+    config_key: Annotated[str | None, Query(max_length=512, description="only this config (its key)")] = None,
+    precision: Annotated[str | None, Query(pattern="^(fp32|int8)$", description="only this precision")] = None,
+):
+    """Forget model NAME's failed builds (all, or one config and/or precision), so selection may try them again.
+    Failed builds are otherwise remembered across restarts and never retried."""
+    svc.model(name)
+    return Cleared(cleared=await asyncio.to_thread(svc.clear_failures, name, config_key, precision))

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 from collections import OrderedDict
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from ...errors import NotFound
+from ...errors import BuildFailed, NotFound
 from ...selection import Budget, Choice
 from ..deps import Service, StrictRoute
 from ..errors import responses
@@ -32,7 +34,11 @@ def estimates(choice: Choice, quality_metric: str | None) -> Estimates:
                      **(choice.latency.as_dict() if choice.latency else {"latency_ms": None}))
 
 
-def _resolutions(request: Request) -> OrderedDict[str, ResolveRequest]:
+def _building(body: Building) -> JSONResponse:
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Retry-After": str(body.retry_after_s)})
+
+
+def _resolutions(request: Request) -> OrderedDict[str, tuple[ResolveRequest, Building]]:
     state = request.app.state
     if not hasattr(state, "resolutions"):
         state.resolutions = OrderedDict()
@@ -46,19 +52,22 @@ async def _answer(req: ResolveRequest, svc, request: Request, wait_s: float | No
     key = svc.artifact_id(model, choice.config, choice.precision)
     if entry is None:
         rid = hashlib.sha256(req.model_dump_json().encode()).hexdigest()[:32]  # same request, same id
+        body = Building(artifact_id=key, status="building", config=choice.config.to_dict(), precision=choice.precision,
+                        resolve_url=f"/v1/resolutions/{rid}", retry_after_s=RETRY_AFTER_S)
         pending = _resolutions(request)
-        pending[rid] = req
+        pending[rid] = (req, body)
         pending.move_to_end(rid)
         while len(pending) > MAX_PENDING_RESOLUTIONS:
             pending.popitem(last=False)
-        body = Building(artifact_id=key, status="building", config=choice.config.to_dict(), precision=choice.precision,
-                        resolve_url=f"/v1/resolutions/{rid}", retry_after_s=RETRY_AFTER_S)
-        return JSONResponse(body.model_dump(), status_code=202, headers={"Retry-After": str(RETRY_AFTER_S)})
+        # in the metadata too: the id still answers after a restart, and on every replica
+        stored = json.dumps({"request": req.model_dump(), "building": body.model_dump()})
+        await asyncio.to_thread(svc.meta.put_resolution, rid, stored, key)
+        return _building(body)
     onnx = entry.record.files["model.onnx"]
     return ResolveResponse(
         artifact_id=key, config=choice.config.to_dict(), precision=choice.precision,
         url=f"/v1/artifacts/{key}", manifest_url=f"/v1/artifacts/{key}/manifest", sha256=onnx["sha256"],
-        size_bytes=onnx["size"], estimates=estimates(choice, model.quality_metric),
+        size_bytes=onnx["size"], estimates=estimates(choice, svc.quality_metric(model)),
     )
 
 
@@ -74,8 +83,20 @@ async def resolve(req: ResolveRequest, svc: Service, request: Request):
                        **responses(404, 422, 503)})
 async def resolution(resolution_id: str, svc: Service, request: Request):
     """The state of an earlier resolve that answered 202: 200 with the artifact once built, else 202 again (the
-    same resolve_url). Waits no longer than a short poll."""
-    req = _resolutions(request).get(resolution_id)
-    if req is None:
-        raise NotFound(f"no pending resolution {resolution_id!r} (the server may have restarted); POST /v1/resolve again")
+    same resolve_url); 422 with the reason and its figures when the build it named failed (POST /v1/resolve again
+    to get the next best config). Waits no longer than a short poll. Ids outlive restarts (kept in the metadata)."""
+    known = _resolutions(request).get(resolution_id)
+    if known is None:
+        stored = await asyncio.to_thread(svc.meta.resolution, resolution_id)
+        if stored is None:
+            raise NotFound(f"no resolution {resolution_id!r} (unknown or older than a week); POST /v1/resolve again")
+        saved = json.loads(stored[0])
+        known = (ResolveRequest.model_validate(saved["request"]), Building.model_validate(saved["building"]))
+    req, building = known
+    # The build this id named, not a new choice: wait on it briefly, then say how it ended.
+    if not await svc.settled(building.artifact_id, 1.0):
+        return _building(building)
+    failure = await asyncio.to_thread(svc.failure_of, building.artifact_id)
+    if failure is not None:
+        raise BuildFailed.of(failure, "resolve again (POST the same request): the next best config is chosen")
     return await _answer(req, svc, request, 1.0)

@@ -43,13 +43,15 @@ def build_encoder(g: GraphWriter, dims: ModelDims, cfg: SubnetConfig, w: Weights
     for j, heads in enumerate(cfg.heads):
         p = f"layers.{j}."
         a = heads * dims.head_dim
-        scale = 1.0 / math.sqrt(dims.head_dim)
-        # q, k, v in one MatMul: (h, 3a); 1/sqrt(hd) folded into the query weights
+        # q, k, v in one MatMul: (h, 3a). Plain graphs fold 1/sqrt(hd) into the query weights; the fused Attention
+        # applies it itself and carries neither ``scale`` nor ``qkv_hidden_sizes``: onnxruntime's quantiser turns only
+        # such an Attention into QAttention (int8 weights; otherwise they stay float32, 0.46x fp32 size for the maxnet)
+        scale = 1.0 if fused else 1.0 / math.sqrt(dims.head_dim)
         w_qkv = np.concatenate([w[p + "attn.q.weight"] * scale, w[p + "attn.k.weight"], w[p + "attn.v.weight"]]).T
         b_qkv = np.concatenate([w[p + "attn.q.bias"] * scale, w[p + "attn.k.bias"], w[p + "attn.v.bias"]])
         if fused:
             ctx = g.op("Attention", [x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv),
-                                     mask_index], domain=MS, num_heads=heads, qkv_hidden_sizes=[a, a, a], scale=1.0)
+                                     mask_index], domain=MS, num_heads=heads)
         else:
             qkv = g.linear(x, g.weight(p + "attn.qkv.weight_t", w_qkv), g.weight(p + "attn.qkv.bias", b_qkv), p + "attn.qkv")
             q, k, v = g.op("Split", [qkv, g.const([a, a, a])], axis=-1, outputs=3)  # each (B, T, a)
