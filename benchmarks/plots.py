@@ -467,6 +467,35 @@ METHOD_STYLE = {  # marker, colour: the same in every panel
 }
 
 
+def draw_decoder_palette(r: Record) -> Figure:
+    """Issue 18: each decoder palette config against the teacher: code perplexity and decode ms (ratios, with the
+    targets), and perplexity on code and prose by artifact size."""
+    res = r["results"]
+    t, rows = res["teacher"], res["configs"]
+    ppl_max, dec_max = res["targets"]["perplexity_ratio"], res["targets"]["decode_ratio"]
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.8))
+    for row in rows:
+        x, y = row["ratios"]["decode_ms"], row["ratios"]["code_perplexity"]
+        ax[0].scatter(x, y, color="C0")
+        ax[0].annotate(row["shape"], (x, y), fontsize=7)
+        mib = row["size_bytes"] / 2**20
+        ax[1].scatter(mib, row["code"]["perplexity"], color="C0")
+        ax[1].scatter(mib, row["prose"]["perplexity"], color="C1", marker="s")
+    ax[0].axhline(ppl_max, color="red", ls="--", lw=0.8)
+    ax[0].axvline(dec_max, color="red", ls="--", lw=0.8)
+    ax[0].scatter(1.0, 1.0, color="black", marker="*", s=120, label="teacher")
+    ax[0].set(xlabel="decode ms/token ÷ teacher's", ylabel="code perplexity ÷ teacher's",
+              title=f"configs vs targets (red: ≤ {ppl_max:g}× perplexity, ≤ {dec_max:g}× ms)")
+    ax[0].legend()
+    mib = t["size_bytes"] / 2**20
+    ax[1].scatter(mib, t["code"]["perplexity"], color="black", marker="*", s=120, label="teacher, code")
+    ax[1].scatter(mib, t["prose"]["perplexity"], color="gray", marker="*", s=120, label="teacher, prose")
+    ax[1].set(xlabel="artifact MiB (fp32)", ylabel="perplexity", yscale="log", title="code (circles), prose (squares)")
+    ax[1].legend()
+    footer(fig, r)
+    return fig
+
+
 def draw_palette_quality(r: Record) -> Figure:
     res = r["results"]
     points = res["points"]
@@ -600,6 +629,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("full-ft", ("full-ft*",), draw_full_ft),
     FigureSpec("gamma", ("gamma",), draw_gamma),
     FigureSpec("decoder", ("decoder",), draw_decoder),
+    FigureSpec("decoder-palette", ("decoder-palette*",), draw_decoder_palette),
     FigureSpec("no-stages-1-2", ("no-stages-1-2*",), draw_no_stages),
     FigureSpec("palette-ablation", ("palette-ablation",), draw_palette_ablation),
     FigureSpec("palette-quality", ("palette-quality",), draw_palette_quality),

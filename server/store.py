@@ -42,6 +42,7 @@ MODELS_FILE = "models.json"
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 STACK_FILES = (STACK_META, STACK_WEIGHTS, PALETTE_FILE)  # the only files an uploaded stack may contain
 DEFAULT_PALETTE = Path(__file__).resolve().parents[1] / "palettes" / "minilm-movie-reviews" / "adapters"
+DEFAULT_DECODER_PALETTE = Path(__file__).resolve().parents[1] / "palettes" / "smollm2-python-code" / "adapters"
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,14 @@ def prepare_default_store(root: Path) -> None:
                                                  _prepared_dataset("movie-reviews"))
     models["minilm"] = ServedModel("minilm", "minilm", None, "MiniLM sentence embeddings, sliced from the pretrained teacher")
     if "smollm2" in prepared_teacher_names():
-        models["smollm2"] = ServedModel("smollm2", "smollm2", None, "SmolLM2-135M, sliced from the pretrained teacher")
+        if DEFAULT_DECODER_PALETTE.is_dir():
+            dest = root / "adapters" / "smollm2-python-code"
+            shutil.copytree(DEFAULT_DECODER_PALETTE, dest, dirs_exist_ok=True)
+            models["smollm2"] = ServedModel("smollm2", "smollm2", dest,
+                                            "SmolLM2-135M Python code palette (MLFS, python-code)",
+                                            _prepared_dataset("python-code"))
+        else:
+            models["smollm2"] = ServedModel("smollm2", "smollm2", None, "SmolLM2-135M, sliced from the pretrained teacher")
     write_models(root, models)
     log.info("prepared the default store at %s with %s", root, list(models))
 

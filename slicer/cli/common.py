@@ -29,6 +29,8 @@ SkipBadOpt = Annotated[bool, typer.Option("--skip-bad", help="Skip bad rows (wit
 FoldCaseOpt = Annotated[bool, typer.Option(
     "--fold-label-case", help="Merge labels that differ only in case ('Positive', 'positive'): labels are lower-cased. "
                               "Without it such labels are an error.")]
+EvalExamplesOpt = Annotated[int, typer.Option(
+    "--eval-examples", min=0, help="Evaluate on at most N evenly spaced dev examples (0: all); the palette records N.")]
 ThreadsOpt = Annotated[int | None, typer.Option(
     "--threads", min=1, help="CPU threads for torch (default: torch's choice; on a shared machine 1 can be faster).")]
 

@@ -22,6 +22,7 @@ from rich.table import Table
 from ..errors import MLFSError
 from ..spec.vocab import CLASSIFICATION, Task
 from .common import (
+    EvalExamplesOpt,
     FoldCaseOpt,
     LabelColumnOpt,
     SkipBadOpt,
@@ -229,6 +230,7 @@ def train_cmd(
     skip_bad: SkipBadOpt = False,
     fold_label_case: FoldCaseOpt = False,
     eval_configs: Annotated[str, typer.Option("--eval-configs", help="Configs of the final palette evaluation: 'grid' (all), a number N (N spread from smallest to largest), a JSON file of configs, or 0 (none: no palette.json).")] = "grid",
+    eval_examples: EvalExamplesOpt = 0,
     threads: ThreadsOpt = None,
 ) -> None:
     """Train stage-wise adapters (MLFS stages 0-2) and write the adapter stack, its palette table and a report."""
@@ -293,7 +295,7 @@ def train_cmd(
     report = fit(base, data, out_dir, settings, rank=rank, space=space, reorder=reorder, device=device,
                  resume=resume, on_step=on_step, read=read, eval_configs=eval_configs,
                  on_stage=on_stage if main_process else None, on_eval=on_eval if main_process else None,
-                 adapters=adapters)
+                 adapters=adapters, eval_examples=eval_examples)
     for bar in [*bars.values(), *eval_bar]:
         bar.close()
     if not main_process:
@@ -336,6 +338,7 @@ def eval_cmd(
     label_column: LabelColumnOpt = None,
     skip_bad: SkipBadOpt = False,
     fold_label_case: FoldCaseOpt = False,
+    eval_examples: EvalExamplesOpt = 0,
     threads: ThreadsOpt = None,
 ) -> None:
     """Evaluate configs of a palette on a data set's dev split: parameters and accuracy (classification) or
@@ -347,6 +350,7 @@ def eval_cmd(
     from ..slicing import open_supernet
     from ..spec.palette import PaletteTable, check_mergeable, write_palette
     from ..train.evaluate import evaluate_palette, resolve_configs
+    from ..train.fit import limit_eval_examples
 
     meta = StackMeta.read(adapters)
     task = meta.task
@@ -359,6 +363,7 @@ def eval_cmd(
     cfgs = resolve_configs(opened.supernet, configs)
     dev, info = load_eval_examples(opened.base_dir, data, task, max_len, opened.supernet.dims.family,
                                    meta.label_names, read)
+    dev, info = limit_eval_examples(dev, info, eval_examples)
     out.print(f"data        {info['name']} {info['split']} ({info['file']}, {info['examples']:,} examples, "
               f"fingerprint {info['fingerprint'][:12]})")
     if task == CLASSIFICATION:

@@ -102,6 +102,7 @@ def fit(
     on_stage: Callable[[dict[str, Any]], None] | None = None,
     on_eval: Callable[[dict[str, Any], int], None] | None = None,
     adapters: AdapterSettings | None = None,
+    eval_examples: int = 0,
 ) -> TrainingReport | None:
     """Train, save the adapter stack, evaluate the palette and write the report (returned; None on ranks other
     than 0, which only train).
@@ -110,7 +111,9 @@ def fit(
     recommended method at rank ``rank`` (``slicer.nn.adapters.recommended``). ``eval_configs`` picks the configs
     of the final palette evaluation ('grid': all; N: N spread by size; a JSON file; '0': none, no palette.json).
     After each stage the maxnet and minnet are evaluated on up to ``STAGE_EVAL_EXAMPLES`` dev examples
-    (``on_stage`` gets the summary); ``on_eval(row, total)`` follows the final evaluation config by config."""
+    (``on_stage`` gets the summary); ``on_eval(row, total)`` follows the final evaluation config by config.
+    ``eval_examples`` > 0 caps both evaluations at that many evenly spaced dev examples (a decoder's dev split
+    can take hours per config on a CPU); the palette's ``data`` then records ``examples`` and ``of``."""
     out = Path(out)
     adapters = adapters or recommended(rank)
     with distributed_training():
@@ -122,6 +125,7 @@ def fit(
         if model.dims.family != family:
             raise ConfigError(f"task {settings.task!r} needs an {family} base; {base} is a {model.dims.family}")
         train_ex, dev_ex, data_info = load_examples(base_dir, data_dir, settings.task, settings.max_len, family, read)
+        dev_ex, data_info["eval"] = limit_eval_examples(dev_ex, data_info["eval"], eval_examples)
         out.mkdir(parents=True, exist_ok=True)
 
         # Reorder on the training text itself (the first examples), and keep the permutation for --resume.
@@ -184,6 +188,15 @@ def fit(
         versions={"torch": torch.__version__, "python": platform.python_version()})
     report.write(out)
     return report
+
+
+def limit_eval_examples(ex: Examples, info: dict[str, Any], limit: int) -> tuple[Examples, dict[str, Any]]:
+    """At most ``limit`` (> 0; 0 = all) evenly spaced evaluation examples, and the data description saying so."""
+    if limit < 0:
+        raise ConfigError(f"eval examples: {limit} is negative; give a count, or 0 for the whole dev split")
+    if not limit or len(ex) <= limit:
+        return ex, info
+    return _evenly_spaced(ex, limit), {**info, "examples": limit, "of": len(ex)}
 
 
 def _evenly_spaced(ex: Examples, limit: int) -> Examples:

@@ -130,6 +130,31 @@ def test_eval_needs_no_train_file_and_never_overwrites_unless_asked(trained, tmp
     assert table.data["name"] == "other" and table.data["examples"] == 6
 
 
+def test_eval_examples_evaluates_an_evenly_spaced_subset_and_says_so(trained, tmp_path):
+    """--eval-examples N: the table's numbers come from N of the split's examples, and its data records both."""
+    base, data, out, _ = trained
+    r = CliRunner().invoke(app, ["eval", "--base", str(base), "--adapters", str(out / "adapters"), "--data", str(data),
+                                 "--configs", "1", "--eval-examples", "5", "--out", str(tmp_path / "t.json")])
+    assert r.exit_code == 0, r.output
+    table = PaletteTable.read(tmp_path / "t.json")
+    assert table.data["examples"] == 5 and table.data["of"] == 12
+    # the same split: rows may merge into the trained table
+    assert table.data_fingerprint == read_palette(out / "adapters").data_fingerprint
+
+
+def test_limit_eval_examples_keeps_all_for_zero_and_refuses_negative_counts():
+    from slicer.data.batching import Examples
+    from slicer.errors import ConfigError
+    from slicer.train.fit import limit_eval_examples
+
+    ex = Examples([[k] for k in range(10)], list(range(10)), "encoder")
+    assert limit_eval_examples(ex, {"examples": 10}, 0) == (ex, {"examples": 10})
+    sub, info = limit_eval_examples(ex, {"examples": 10}, 4)
+    assert sub.labels == [0, 2, 5, 7] and info == {"examples": 4, "of": 10}  # spread, not a prefix
+    with pytest.raises(ConfigError, match="negative"):
+        limit_eval_examples(ex, {"examples": 10}, -1)
+
+
 def test_help_shows_no_bool_and_piped_tables_are_not_cut(tmp_path):
     r = run_mlfs("--help", home=tmp_path)
     assert r.returncode == 0 and "--debug" in r.stdout and "<bool>" not in r.stdout
