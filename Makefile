@@ -17,8 +17,11 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-test: venv  ## the whole suite, real-teacher integration tests included
-	$(BIN)/python -m pytest -q
+test: venv  ## the whole suite, real-teacher integration tests included (the heaviest benchmark smoke runs apart)
+	$(BIN)/python -m pytest -q -m "not bench"
+
+test-bench: venv  ## the heaviest benchmarks' --quick runs (a minute or more each on two cores)
+	$(BIN)/python -m pytest -q -m bench
 
 test-fast: venv  ## unit tests only (tiny models built from configs)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -121,8 +121,13 @@ HEAVY = {
 }
 
 
+# Over a minute each on CI's two cores: `make test-bench` runs them, `make test` leaves them out (the rolling restart
+# and the build paths have their own tests there). The rest stay in the default run.
+HEAVIEST = {"gamma", "server-build", "replicas", "replicas-rolling", "palette-ablation"}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", list(HEAVY))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.bench) if n in HEAVIEST else n for n in HEAVY])
 def test_heavy_benchmark_quick(name, tmp_path, prepared_teacher):
     prepared_teacher("minilm")
     if name.startswith("replicas") and (why := _postgres_missing()):
