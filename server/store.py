@@ -79,23 +79,25 @@ def prepare_default_store(root: Path) -> None:
     prepare_teacher("minilm")
     models: dict[str, ServedModel] = {}
     if DEFAULT_PALETTE.is_dir():
-        dest = root / "adapters" / "minilm-movie-reviews"
-        shutil.copytree(DEFAULT_PALETTE, dest, dirs_exist_ok=True)
-        models["minilm-sentiment"] = ServedModel("minilm-sentiment", "minilm", dest,
-                                                 "MiniLM sentiment classifier palette (MLFS, movie reviews)",
-                                                 _prepared_dataset("movie-reviews"))
+        models["minilm-sentiment"] = _shipped_palette(root, "minilm-sentiment", "minilm", DEFAULT_PALETTE, "movie-reviews",
+                                                      "MiniLM sentiment classifier palette (MLFS, movie reviews)")
     models["minilm"] = ServedModel("minilm", "minilm", None, "MiniLM sentence embeddings, sliced from the pretrained teacher")
     if "smollm2" in prepared_teacher_names():
         if DEFAULT_DECODER_PALETTE.is_dir():
-            dest = root / "adapters" / "smollm2-python-code"
-            shutil.copytree(DEFAULT_DECODER_PALETTE, dest, dirs_exist_ok=True)
-            models["smollm2"] = ServedModel("smollm2", "smollm2", dest,
-                                            "SmolLM2-135M Python code palette (MLFS, python-code)",
-                                            _prepared_dataset("python-code"))
+            models["smollm2"] = _shipped_palette(root, "smollm2", "smollm2", DEFAULT_DECODER_PALETTE, "python-code",
+                                                 "SmolLM2-135M Python code palette (MLFS, python-code)")
         else:
             models["smollm2"] = ServedModel("smollm2", "smollm2", None, "SmolLM2-135M, sliced from the pretrained teacher")
     write_models(root, models)
     log.info("prepared the default store at %s with %s", root, list(models))
+
+
+def _shipped_palette(root: Path, name: str, base: str, palette: Path, dataset: str, description: str) -> ServedModel:
+    """A palette shipped in the repository, copied into the store (``palettes/<stack>/adapters``) and served with
+    exports validated on ``dataset``'s dev split."""
+    dest = root / "adapters" / palette.parent.name
+    shutil.copytree(palette, dest, dirs_exist_ok=True)
+    return ServedModel(name, base, dest, description, _prepared_dataset(dataset))
 
 
 def _prepared_dataset(name: str) -> str | None:
