@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers.models import randomize_adapters
+from helpers.models import randomize_adapters, randomize_deltas
 
 from slicer.errors import CheckpointError
 from slicer.formats.adapter_stack import STACK_FORMAT, STACK_META, load_adapter_stack, save_adapter_stack
@@ -41,11 +41,7 @@ def write_stack(base_folder: Path, out: Path, settings: AdapterSettings) -> tupl
     base.add_classification_head(3)
     net = Supernet(base, settings).eval()
     randomize_adapters(net, 7)
-    g = torch.Generator().manual_seed(8)
-    with torch.no_grad():
-        for deltas in net.deltas.values():
-            for d in deltas.deltas.values():
-                d.copy_(0.1 * torch.randn(d.shape, generator=g))
+    randomize_deltas(net, 8)
     net.set_stage(2)
     fp = fingerprint(base_folder)
     save_adapter_stack(net, out, fp, reordering)

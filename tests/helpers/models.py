@@ -30,3 +30,12 @@ def randomize_adapters(supernet, seed: int, std: float = 0.05) -> None:
         for stack in supernet.adapter_stacks().values():
             for a in stack.A:
                 a.copy_(std * torch.randn(a.shape, generator=g).to(a.dtype))
+
+
+def randomize_deltas(supernet, seed: int, std: float = 0.1) -> None:
+    """Non-zero vector/head deltas (they start at zero), so a stack's merged deltas change the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for deltas in supernet.deltas.values():
+            for d in deltas.deltas.values():
+                d.copy_(std * torch.randn(d.shape, generator=g).to(d.dtype))

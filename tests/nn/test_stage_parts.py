@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from helpers.models import output, randomize_adapters
+from helpers.models import output, randomize_adapters, randomize_deltas
 
 from slicer.errors import ConfigError, MergeError
 from slicer.nn.adapters import AdapterSettings
@@ -20,14 +20,6 @@ from slicer.spec.subnet_config import SubnetConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 FULL = AdapterSettings(rank=4, stage_ranks=(4, 2, 6), vectors=True, head=True)
-
-
-def randomize_deltas(net: Supernet, seed: int, std: float = 0.1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for deltas in net.deltas.values():
-            for d in deltas.deltas.values():
-                d.copy_(std * torch.randn(d.shape, generator=g).to(d.dtype))
 
 
 def make(dims, settings: AdapterSettings = FULL, seed: int = 0) -> Supernet:

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from helpers.models import randomize_adapters
+from helpers.models import randomize_adapters, randomize_deltas
 from helpers.store import TOKEN, make_store
 from typer.testing import CliRunner
 
@@ -203,11 +203,7 @@ def test_a_stack_with_vector_deltas_registers_and_its_artifact_merges_them(serve
     base_dir = store / "tiny-bert"
     net = Supernet(load_base(base_dir), recommended(rank=2)).eval()
     randomize_adapters(net, 4)
-    g = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for deltas in net.deltas.values():
-            for d in deltas.deltas.values():
-                d.copy_(0.2 * torch.randn(d.shape, generator=g))
+    randomize_deltas(net, 5, std=0.2)
     net.set_stage(2)
     save_adapter_stack(net, tmp_path / "stack", fingerprint(base_dir))
     r = upload(server, "tiny-parts", tmp_path / "stack", str(base_dir))
