@@ -115,18 +115,28 @@ def check_operator(request: Request) -> None:
                            "MLFS_OPERATOR_TOKEN, or the one `mlfs serve` printed at start (the store's operator_token file)")
 
 
-class OperatorRoute(StrictRoute):
-    """Operator routes check the token before FastAPI reads (and parses) the body: an unauthenticated 50 MB
+class CheckedRoute(StrictRoute):
+    """A route whose ``check`` (a token) runs before FastAPI reads (and parses) the body: an unauthenticated 50 MB
     upload is refused at once, not after it was received."""
+
+    @staticmethod
+    def check(request: Request) -> None:
+        raise NotImplementedError
 
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
 
         async def authorized(request: Request) -> Response:
-            check_operator(request)
+            self.check(request)
             return await handler(request)
 
         return authorized
+
+
+class OperatorRoute(CheckedRoute):
+    """Operator routes: the operator token (``check_operator``)."""
+
+    check = staticmethod(check_operator)
 
 
 def check_device(request: Request) -> None:
@@ -137,14 +147,7 @@ def check_device(request: Request) -> None:
         raise Unauthorized("latency reports need 'Authorization: Bearer <token>' with the server's device token")
 
 
-class DeviceRoute(StrictRoute):
-    """Telemetry routes check the device token (when one is set) before the body is read."""
+class DeviceRoute(CheckedRoute):
+    """Telemetry routes: the device token, when one is set (``check_device``)."""
 
-    def get_route_handler(self) -> Handler:
-        handler = super().get_route_handler()
-
-        async def authorized(request: Request) -> Response:
-            check_device(request)
-            return await handler(request)
-
-        return authorized
+    check = staticmethod(check_device)
