@@ -155,20 +155,27 @@ def graph_feeds(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str,
     return [feed for feed, _ in reference_runs(model, batches)]
 
 
-def session(path: Path | bytes, threads: int = 1, spinning: bool = False):
+def session(path: Path | bytes, threads: int = 1, spinning: bool = False, external: dict[str, np.ndarray] | None = None):
     """An onnxruntime CPU session of a graph file (or a serialised graph) with ``threads`` intra-op threads.
 
+    ``external``: the arrays of a serialised graph's external initializers (``GraphWriter.in_memory``), used in
+    place, not copied; the session keeps them alive.
     Spinning is off by default, as on devices (client_sdk/latency.py): a server's cores are shared, and spinning
     threads then compete with the work itself."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (external or {}).values()]
+    if values:
+        opts.add_external_initializers(list(external), values)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     spin = "1" if spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
+    sess.external_initializers = values  # onnxruntime reads these buffers for as long as the session lives
+    return sess
 
 
 def float64_copy(model):
