@@ -120,10 +120,12 @@ def test_int8_gate_judges_agreement_on_every_gate_example(model, validation, hea
 
 
 def test_parity_batches_are_padded_at_two_lengths():
-    blocks = [list(range(1, 33))] * 20  # language-model blocks: all one length
-    batches = parity_batches(blocks, "decoder")
-    assert len(batches) == 2 and all(b["attention_mask"].min() == 0 for b in batches)
-    assert batches[0]["input_ids"].shape[1] < batches[1]["input_ids"].shape[1]
+    from slicer.onnx.validate import DECODER_PARITY_TOKENS
+
+    blocks = [list(range(1, 65))] * 20  # language-model blocks: all one length, cut short to spread lengths
+    (batch,) = parity_batches(blocks, "decoder")  # one batch, padded
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert batch["input_ids"].shape[1] == max(lengths) == DECODER_PARITY_TOKENS and len(set(lengths)) == len(lengths) > 2
     sentences = [list(range(1, n)) for n in range(3, 60)]
     short, long = parity_batches(sentences, "encoder")
     assert short["input_ids"].shape[1] < long["input_ids"].shape[1] and "token_type_ids" in short
