@@ -50,6 +50,7 @@ CONFIGS = {"min": {"layers": 3, "heads": 6, "ffn": 768}, "max": {"layers": 6, "h
 GEMM_OPS = ("MatMul", "Gemm", "Attention", "MultiHeadAttention")  # Attention: its QKV projection is most of it
 TARGET = 0.6  # issue 11: the new artifact's latency <= 0.6x PyTorch eager
 THREADS, SEQ = 2, 128
+BLOCK, GAP_S = 8, 0.03  # the defaults of --block and --gap-ms (server_bench.py times with them too)
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -211,8 +212,8 @@ def summary(times: list[float]) -> dict[str, float]:
 
 @app.command()
 def main(rounds: Annotated[int, typer.Option(help="Rounds; each times every candidate for one block.")] = 12,
-         block: Annotated[int, typer.Option(help="Passes per block.")] = 8,
-         gap_ms: Annotated[float, typer.Option(help="Pause before every block (PyTorch's OpenMP workers spin a few ms after a forward).")] = 30.0,
+         block: Annotated[int, typer.Option(help="Passes per block.")] = BLOCK,
+         gap_ms: Annotated[float, typer.Option(help="Pause before every block (PyTorch's OpenMP workers spin a few ms after a forward).")] = 1000 * GAP_S,
          export: Annotated[bool, typer.Option(help="Time today's artifact (torch.onnx.export of each config).")] = True,
          profile_runs: Annotated[int, typer.Option(help="Passes per operator profile (0: no profiles).")] = 20,
          out_dir: Annotated[Path, typer.Option(help="Where the result JSON goes.")] = RESULTS,
