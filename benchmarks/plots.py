@@ -337,7 +337,8 @@ def draw_ort_latency(r: Record) -> Figure:
     res = r["results"]
     rows = res["rows"]
     target = r["settings"].get("target_vs_eager", 0.6)
-    fig, axes = plt.subplots(1, len(rows), figsize=(6 * len(rows), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 5.5), squeeze=False)
+    fig.suptitle("onnxruntime graphs and PyTorch eager, batch 1, seq 128, 2 threads", fontsize=10)
     for ax, (label, row) in zip(axes[0], rows.items()):
         ratios = row["ratio_vs_eager"]
         names = sorted(ratios, key=ratios.get, reverse=True)
@@ -356,8 +357,8 @@ def draw_ort_latency(r: Record) -> Figure:
         ax.axvline(1.0, color="k", lw=0.8)
         ax.tick_params(axis="y", labelsize=7)
         ax.set(xlabel="latency / PyTorch eager (inference_mode): bars medians", xlim=(0, max(ratios.values()) * 1.35),
-               title=f"{label} {row['shape']} (batch 1, seq 128, 2 threads)")
-        ax.legend(fontsize=7, loc="lower right")
+               title=f"{label} {row['shape']}")
+        ax.legend(fontsize=7, loc="upper right")
         ax.grid(alpha=0.3, axis="x")
     footer(fig, r)
     return fig
