@@ -78,6 +78,28 @@ def test_a_graph_that_disagrees_with_pytorch_fails_the_build(model, validation, 
         build_artifact(model, tmp_path / "bad", validation)
 
 
+@pytest.mark.parametrize("mode", ["fused", "plain"])
+def test_a_subtly_broken_decoder_graph_fails_the_build(decoder_dims, tmp_path, monkeypatch, mode):
+    """The build checks the graph in memory while writing it: one RMSNorm weight off by 1 % in what the graph is
+    built from (the file and the checked graph alike) fails it, prefill or decode."""
+    model = subnet(decoder_dims, {"layers": 3, "heads": [6, 3, 6], "ffn": [48, 64, 8]}, True)
+    validation = ValidationSet(parity_batches([b.tolist() for b in real_like_batches(decoder_dims)[1]["input_ids"]] * 2,
+                                              "decoder"), source="test rows")
+    (tmp_path / "good").mkdir()
+    build_artifact(model, tmp_path / "good", validation, BuildOptions(mode=mode))  # the same build, unbroken, passes
+    real = build.subnet_weights
+
+    def broken(m):
+        weights = real(m)
+        weights["layers.1.ffn_norm.weight"] = weights["layers.1.ffn_norm.weight"] * 1.01
+        return weights
+
+    monkeypatch.setattr(build, "subnet_weights", broken)
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ExportError, match="float64"):
+        build_artifact(model, tmp_path / "bad", validation, BuildOptions(mode=mode))
+
+
 def test_int8_keeps_ffn_down_projections_in_fp32_and_quantises_the_rest(model, validation, tmp_path):
     out = tmp_path / "i"
     out.mkdir()
