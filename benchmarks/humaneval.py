@@ -229,7 +229,7 @@ def main(
     only: Annotated[str, typer.Option(help="Palette configs: '' = smallest and largest, 'all', or labels 'L28 H6 F1152,...'.")] = "",
     teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Also the pretrained teacher.")] = True,
     limit: Annotated[int, typer.Option(help="Only this many problems, evenly spaced (0 = all 164): a time estimate.")] = 0,
-    max_new_tokens: Annotated[int, typer.Option(help="New tokens per completion at most.")] = 300,
+    max_new_tokens: Annotated[int, typer.Option(help="New tokens per completion at most.")] = 256,
     batch: Annotated[int, typer.Option(help="Prompts decoded together.")] = 16,
     timeout: Annotated[float, typer.Option(help="Seconds a completion's tests may run.")] = 10.0,
     threads: Annotated[int, typer.Option(help="onnxruntime intra-op threads.")] = 2,
