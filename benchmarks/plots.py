@@ -497,10 +497,27 @@ def draw_decoder_palette(r: Record) -> Figure:
 
 
 def draw_humaneval(r: Record) -> Figure:
-    """Issue 13.3: HumanEval pass@1 (greedy) of the teacher and palette slices, with the count passed on each bar
-    (a zero is drawn and labelled as one), and what each model's completions ended in."""
-    res = r["results"]
-    rows = res["models"]
+    """Issue 13.3: HumanEval pass@1 (greedy) of one run's models."""
+    return _humaneval_figure(r["results"]["models"], [r])
+
+
+def draw_humaneval_all(results: Results) -> Figure | None:
+    """Every model of the full HumanEval runs (``humaneval``, ``humaneval-<tag>``; not ``--limit`` or smoke runs)
+    in one figure, the teacher first, then by size; a model measured twice shows its latest run."""
+    runs = [rec for stem, rec in results.matching("humaneval*").items() if not rec.get("smoke") and not rec["settings"].get("limit")]
+    if not runs:
+        return None
+    latest: dict[str, Record] = {}
+    for rec in sorted(runs, key=lambda rec: rec.get("finished_at") or ""):
+        for m in rec["results"]["models"]:
+            latest[m["name"]] = m
+    rows = sorted(latest.values(), key=lambda m: (m["name"] != "teacher", m["params_non_embedding"], m["name"]))
+    return _humaneval_figure(rows, runs)
+
+
+def _humaneval_figure(rows: list[Record], records: list[Record]) -> Figure:
+    """pass@1 bars with the count passed on each (a zero is drawn and labelled as one), and what each model's
+    completions ended in."""
     fig, ax = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
     names = [m["name"] for m in rows]
     colours = ["black" if m["name"] == "teacher" else "C0" for m in rows]
@@ -509,7 +526,7 @@ def draw_humaneval(r: Record) -> Figure:
         ax[0].annotate(f"{100 * m['pass_at_1']:.1f} %\n{m['passed']}/{m['problems']}", (b.get_x() + b.get_width() / 2, b.get_height()),
                        ha="center", va="bottom", fontsize=8)
     top = max([100 * m["pass_at_1"] for m in rows] + [1.0])
-    s = r["settings"]
+    s = records[0]["settings"]
     ax[0].set(ylim=(0, top * 1.35), ylabel="pass@1, %",
               title=f"HumanEval pass@1: greedy, ≤ {s['max_new_tokens']} new tokens, {s['precision']} ONNX")
     ax[0].tick_params(axis="x", labelsize=8)
@@ -525,12 +542,13 @@ def draw_humaneval(r: Record) -> Figure:
         left = [a + b for a, b in zip(left, vals)]
     ax[1].invert_yaxis()
     ax[1].set(xlabel="problems", title="test outcome per completion")
-    ax[1].legend(fontsize=7, loc="lower right")
-    h = res.get("harness") or {}
-    if h:
-        fig.text(0.99, 0.995, f"harness: canonical solutions pass {h['canonical_passed']}/{h['of']}, "
-                 f"empty bodies {h['empty_body_passed']}/{h['empty_body_of']}", fontsize=7, ha="right", va="top", color="dimgray")
-    footer(fig, r)
+    ax[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
+    harness = [rec["results"].get("harness") or {} for rec in records]
+    if all(harness):
+        checks = sorted({f"canonical solutions pass {h['canonical_passed']}/{h['of']}, empty bodies {h['empty_body_passed']}/"
+                         f"{h['empty_body_of']}" for h in harness})
+        fig.text(0.99, 0.995, "harness: " + "; ".join(checks), fontsize=7, ha="right", va="top", color="dimgray")
+    footer(fig, *records)
     return fig
 
 
@@ -669,6 +687,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("decoder", ("decoder",), draw_decoder),
     FigureSpec("decoder-palette", ("decoder-palette*",), draw_decoder_palette),
     FigureSpec("humaneval", ("humaneval*",), draw_humaneval),
+    FigureSpec("humaneval-all", ("humaneval*",), draw_humaneval_all, per_file=False),
     FigureSpec("no-stages-1-2", ("no-stages-1-2*",), draw_no_stages),
     FigureSpec("palette-ablation", ("palette-ablation",), draw_palette_ablation),
     FigureSpec("palette-quality", ("palette-quality",), draw_palette_quality),
