@@ -223,8 +223,8 @@ def load_problems(limit: int | None) -> list[dict[str, Any]]:
 
 
 def select(cfgs: list[SubnetConfig], only: str) -> list[SubnetConfig]:
-    if only == "all":
-        return cfgs
+    if only in ("all", "none"):
+        return cfgs if only == "all" else []
     if not only:
         return [cfgs[0], cfgs[-1]] if len(cfgs) > 1 else cfgs
     names = {x.strip() for x in only.split(",") if x.strip()}
@@ -238,7 +238,7 @@ def select(cfgs: list[SubnetConfig], only: str) -> list[SubnetConfig]:
 def main(
     base: Annotated[str, typer.Option(help="Prepared teacher name or checkpoint folder.")] = "smollm2",
     adapters: Annotated[str, typer.Option(help="Adapter stack with palette.json.")] = str(DEFAULT_ADAPTERS),
-    only: Annotated[str, typer.Option(help="Palette configs: '' = smallest and largest, 'all', or labels 'L28 H6 F1152,...'.")] = "",
+    only: Annotated[str, typer.Option(help="Palette configs: '' = smallest and largest, 'all', 'none', or labels 'L28 H6 F1152,...'.")] = "",
     teacher: Annotated[bool, typer.Option("--teacher/--no-teacher", help="Also the pretrained teacher.")] = True,
     limit: Annotated[int, typer.Option(help="Only this many problems, evenly spaced (0 = all 164): a time estimate.")] = 0,
     max_new_tokens: Annotated[int, typer.Option(help="New tokens per completion at most.")] = 256,
