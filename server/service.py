@@ -37,6 +37,7 @@ from slicer import (
     validation_set,
     warm_up_builds,
 )
+from slicer.onnx.build import PRECISIONS
 from slicer.onnx.decoder_int8 import int8_unavailable
 from slicer.onnx.quantize import INT8_SCHEME
 
@@ -156,7 +157,8 @@ class DeliveryService:
         # every FAILURES_REFRESH_S so other replicas' failures and the CLI's clearing are seen
         self._failures: dict[str, tuple[float, dict[tuple[str, str], FailedBuild]]] = {}
         self.quality = QualityGate(self.meta, settings.quality_max_perplexity_ratio, settings.quality_min_accuracy_margin)
-        self.build_options("fp32")  # refuse a bad builder or graph mode at start-up, not at the first build
+        # made once (a bad builder or graph mode is refused at start-up, not at the first build); read on every resolve
+        self._build_options = {p: BuildOptions(p, settings.graph_builder, settings.graph_mode) for p in PRECISIONS}
         self.latency = LatencyEstimator(self.meta, self.profiles, settings.telemetry_min_clients)
         # (model, precisions, shape, profile, speed, threads) -> (the candidates and the latency estimates it was
         # made from, the menu): kept while both are the same objects, i.e. until the model is replaced or the
@@ -488,7 +490,7 @@ class DeliveryService:
         self.failures(model)[(cfg.key, precision)] = failure
 
     def build_options(self, precision: str) -> BuildOptions:
-        return BuildOptions(precision, self.settings.graph_builder, self.settings.graph_mode)
+        return self._build_options[precision]
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         options = self.build_options(precision)
