@@ -332,6 +332,38 @@ def draw_server_download(r: Record) -> Figure:
     return fig
 
 
+def draw_ort_latency(r: Record) -> Figure:
+    """Per config: every candidate's median latency as a multiple of PyTorch eager, the target line at 0.6x."""
+    res = r["results"]
+    rows = res["rows"]
+    target = r["settings"].get("target_vs_eager", 0.6)
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 5.5), squeeze=False)
+    fig.suptitle("onnxruntime graphs and PyTorch eager, batch 1, seq 128, 2 threads", fontsize=10)
+    for ax, (label, row) in zip(axes[0], rows.items()):
+        ratios = row["ratio_vs_eager"]
+        names = sorted(ratios, key=ratios.get, reverse=True)
+        presets = {name: mode for mode, name in row["presets"].items()}
+        colors = ["k" if n.startswith("eager") else "gray" if n == "torch-export" else
+                  "C3" if presets.get(n) == "fused" else "C1" if presets.get(n) == "plain" else "C0" for n in names]
+        labels = [f"{n} ({presets[n]} preset)" if n in presets else n for n in names]
+        bars = ax.barh(labels, [ratios[n] for n in names], color=colors)
+        for b, n in zip(bars, names):
+            ax.annotate(f"{ratios[n]:.2f}x  {row['latency'][n]['median_ms']:.1f} ms", (b.get_width(), b.get_y() + b.get_height() / 2),
+                        va="center", fontsize=6.5, xytext=(2, 0), textcoords="offset points")
+        if "ratio_vs_eager_p10" in row:
+            ax.plot([row["ratio_vs_eager_p10"][n] for n in names], range(len(names)), "kd", ms=4,
+                    label="10th percentiles' ratio")
+        ax.axvline(target, color="C2", ls="--", label=f"target {target}x eager")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set(xlabel="latency / PyTorch eager (inference_mode): bars medians", xlim=(0, max(ratios.values()) * 1.35),
+               title=f"{label} {row['shape']}")
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(alpha=0.3, axis="x")
+    footer(fig, r)
+    return fig
+
+
 def draw_server_replicas(r: Record) -> Figure:
     res = r["results"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
@@ -696,6 +728,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("latency-diagnosis", ("latency-diagnosis",), draw_latency_diagnosis),
     FigureSpec("client-swap", ("client-swap",), draw_client_swap),
     FigureSpec("server-build", ("server-build",), draw_server_build),
+    FigureSpec("ort-latency", ("ort-latency",), draw_ort_latency),
     FigureSpec("server-resolve", ("server-resolve",), draw_server_resolve),
     FigureSpec("server-download", ("server-download",), draw_server_download),
     FigureSpec("server-replicas", ("server-replicas",), draw_server_replicas),
