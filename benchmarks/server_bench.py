@@ -135,12 +135,36 @@ BUILDERS = {"direct-fused": ("direct", "fused"), "direct-plain": ("direct", "pla
 DECODER_SLICE = {"layers": 10}  # SmolLM2: 10 of 30 layers, every head and FFN neuron, with the key/value cache
 
 
-def cold_build(svc: DeliveryService, loaded, cfg, precision: str) -> dict:
-    """One cold build, request to cached artifact (the entry is dropped first); total and phases in seconds."""
-    svc.cache.drop(svc.artifact_id(loaded, cfg, precision))
+@contextmanager
+def validation_skipped() -> Iterator[None]:
+    """Builds without their check against PyTorch (benchmark only, never served): what validation adds to a cold
+    build is its time with the check minus its time without, whatever of it runs beside the graph write."""
+    from slicer.onnx import build
+
+    saved = build.reference_runs, build.graph_session, build.check_parity, build.parity_summary
+    build.reference_runs, build.graph_session = (lambda model, batches: []), (lambda graph: None)
+    build.check_parity, build.parity_summary = (lambda *args: {}), (lambda parity: "not validated (benchmark)")
+    try:
+        yield
+    finally:
+        build.reference_runs, build.graph_session, build.check_parity, build.parity_summary = saved
+
+
+def cold_build(svc: DeliveryService, loaded, cfg, precision: str, validate: bool = True) -> dict:
+    """One cold build, request to cached artifact (the entry is dropped first); total and phases in seconds.
+    ``validate=False``: the same build without its check (``validation_skipped``); its entry is dropped after."""
+    key = svc.artifact_id(loaded, cfg, precision)
+    svc.cache.drop(key)
     t0, c0 = time.perf_counter(), time.process_time()
-    entry = svc.build(loaded, cfg, precision)
+    if validate:
+        entry = svc.build(loaded, cfg, precision)
+    else:
+        with validation_skipped():
+            entry = svc.build(loaded, cfg, precision)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    if not validate:
+        svc.cache.drop(key)
+        return {"total_s": total, "cpu_s": cpu}
     t = entry.record.info["timings"]
     phases = {"slice_merge": t["slice_merge_s"], "graph": t["graph_s"], "validate": t["validate_s"],
               "quantise": t.get("quantize_s", 0.0)}
@@ -183,10 +207,40 @@ def encoder_runners(paths: dict[str, Path], subnet, seq: int = 128) -> dict:
     return runners
 
 
+def variant_builds(name: str, svc: DeliveryService, loaded, cfg, rounds: int) -> dict:
+    """``rounds`` cold fp32 builds (the exporter: 1), median and per phase; a direct builder's rounds are interleaved
+    with as many builds without validation, whose median difference is what validation costs the build."""
+    builds, bare = [], []
+    for _ in range(1 if name == "torch" else rounds):  # a validated build last: its entry stays for the latency runs
+        if name != "torch":
+            bare.append(cold_build(svc, loaded, cfg, "fp32", validate=False))
+        builds.append(cold_build(svc, loaded, cfg, "fp32"))
+    median = sorted(builds, key=lambda b: b["total_s"])[len(builds) // 2]  # every build's path is its (cached) entry
+    out = {"total_s": [b["total_s"] for b in builds], "median_s": median["total_s"],
+           "validate_share": statistics.median(b["validate_share"] for b in builds),
+           "reference_overlapped_s": statistics.median(b["reference_overlapped_s"] or 0.0 for b in builds),
+           "cpu_s": [b["cpu_s"] for b in builds], "median_cpu_s": statistics.median(b["cpu_s"] for b in builds),
+           "phases_s_of_median": median["phases_s"], "size_bytes": median["size_bytes"], "path": median["path"]}
+    if bare:
+        out["unvalidated_s"] = [b["total_s"] for b in bare]
+        out["validation_cost_s"] = out["median_s"] - statistics.median(out["unvalidated_s"])
+        out["validation_cost_share"] = out["validation_cost_s"] / out["median_s"]
+        out["validation_cpu_share"] = 1 - statistics.median(b["cpu_s"] for b in bare) / out["median_cpu_s"]
+    return out
+
+
+def describe_builds(label: str, b: dict) -> str:
+    cost = (f"; validation adds {b['validation_cost_s']:.2f} s = {100 * b['validation_cost_share']:.0f} % of the build "
+            f"({100 * b['validation_cpu_share']:.0f} % of its CPU), its phase after the graph "
+            f"{100 * b['validate_share']:.0f} %" if "validation_cost_s" in b else "")
+    return (f"{label}: {b['median_s']:.2f} s (all: {', '.join(f'{x:.2f}' for x in b['total_s'])}{cost}; "
+            f"load {os.getloadavg()[0]:.1f})")
+
+
 @app.command("build")
 def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Option(help="Decoder model ('' to skip).")] = "smollm2",
           configs: Annotated[str, typer.Option(help="Encoder configs to build, of: " + ", ".join(CONFIGS))] = ",".join(CONFIGS),
-          rounds: Annotated[int, typer.Option(help="Cold builds per direct variant (the exporter: 1).")] = 3,
+          rounds: Annotated[int, typer.Option(help="Cold builds per direct variant, each with one without validation (the exporter: 1).")] = 3,
           runs: Annotated[int, typer.Option(help="Latency runs per artifact.")] = 40,
           out_dir: OutOpt = RESULTS, quick: QuickOpt = False) -> None:
     """Cold builds direct vs torch.onnx.export side by side, per phase; int8 gate; inference latency."""
@@ -215,18 +269,9 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
             cfg = SubnetConfig.parse(CONFIGS[label], loaded.dims)
             row = {"config": label, "shape": cfg.describe(), "builds": {}}
             for name, svc in services.items():
-                builds = [cold_build(svc, loaded, cfg, "fp32") for _ in range(1 if name == "torch" else rounds)]
-                best = min(builds, key=lambda b: b["total_s"])
-                row["builds"][name] = {"total_s": [b["total_s"] for b in builds], "median_s": statistics.median(b["total_s"] for b in builds),
-                                       "validate_share": statistics.median(b["validate_share"] for b in builds),
-                                       "reference_overlapped_s": statistics.median(b["reference_overlapped_s"] or 0.0 for b in builds),
-                                       "cpu_s": [b["cpu_s"] for b in builds], "median_cpu_s": statistics.median(b["cpu_s"] for b in builds),
-                                       "phases_s_of_median": sorted(builds, key=lambda b: b["total_s"])[len(builds) // 2]["phases_s"],
-                                       "size_bytes": best["size_bytes"]}
-                row.setdefault("paths", {})[name] = best["path"] / "model.onnx"
-                console.print(f"{label} {name}: {row['builds'][name]['median_s']:.2f} s (all: "
-                              f"{', '.join(f'{x:.2f}' for x in row['builds'][name]['total_s'])}; validate "
-                              f"{100 * row['builds'][name]['validate_share']:.0f} % of the build; load {os.getloadavg()[0]:.1f})")
+                row["builds"][name] = variant_builds(name, svc, loaded, cfg, rounds)
+                row.setdefault("paths", {})[name] = row["builds"][name].pop("path") / "model.onnx"
+                console.print(describe_builds(f"{label} {name}", row["builds"][name]))
             torch_s = row["builds"]["torch"]["median_s"]
             row["ratio_vs_torch"] = {n: b["median_s"] / torch_s for n, b in row["builds"].items()}
             row["cpu_ratio_vs_torch"] = {n: b["median_cpu_s"] / row["builds"]["torch"]["median_cpu_s"] for n, b in row["builds"].items()}
@@ -255,15 +300,15 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
             cfg = SubnetConfig.parse(DECODER_SLICE, dec.dims)
             row = {"config": "decoder", "model": decoder, "shape": cfg.describe(), "builds": {}}
             for name in ("direct-fused", "direct-plain", "torch"):
-                b = cold_build(services[name], dec, cfg, "fp32")
+                b = variant_builds(name, services[name], dec, cfg, rounds)
                 manifest = json.loads((b.pop("path") / "manifest.json").read_text())
                 parity = manifest["parity"]
                 row["builds"][name] = {**b, "parity": {"judged_against": parity["judged_against"],
                                                        "max_abs_diff_logits": parity["max_abs_diff"]["logits"],
                                                        "allowed_logits": parity["allowed"]["logits"]}}
-                console.print(f"{decoder} {name}: {b['total_s']:.2f} s")
-            row["ratio_vs_torch"] = {n: b["total_s"] / row["builds"]["torch"]["total_s"] for n, b in row["builds"].items()}
-            row["cpu_ratio_vs_torch"] = {n: b["cpu_s"] / row["builds"]["torch"]["cpu_s"] for n, b in row["builds"].items()}
+                console.print(describe_builds(f"{decoder} {name}", b))
+            row["ratio_vs_torch"] = {n: b["median_s"] / row["builds"]["torch"]["median_s"] for n, b in row["builds"].items()}
+            row["cpu_ratio_vs_torch"] = {n: b["median_cpu_s"] / row["builds"]["torch"]["median_cpu_s"] for n, b in row["builds"].items()}
             decoder_rows.append(row)
         for record in first.meta.list_artifacts():  # the cold resolve below starts from an empty cache
             first.cache.drop(record.key)
@@ -275,10 +320,9 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
                   title=f"cold build of {model} (request to cached artifact, median; phases in wall seconds)")
     for r in rows + decoder_rows:
         for name, b in r["builds"].items():
-            phases = b.get("phases_s_of_median") or b["phases_s"]
-            total = b.get("median_s", b.get("total_s"))
+            phases, total = b["phases_s_of_median"], b["median_s"]
             table.add_row(r["shape"], name, f"{total:.2f}", f"{r['ratio_vs_torch'][name]:.3f}",
-                          f"{b.get('median_cpu_s', b.get('cpu_s')):.2f}", f"{r['cpu_ratio_vs_torch'][name]:.3f}",
+                          f"{b['median_cpu_s']:.2f}", f"{r['cpu_ratio_vs_torch'][name]:.3f}",
                           *(f"{phases[p]:.2f}" for p in PHASES), f"{b['size_bytes'] / 2**20:.1f}")
     console.print(table)
     lat = Table("config", *next(iter(latency.values())).keys(), title="onnxruntime / PyTorch latency, batch 1, seq 128, 2 threads (median ms)")
@@ -306,8 +350,11 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
             "cold build = DeliveryService.build after dropping the entry: slice+merge, graph, validate, (quantise), hash, rename, metadata",
             "per build vs per process: the build warm-up (onnxruntime and PyTorch start-up on the smallest config) is paid "
             "once at load (results.per_process); total_s lists every build in order, the first one being the process's first build",
-            "validate = after the graph is written: session, onnxruntime runs, and whatever of the PyTorch reference "
-            "(run beside the graph write, reference_overlapped_s) was not done yet",
+            "validate = after the graph is built: onnxruntime session (of the graph in memory) and runs, and whatever of "
+            "the PyTorch reference (run beside the graph build, reference_overlapped_s) was not done yet; the file is "
+            "written and hashed beside it (direct builders; the exporter's file is written first)",
+            "validation_cost_s = median build minus the median of as many builds without validation (rounds interleaved; "
+            "benchmark-only patch, validation_skipped): what the check adds to a build; validation_cpu_share likewise in CPU",
             "cpu_s = process CPU seconds during the build (all its threads): the work, whatever else holds the cores",
             "latency: blocks of passes rotated across artifacts and PyTorch eager (inference_mode), a pause before each (ort_latency.py); the maxnet is the teacher's shape (all layers, heads, FFN)"])
 

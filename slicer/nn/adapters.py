@@ -130,6 +130,13 @@ class StageDeltas(nn.Module):
         return x if delta is None else x + delta
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of ``t`` is finite. Its sum is non-finite whenever a value is (NaN and infinities
+    propagate), and summing is one read, where ``isfinite(t).all()`` took 0.18 s for SmolLM2's 28M-value
+    embedding on one thread (issue 11): only a non-finite sum, or an overflowing one, needs the exact check."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 class AdaptedLinear(nn.Module):
     """Wraps an elastic base layer (never replaces it) with a low-rank stack; merge is tracked."""
 
@@ -152,7 +159,7 @@ class AdaptedLinear(nn.Module):
         w = self.base.weight[:out_features, :in_features]
         if not self.merged:
             w = w + self.adapter.delta(out_features, in_features)
-        if not torch.isfinite(w).all():
+        if not all_finite(w):
             raise MergeError("merging adapters produced non-finite weights; the adapter stack is corrupt or diverged")
         return w
 

@@ -20,7 +20,7 @@ from ..spec.dims import ModelDims
 from ..spec.search_space import SearchSpace
 from ..spec.shapes import parameter_shapes
 from ..spec.subnet_config import SubnetConfig
-from .adapters import TARGET_PATHS, AdaptedLinear, AdapterSettings, LowRankStack, StageDeltas
+from .adapters import TARGET_PATHS, AdaptedLinear, AdapterSettings, LowRankStack, StageDeltas, all_finite
 from .factory import build_model
 from .model import SlicedTransformer
 
@@ -182,7 +182,7 @@ class Supernet(nn.Module):
             # getattr: base + vector deltas (a parametrization); merge=False: the stored base tensor alone
             tensor = getattr(owner, param) if merge else self._base_tensor(owner, param)
             tensor = tensor[tuple(slice(0, n) for n in shape)]
-            if merge and not torch.isfinite(tensor).all():
+            if merge and not all_finite(tensor):
                 raise MergeError(f"merging the deltas of {source} produced non-finite values")
             state[name] = tensor.detach().clone()
         device = next(self.model.parameters()).device
@@ -229,7 +229,7 @@ class Supernet(nn.Module):
         for name in deltas:
             module, param = self._owner(name)
             merged[name] = getattr(module, param).detach().clone()
-            if not torch.isfinite(merged[name]).all():
+            if not all_finite(merged[name]):
                 raise MergeError(f"merging the deltas of {name} produced non-finite values")
         for layer in layers:
             layer.merge()

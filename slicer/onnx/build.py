@@ -21,15 +21,16 @@ from typing import Any
 from ..errors import ExportError
 from ..paths import sha256_file
 from ..spec.vocab import BUILDERS, DEFAULT_BUILDER, DEFAULT_GRAPH_MODE, GRAPH_MODES
-from .graph import graph_names, write_graph
+from .graph import build_graph, graph_names, write_graph
 from .quantize import int8_quality, quantize_int8
 from .validate import ValidationSet, check_parity, parity_summary, reference_runs, session
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_FORMAT = "mlfs-artifact/1"
-RECIPE_VERSION = "mlfs-onnx/4"  # bump whenever the graph interface or a build recipe changes: it keys caches
-# (4: fused encoders use LayerNormalization + Add instead of SkipLayerNormalization, faster in onnxruntime on CPU)
+RECIPE_VERSION = "mlfs-onnx/5"  # bump whenever the graph interface or a build recipe changes: it keys caches
+# (4: fused encoders use LayerNormalization + Add instead of SkipLayerNormalization, faster in onnxruntime on CPU;
+#  5: the decoder's LM head is a Gemm on the stored (V, h) weight, the tied one sharing the embedding's initializer)
 OPSET = 18
 PRECISIONS = ("fp32", "int8")
 MANIFEST = "manifest.json"
@@ -112,20 +113,29 @@ def warm_up(model, validation: ValidationSet, options: BuildOptions = BuildOptio
     machinery, kernels and thread pool, PyTorch's first run of each operator. Builds ``model``'s direct graph in
     memory, opens it and checks it against PyTorch on the validation inputs like a build does; writes nothing.
     Returns the seconds it took (per phase)."""
-    from .graph import build_graph
-
     timings = {}
     start = time.perf_counter()
     mode = options.mode if options.builder == "direct" else "plain"
-    graph = build_graph(model.dims, model.cfg, subnet_weights(model), mode).model().SerializeToString()
+    graph = build_graph(model.dims, model.cfg, subnet_weights(model), mode)
     timings["graph_s"] = time.perf_counter() - start
     start = time.perf_counter()
     runs = reference_runs(model, validation.parity)
     timings["reference_s"] = time.perf_counter() - start
     start = time.perf_counter()
-    check_parity(model, Path("<memory>"), [feed for feed, _ in runs], session(graph, threads=BUILD_THREADS), [out for _, out in runs])
+    check_parity(model, Path("<memory>"), [feed for feed, _ in runs], graph_session(graph), [out for _, out in runs])
     timings["validate_s"] = time.perf_counter() - start
     return timings
+
+
+def graph_session(graph):
+    """The build's onnxruntime session of a direct graph, in memory: the skeleton's bytes and the very weight
+    buffers ``graph.write`` streams into the artifact (which parses back to the same model: tests/onnx).
+
+    Without prepacking: validation runs a graph once or twice, and packing every weight into new memory at load
+    cost more than packing on the fly (SmolLM2 10 layers, 1 thread: session + runs 0.45-0.49 s CPU prepacked,
+    0.24-0.37 s not; issue 11)."""
+    model_bytes, external = graph.in_memory()
+    return session(model_bytes, threads=BUILD_THREADS, external=external, prepack=False)
 
 
 def build_artifact(model, folder: Path, validation: ValidationSet, options: BuildOptions = BuildOptions(),
@@ -138,21 +148,33 @@ def build_artifact(model, folder: Path, validation: ValidationSet, options: Buil
     folder = Path(folder)
     timings: dict[str, float] = {}
     fp32 = folder / ("model.onnx" if options.precision == "fp32" else "model.fp32.onnx")
-    # The PyTorch reference runs while the graph is written and its session opened (torch and the file writes
-    # release the GIL): validation then costs little more than onnxruntime's own session and runs. The torch
-    # exporter traces the same module, so with it the reference runs first, alone.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="reference") as pool:
+    # The PyTorch reference runs while the graph is built (torch releases the GIL). A direct graph is then written
+    # (and hashed) to disk while onnxruntime checks the same graph in memory, so validation neither waits for the
+    # file nor copies its weights. The torch exporter traces the same module, so with it the reference runs first,
+    # alone, and the exported file is checked once written.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="build") as pool:
         reference = pool.submit(_timed, reference_runs, model, validation.parity)
+        writing = None
         if options.builder == "torch":
             reference.result()
-        start = time.perf_counter()
-        files = {fp32.name: write_model_graph(model, fp32, options)}
-        timings["graph_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        sess = session(fp32, threads=BUILD_THREADS)
+            start = time.perf_counter()
+            files = {fp32.name: write_model_graph(model, fp32, options)}
+            timings["graph_s"] = time.perf_counter() - start
+            start = time.perf_counter()
+            sess = session(fp32, threads=BUILD_THREADS)
+        else:
+            start = time.perf_counter()
+            graph = build_graph(model.dims, model.cfg, subnet_weights(model), options.mode)
+            timings["graph_s"] = time.perf_counter() - start
+            writing = pool.submit(_timed, graph.write, fp32)
+            start = time.perf_counter()
+            sess = graph_session(graph)
         runs, timings["reference_s"] = reference.result()
-    parity = check_parity(model, fp32, [feed for feed, _ in runs], sess, [out for _, out in runs])
-    timings["validate_s"] = time.perf_counter() - start  # after the graph: session, runs, the reference's remainder
+        parity = check_parity(model, fp32, [feed for feed, _ in runs], sess, [out for _, out in runs])
+        timings["validate_s"] = time.perf_counter() - start  # after the graph: session, runs, the reference's remainder
+        if writing is not None:  # (on an error the pool's exit still waits for the file before the folder is dropped)
+            files = {fp32.name: writing.result()[0]}
+            timings["write_s"] = writing.result()[1]  # beside validation: the file, fsynced, hashed as written
     log.info("%s: %s", model.cfg.describe(), parity_summary(parity))
 
     quality = None

@@ -33,6 +33,12 @@ REFERENCE_FACTOR = 4.0  # ONNX may be this many times as far from float64 as PyT
 # (wrong weights on every token, wrong masking on every padded row), so two per batch are as strong as four and
 # halve what validation runs (it was 26-28 % of a direct build with four).
 PARITY_ROWS = 2
+# Decoder parity rows are cut to at most this many tokens (lengths 4, 8, 12 and 16) and go in one batch, padded to
+# the longest: at lengths 32/64 in two batches, the check (prefill and decode, in onnxruntime and in PyTorch, logits
+# over the whole vocabulary at every position) was 60 % of a SmolLM2 10-layer build (issue 11), and at these sizes
+# every forward mostly streams the weights, so one batch costs half of two. A wrong graph shows at any length from 2
+# (weights, RoPE, masks, grouped heads, the key/value cache: every position reads them).
+DECODER_PARITY_TOKENS = 16
 DECODER_GATE_BLOCKS = 128  # language-model blocks the int8 gate reads (every position of each is a prediction)
 
 
@@ -40,7 +46,7 @@ DECODER_GATE_BLOCKS = 128  # language-model blocks the int8 gate reads (every po
 class ValidationSet:
     """A model's validation inputs, tokenised once and reused by every build of that model."""
 
-    parity: list[dict[str, torch.Tensor]]  # two padded batches: short and long examples
+    parity: list[dict[str, torch.Tensor]]  # padded batches: short and long examples (decoders: one batch)
     gate: list[dict[str, torch.Tensor]] = field(default_factory=list)  # the whole dev split (with labels if any)
     source: str = ""
 
@@ -71,10 +77,13 @@ def padded_batch(rows: list[list[int]], family: str, labels: list[int] | None = 
 
 
 def parity_batches(rows: list[list[int]], family: str) -> list[dict[str, torch.Tensor]]:
-    """Two padded batches from real token rows: ``PARITY_ROWS`` short and ``PARITY_ROWS`` long examples.
+    """Padded batches from real token rows: ``PARITY_ROWS`` short and ``PARITY_ROWS`` long examples.
 
-    Rows of one length (language-model blocks) are cut to spread lengths, so every batch is padded.
+    Rows of one length (language-model blocks) are cut to spread lengths, so every batch is padded. Decoders: the
+    rows cut to at most ``DECODER_PARITY_TOKENS`` first, all in one batch.
     """
+    if family == "decoder":
+        rows = [r[:DECODER_PARITY_TOKENS] for r in rows]
     rows = [r for r in rows if len(r) >= 2]
     if not rows:
         raise ExportError("validation: no usable example (every one is shorter than 2 tokens)")
@@ -84,6 +93,8 @@ def parity_batches(rows: list[list[int]], family: str) -> list[dict[str, torch.T
     if len({len(r) for r in picked}) == 1:  # equal blocks: cut them to lengths from 2 to the full block
         full = len(picked[0])
         picked = [r[: max(2, round(full * (k + 1) / n))] for k, r in enumerate(picked)]
+    if family == "decoder":
+        return [padded_batch(picked, family)]
     half = max(1, n // 2)
     return [padded_batch(part, family) for part in (picked[:half], picked[half:]) if part]
 
@@ -162,20 +173,31 @@ def graph_feeds(model, batches: list[dict[str, torch.Tensor]]) -> list[dict[str,
     return [feed for feed, _ in reference_runs(model, batches)]
 
 
-def session(path: Path | bytes, threads: int = 1, spinning: bool = False):
+def session(path: Path | bytes, threads: int = 1, spinning: bool = False, external: dict[str, np.ndarray] | None = None,
+            prepack: bool = True):
     """An onnxruntime CPU session of a graph file (or a serialised graph) with ``threads`` intra-op threads.
 
+    ``external``: the arrays of a serialised graph's external initializers (``GraphWriter.in_memory``), used in
+    place, not copied; the session keeps them alive. ``prepack=False``: matrix weights are packed for the GEMM
+    kernel at each run instead of once, into new memory, at load (the same kernels: for a session that runs twice).
     Spinning is off by default, as on devices (client_sdk/latency.py): a server's cores are shared, and spinning
     threads then compete with the work itself."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in (external or {}).values()]
+    if values:
+        opts.add_external_initializers(list(external), values)
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     spin = "1" if spinning else "0"
     opts.add_session_config_entry("session.intra_op.allow_spinning", spin)
     opts.add_session_config_entry("session.inter_op.allow_spinning", spin)
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
+    if not prepack:
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    sess = ort.InferenceSession(path if isinstance(path, bytes) else str(path), opts, providers=["CPUExecutionProvider"])
+    sess.external_initializers = values  # onnxruntime reads these buffers for as long as the session lives
+    return sess
 
 
 def float64_copy(model):

@@ -396,3 +396,19 @@ def test_adapter_shapes_without_building_match_the_supernet(tiny_dims):
     settings = AdapterSettings(rank=3)
     net = Supernet(build_model(tiny_dims), settings)
     assert adapter_shapes(tiny_dims, settings) == {k: tuple(v.shape) for k, v in net.adapter_state().items()}
+
+
+def test_all_finite_is_exact_whatever_the_sum():
+    """The fast check reads the sum: a NaN, one infinity or opposite ones all fail; finite values whose float32 sum
+    overflows pass (the exact check decides)."""
+    from slicer.nn.adapters import all_finite
+
+    big = torch.full((4,), 3e38)
+    assert all_finite(torch.randn(100)) and all_finite(big) and not torch.isfinite(big.sum())
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        t = torch.randn(100)
+        t[37] = bad
+        assert not all_finite(t)
+    t = torch.randn(100)
+    t[1], t[2] = float("inf"), -float("inf")
+    assert not all_finite(t)

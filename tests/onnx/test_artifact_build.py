@@ -71,11 +71,33 @@ def test_options_are_checked_and_key_the_recipe():
 
 def test_a_graph_that_disagrees_with_pytorch_fails_the_build(model, validation, head_dims, tmp_path, monkeypatch):
     other = subnet(head_dims, model.cfg.to_dict(), True, seed=9)  # same shape, other weights
-    real = build.write_model_graph
-    monkeypatch.setattr(build, "write_model_graph", lambda m, path, options: real(other, path, options))
+    real = build.subnet_weights  # the graph is built (and validated in memory) from these weights
+    monkeypatch.setattr(build, "subnet_weights", lambda m: real(other if m is model else m))
     (tmp_path / "bad").mkdir()
     with pytest.raises(ExportError, match="float64"):
         build_artifact(model, tmp_path / "bad", validation)
+
+
+@pytest.mark.parametrize("mode", ["fused", "plain"])
+def test_a_subtly_broken_decoder_graph_fails_the_build(decoder_dims, tmp_path, monkeypatch, mode):
+    """The build checks the graph in memory while writing it: one RMSNorm weight off by 1 % in what the graph is
+    built from (the file and the checked graph alike) fails it, prefill or decode."""
+    model = subnet(decoder_dims, {"layers": 3, "heads": [6, 3, 6], "ffn": [48, 64, 8]}, True)
+    validation = ValidationSet(parity_batches([b.tolist() for b in real_like_batches(decoder_dims)[1]["input_ids"]] * 2,
+                                              "decoder"), source="test rows")
+    (tmp_path / "good").mkdir()
+    build_artifact(model, tmp_path / "good", validation, BuildOptions(mode=mode))  # the same build, unbroken, passes
+    real = build.subnet_weights
+
+    def broken(m):
+        weights = real(m)
+        weights["layers.1.ffn_norm.weight"] = weights["layers.1.ffn_norm.weight"] * 1.01
+        return weights
+
+    monkeypatch.setattr(build, "subnet_weights", broken)
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(ExportError, match="float64"):
+        build_artifact(model, tmp_path / "bad", validation, BuildOptions(mode=mode))
 
 
 def test_int8_keeps_ffn_down_projections_in_fp32_and_quantises_the_rest(model, validation, tmp_path):
@@ -120,10 +142,12 @@ def test_int8_gate_judges_agreement_on_every_gate_example(model, validation, hea
 
 
 def test_parity_batches_are_padded_at_two_lengths():
-    blocks = [list(range(1, 33))] * 20  # language-model blocks: all one length
-    batches = parity_batches(blocks, "decoder")
-    assert len(batches) == 2 and all(b["attention_mask"].min() == 0 for b in batches)
-    assert batches[0]["input_ids"].shape[1] < batches[1]["input_ids"].shape[1]
+    from slicer.onnx.validate import DECODER_PARITY_TOKENS
+
+    blocks = [list(range(1, 65))] * 20  # language-model blocks: all one length, cut short to spread lengths
+    (batch,) = parity_batches(blocks, "decoder")  # one batch, padded
+    lengths = batch["attention_mask"].sum(1).tolist()
+    assert batch["input_ids"].shape[1] == max(lengths) == DECODER_PARITY_TOKENS and len(set(lengths)) == len(lengths) > 2
     sentences = [list(range(1, n)) for n in range(3, 60)]
     short, long = parity_batches(sentences, "encoder")
     assert short["input_ids"].shape[1] < long["input_ids"].shape[1] and "token_type_ids" in short

@@ -203,17 +203,31 @@ def test_parity_check_rejects_a_subtly_broken_graph(decoder_dims, tmp_path):
         check_parity(model, tmp_path / "broken.onnx", graph_feeds(model, real_like_batches(decoder_dims)))
 
 
-def test_streamed_file_equals_the_in_memory_model(encoder_dims, tmp_path):
-    model = subnet(encoder_dims, ENCODER_CONFIGS["heterogeneous"], False)
-    graph = build_graph(encoder_dims, model.cfg, subnet_weights(model), "plain")
-    info = graph.write(tmp_path / "m.onnx")
-    loaded = onnx.load(str(tmp_path / "m.onnx"))
-    onnx.checker.check_model(loaded)
-    assert loaded.graph == graph.model().graph
-    assert info["size"] == (tmp_path / "m.onnx").stat().st_size
+@pytest.mark.parametrize(("family", "mode"), [("encoder", "plain"), ("decoder", "fused")])
+def test_streamed_file_equals_the_in_memory_model(family, mode, encoder_dims, decoder_dims, tmp_path):
+    """Builds validate the graph in memory (``GraphWriter.in_memory``) while it is written: the file must be that
+    very model, and run the same."""
+    from slicer.onnx.build import graph_session
     from slicer.paths import sha256_file
 
+    dims = encoder_dims if family == "encoder" else decoder_dims
+    model = subnet(dims, (ENCODER_CONFIGS if family == "encoder" else DECODER_CONFIGS)["heterogeneous"], False)
+    graph = build_graph(dims, model.cfg, subnet_weights(model), mode)
+    info = graph.write(tmp_path / "m.onnx")
+    loaded = onnx.load(str(tmp_path / "m.onnx"))
+    if mode == "plain":  # onnx's checker knows standard operators only
+        onnx.checker.check_model(loaded)
+    assert loaded.graph == graph.model().graph and loaded.doc_string == graph.doc != ""
+    assert info["size"] == (tmp_path / "m.onnx").stat().st_size
     assert info["sha256"] == sha256_file(tmp_path / "m.onnx")
+    _, external = graph.in_memory()
+    held = dict(graph.initializers)  # the writer's own buffers, handed over uncopied
+    assert external and all(a is held[n] for n, a in external.items())
+    from_file, in_memory = session(tmp_path / "m.onnx"), graph_session(graph)
+    for feed in graph_feeds(model, real_like_batches(dims)):
+        feed = {k: v.numpy() for k, v in feed.items()}
+        for a, b in zip(from_file.run(None, feed), in_memory.run(None, feed)):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_weights_that_do_not_fit_the_config_are_refused(encoder_dims):

@@ -51,6 +51,7 @@ def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarra
         raise ExportError(f"graph mode: {mode!r} is not one of {list(GRAPH_MODES)}")
     check_weights(dims, cfg, weights)
     g = GraphWriter()
+    g.doc = f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})"
     if dims.family == "encoder":
         build_encoder(g, dims, cfg, weights, encoder_fusion or ENCODER_FUSION[mode])
     else:
@@ -61,4 +62,4 @@ def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarra
 def write_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], path: Path,
                 mode: str = "fused") -> dict[str, Any]:
     """Build the subnet's graph and stream it into ``path`` (one self-contained file, fsynced); its sha256 and size."""
-    return build_graph(dims, cfg, weights, mode).write(Path(path), f"MLFS subnet {cfg.describe()} ({dims.family}, {mode})")
+    return build_graph(dims, cfg, weights, mode).write(Path(path))

@@ -83,8 +83,13 @@ def build_decoder(g: GraphWriter, dims: ModelDims, cfg: SubnetConfig, w: Weights
             x = g.op("Add", [x, down])
 
     x, _ = _pre_norm(g, x, residual_pending, w["final_norm.weight"], dims.norm_eps, "final_norm", fused)
-    head = g.op("Transpose", [embedding], perm=[1, 0]) if dims.tie_embeddings else g.weight("lm_head.weight_t", w["lm_head.weight"].T)
-    g.output("logits", g.op("MatMul", [x, head]), FLOAT, ["batch", "seq", dims.vocab_size])
+    # The LM head reads its (V, h) weight as stored, transposed by Gemm itself: a tied head then shares the embedding's
+    # one initializer, and no (h, V) copy is made, neither here nor by onnxruntime when it opens the graph (it folded
+    # a Transpose of the 113 MB SmolLM2 embedding into a second initializer). Gemm is 2-D: (B*T, h) @ (V, h)^T.
+    head = embedding if dims.tie_embeddings else g.weight("lm_head.weight", w["lm_head.weight"])
+    flat = g.op("Gemm", [g.reshape(x, [-1, cfg.hidden]), head], transB=1, name="lm_head.gemm")  # (B*T, V)
+    logits = g.op("Reshape", [flat, g.op("Concat", [g.op("Shape", [ids]), g.const([dims.vocab_size])], axis=0)])
+    g.output("logits", logits, FLOAT, ["batch", "seq", dims.vocab_size])
     for n, heads in enumerate(cfg.heads):
         for t in ("key", "value"):
             g.output(f"present.{n}.{t}", f"present.{n}.{t}", FLOAT, ["batch", heads // group, "past + seq", hd])

@@ -34,6 +34,7 @@ class GraphWriter:
         self._consts: dict[tuple, str] = {}
         self._count = 0
         self.uses_contrib = False
+        self.doc = ""  # the model's doc_string
 
     # ----- values ---------------------------------------------------------------------------------------------
     def _name(self, hint: str) -> str:
@@ -128,9 +129,26 @@ class GraphWriter:
         inits = [numpy_helper.from_array(a, n) for n, a in self.initializers] if weights else []
         graph = helper.make_graph(self.nodes, "mlfs_subnet", self.inputs, self.outputs, inits)
         opsets = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(MS, 1)] if self.uses_contrib else [])
-        model = helper.make_model(graph, opset_imports=opsets, producer_name="mlfs-direct", doc_string=doc)
+        model = helper.make_model(graph, opset_imports=opsets, producer_name="mlfs-direct", doc_string=doc or self.doc)
         model.ir_version = 10  # what today's exporter writes; onnxruntime 1.30+ reads it
         return model
+
+    def in_memory(self, doc: str = "") -> tuple[bytes, dict[str, np.ndarray]]:
+        """The model for an onnxruntime session without serialising its weights: the skeleton's bytes, with every
+        float initializer declared as external data, and those arrays by name (the very buffers ``write`` streams to
+        the file; ``validate.session`` hands them to onnxruntime without a copy). Integer constants stay inline:
+        shape inference reads them."""
+        model = self.model(doc, weights=False)
+        external = {}
+        for name, array in self.initializers:
+            if array.dtype != np.float32 or array.size < _EXTERNAL_MIN:
+                model.graph.initializer.append(numpy_helper.from_array(array, name))
+                continue
+            tensor = model.graph.initializer.add(name=name, data_type=FLOAT, dims=array.shape,
+                                                 data_location=TensorProto.EXTERNAL)
+            tensor.external_data.add(key="location", value="in-memory")  # supplied by the session's caller
+            external[name] = array
+        return model.SerializeToString(), external
 
     def write(self, path: Path, doc: str = "") -> dict[str, Any]:
         """Stream the model into one self-contained file, flushed to disk; returns its sha256 and size.
@@ -162,6 +180,7 @@ class GraphWriter:
         return {"sha256": digest.hexdigest(), "size": size}
 
 
+_EXTERNAL_MIN = 1024  # float initializers of at least this many elements go to onnxruntime as external buffers
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
 
 
