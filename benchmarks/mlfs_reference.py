@@ -387,7 +387,9 @@ def full_ft(
                "train_loss": run["train_loss"]}
     notes = ["Our encoder has no dropout (the stock-transformers reference used BERT's 0.1 dropout).",
              "Classification head: mean-pooled last hidden state -> linear, as the MLFS stack's head."]
-    stem = "full-ft" + ("-kd" if kd else "") + ("-random" if random_init else "") + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else "")
+    unordered = sliced and not random_init and reorder is not Reorder.train  # the reordering ablation's arm
+    stem = ("full-ft" + ("-kd" if kd else "") + ("-random" if random_init else "") + (f"-reorder-{reorder.value}" if unordered else "")
+            + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else ""))
     what = ("randomly initialised shape, fully trained" if random_init
             else "fully fine-tuned " + ("slice of the pretrained model" if sliced else "teacher"))
     what += f", distilled from the maxnet of {kd_adapters}" if kd else ""
@@ -716,7 +718,8 @@ def stage2_table(runs_dir: Path, reference: str = "reference") -> dict[str, Any]
                                       "mean": sum(seeds[s][k] - ref[s][k] for s in paired) / len(paired) if paired else None}
                                   for k in subnets}
     start = runs[0]["results"]["start"] if runs else None
-    return {"arms": arms, "start": start, "runs": len(runs), "smoke": any(rec["smoke"] for rec in runs)}
+    return {"arms": arms, "start": start, "runs": len(runs), "smoke": any(rec["smoke"] for rec in runs),
+            "steps": sorted({rec["settings"]["steps"] for rec in runs})}  # one value unless runs of other calls were mixed
 
 
 @app.command("stage2-ablation")
@@ -781,6 +784,9 @@ def stage2_ablation(
     summary = stage2_table(runs_dir)
     if not summary["runs"]:
         raise typer.BadParameter(f"no finished runs in {runs_dir}")
+    if len(summary["steps"]) != 1:
+        raise typer.BadParameter(f"{runs_dir} mixes runs of {summary['steps']} steps: not an equal-steps table")
+    steps = summary["steps"][0]
     table = Table(title=f"stage 2 retrained for {steps} steps from A_2 = 0 per arm ({adapters}): dev accuracy, %")
     first = next(iter(summary["arms"].values()))
     table.add_column("arm")
