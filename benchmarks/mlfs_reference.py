@@ -520,11 +520,12 @@ def stage2_setup(adapters: Path, base: str, data: str, steps: int, seed: int, lr
 
 
 def stage2_run(s2: Stage2Setup, base: str, adapters: Path, changes: dict[str, Any], extra: dict[str, SubnetConfig],
-               label: str, probe_every: int, log_every: int, tail: float,
-               dev: torch.device) -> tuple[dict[str, Any], dict[str, float]]:
+               label: str, probe_every: int, log_every: int, tail: float, dev: torch.device,
+               start: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
     """Reload the stack, zero A_2 (B_2 kept), retrain stage 2 with ``changes`` to its TrainSettings; return the
     run (loss curves, probe curves, dev accuracy of the minnet, the maxnet and each ``extra`` subnet) and the
-    dev accuracy of the same subnets at the starting point."""
+    dev accuracy of the same subnets at the starting point (measured unless ``start`` gives it: it is the same
+    for every run of one stack)."""
     started = time.perf_counter()
     settings = TrainSettings(**{**s2.trained, **s2.overrides, **changes})
     torch.manual_seed(settings.seed)
@@ -537,7 +538,7 @@ def stage2_run(s2: Stage2Setup, base: str, adapters: Path, changes: dict[str, An
     def dev_accuracy() -> dict[str, float]:
         return {k: evaluate_config(net, c, s2.batches, "classification", dev)["accuracy"] for k, c in configs.items()}
 
-    start = dev_accuracy()
+    start = start or dev_accuracy()
     console.print(f"{label}: start (A_2 = 0) " + ", ".join(f"{k} {100 * a:.2f}%" for k, a in start.items())
                   + f"; stage 2 for {settings.max_steps} steps")
     probes = {"step": [0], "minnet": [probe_task_loss(net, minnet, s2.probe, dev)],
@@ -615,8 +616,7 @@ def gamma_ablation(
     start_acc: dict[str, float] | None = None
     for g in gamma_values:
         label = f"gamma={g:g}"
-        run, start = stage2_run(s2, base, adapters, {"gamma": g}, {}, label, probe_every, log_every, tail, dev)
-        start_acc = start_acc or start
+        run, start_acc = stage2_run(s2, base, adapters, {"gamma": g}, {}, label, probe_every, log_every, tail, dev, start_acc)
         runs[label] = {"gamma": g, **run}
 
     table = Table(title=f"gradient scaling: stage 2 retrained for {steps} steps from A_2 = 0 ({adapters})")
@@ -765,6 +765,7 @@ def stage2_ablation(
     if not table_only:
         s2 = stage2_setup(adapters, base, data, steps, 0, lr, probe_examples, eval_batch, limit_train, limit_dev)
         mid_cfg = SubnetConfig.parse(read_config_arg(mid), open_supernet(base, adapters).supernet.dims)
+        start = None
         for seed in seed_list:
             for arm in arm_list:
                 run_stem = f"{arm.replace('=', '-')}_seed{seed}"
@@ -773,7 +774,7 @@ def stage2_ablation(
                     console.print(f"[dim]{run_stem}: finished before, kept ({done})[/]")
                     continue
                 run, start = stage2_run(s2, base, adapters, {**changes[arm], "seed": seed}, {"mid": mid_cfg},
-                                        f"{arm} seed {seed}", probe_every, log_every, tail, dev)
+                                        f"{arm} seed {seed}", probe_every, log_every, tail, dev, start)
                 settings = {"adapters": str(adapters), "arm": arm, "seed": seed, "steps": steps, "mid": mid_cfg.to_dict()}
                 write_result(runs_dir, run_stem, record(
                     "stage2-ablation-run", f"stage 2 retrained with {arm}", settings,
