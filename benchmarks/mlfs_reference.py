@@ -719,7 +719,9 @@ def stage2_table(runs_dir: Path, reference: str = "reference") -> dict[str, Any]
                                   for k in subnets}
     start = runs[0]["results"]["start"] if runs else None
     return {"arms": arms, "start": start, "runs": len(runs), "smoke": any(rec["smoke"] for rec in runs),
-            "steps": sorted({rec["settings"]["steps"] for rec in runs})}  # one value unless runs of other calls were mixed
+            "steps": sorted({rec["settings"]["steps"] for rec in runs}),  # one value unless runs of other calls were mixed
+            "run_environments": [json.loads(e) for e in sorted({json.dumps({k: rec["environment"].get(k) for k in (
+                "platform", "cpu_count", "torch", "torch_threads", "device", "cuda_device")}, sort_keys=True) for rec in runs})]}
 
 
 @app.command("stage2-ablation")
