@@ -470,8 +470,10 @@ def no_stages_1_2(
     summary = {"maxnet": maxnet["accuracy_all_stages"], "stage0_teacher": maxnet["accuracy_stage0_only"],
                "minnet": minnet["accuracy_all_stages"], "minnet_without_stages_1_2": minnet["accuracy_stage0_only"],
                "minnet_shape": minnet["shape"]}
+    small = "minnet" if not config else minnet["shape"]  # with --config, the first one given stands in its place
     console.print(f"maxnet {100 * summary['maxnet']:.2f}%  stage-0 teacher {100 * summary['stage0_teacher']:.2f}%  "
-                  f"minnet {100 * summary['minnet']:.2f}%  minnet without stages 1-2 {100 * summary['minnet_without_stages_1_2']:.2f}%")
+                  f"{small} {100 * summary['minnet']:.2f}%  {small} without stages 1-2 "
+                  f"{100 * summary['minnet_without_stages_1_2']:.2f}%")
     notes = []
     if meta.stage < 2:
         notes.append(f"the stack's last trained stage is {meta.stage}; stages it did not train are zero anyway")
