@@ -797,6 +797,8 @@ def stage2_ablation(
     table.add_column("arm")
     for k, shape in first["shapes"].items():
         table.add_column(f"{k} {shape}\nmean (seeds) [Δ vs reference]", justify="right")
+    lines = ["| arm (seeds) | " + " | ".join(f"{k} {shape.replace(' D384', '')}" for k, shape in first["shapes"].items()) + " |",
+             "|---" * (1 + len(first["shapes"])) + "|"]
     for name, arm in summary["arms"].items():
         cells = []
         for k in first["shapes"]:
@@ -804,7 +806,9 @@ def stage2_ablation(
             delta = arm["minus_reference"][k]["mean"]
             cells.append(f"{100 * arm['mean'][k]:.2f} ({per})" + ("" if delta is None or name == "reference" else f" [{100 * delta:+.2f}]"))
         table.add_row(f"{name} (seeds {', '.join(arm['by_seed'])})", *cells)
+        lines.append(f"| {name} ({', '.join(arm['by_seed'])}) | " + " | ".join(cells) + " |")
     console.print(table)
+    summary["markdown"] = "\n".join(lines)  # dev accuracy, %: mean (each seed) [mean paired difference to the reference]
     if summary["start"]:
         console.print("start (A_2 = 0): " + ", ".join(f"{k} {100 * a:.2f}%" for k, a in summary["start"].items()))
     notes = ["Every run: the same stack, A_2 zeroed (B_2 kept), stage 2 retrained for the same number of steps; within a "
