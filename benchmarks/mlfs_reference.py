@@ -792,6 +792,9 @@ def stage2_ablation(
     if len(summary["steps"]) != 1:
         raise typer.BadParameter(f"{runs_dir} mixes runs of {summary['steps']} steps: not an equal-steps table")
     steps = summary["steps"][0]
+    if table_only:  # say what the table holds, not what this call's options were
+        arm_list = list(summary["arms"])
+        seed_list = sorted({int(k) for arm in summary["arms"].values() for k in arm["by_seed"]})
     table = Table(title=f"stage 2 retrained for {steps} steps from A_2 = 0 per arm ({adapters}): dev accuracy, %")
     first = next(iter(summary["arms"].values()))
     table.add_column("arm")
