@@ -162,7 +162,7 @@ def label(cfg: SubnetConfig) -> str:
     return cfg.describe()
 
 
-def tiny_setup(root: Path) -> tuple[str, str | None, str, str]:
+def tiny_setup(root: Path, max_positions: int = 64) -> tuple[str, str | None, str, str]:
     """--quick: a tiny random Llama (from a config) with a word-level tokenizer, code-like and prose-like text."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -179,7 +179,7 @@ def tiny_setup(root: Path) -> tuple[str, str | None, str, str]:
     base = root / "tiny-llama"
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=48, num_hidden_layers=4, num_attention_heads=6,
-                                 num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=64,
+                                 num_key_value_heads=2, head_dim=8, intermediate_size=64, max_position_embeddings=max_positions,
                                  tie_word_embeddings=True)).save_pretrained(base)
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -365,6 +365,38 @@ def draw_server_download(r: Record) -> Figure:
     return fig
 
 
+def draw_ort_latency(r: Record) -> Figure:
+    """Per config: every candidate's median latency as a multiple of PyTorch eager, the target line at 0.6x."""
+    res = r["results"]
+    rows = res["rows"]
+    target = r["settings"].get("target_vs_eager", 0.6)
+    fig, axes = plt.subplots(1, len(rows), figsize=(6.5 * len(rows), 5.5), squeeze=False)
+    fig.suptitle("onnxruntime graphs and PyTorch eager, batch 1, seq 128, 2 threads", fontsize=10)
+    for ax, (label, row) in zip(axes[0], rows.items()):
+        ratios = row["ratio_vs_eager"]
+        names = sorted(ratios, key=ratios.get, reverse=True)
+        presets = {name: mode for mode, name in row["presets"].items()}
+        colors = ["k" if n.startswith("eager") else "gray" if n == "torch-export" else
+                  "C3" if presets.get(n) == "fused" else "C1" if presets.get(n) == "plain" else "C0" for n in names]
+        labels = [f"{n} ({presets[n]} preset)" if n in presets else n for n in names]
+        bars = ax.barh(labels, [ratios[n] for n in names], color=colors)
+        for b, n in zip(bars, names):
+            ax.annotate(f"{ratios[n]:.2f}x  {row['latency'][n]['median_ms']:.1f} ms", (b.get_width(), b.get_y() + b.get_height() / 2),
+                        va="center", fontsize=6.5, xytext=(2, 0), textcoords="offset points")
+        if "ratio_vs_eager_p10" in row:
+            ax.plot([row["ratio_vs_eager_p10"][n] for n in names], range(len(names)), "kd", ms=4,
+                    label="10th percentiles' ratio")
+        ax.axvline(target, color="C2", ls="--", label=f"target {target}x eager")
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set(xlabel="latency / PyTorch eager (inference_mode): bars medians", xlim=(0, max(ratios.values()) * 1.35),
+               title=f"{label} {row['shape']}")
+        ax.legend(fontsize=7, loc="upper right")
+        ax.grid(alpha=0.3, axis="x")
+    footer(fig, r)
+    return fig
+
+
 def draw_server_replicas(r: Record) -> Figure:
     res = r["results"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [2, 1]})
@@ -529,6 +561,62 @@ def draw_decoder_palette(r: Record) -> Figure:
     return fig
 
 
+def draw_humaneval(r: Record) -> Figure:
+    """Issue 13.3: HumanEval pass@1 (greedy) of one run's models."""
+    return _humaneval_figure(r["results"]["models"], [r])
+
+
+def draw_humaneval_all(results: Results) -> Figure | None:
+    """Every model of the full HumanEval runs (``humaneval``, ``humaneval-<tag>``; not ``--limit`` or smoke runs)
+    in one figure, the teacher first, then by size; a model measured twice shows its latest run."""
+    runs = [rec for stem, rec in results.matching("humaneval*").items() if not rec.get("smoke") and not rec["settings"].get("limit")]
+    if not runs:
+        return None
+    latest: dict[str, Record] = {}
+    for rec in sorted(runs, key=lambda rec: rec.get("finished_at") or ""):
+        for m in rec["results"]["models"]:
+            latest[m["name"]] = m
+    rows = sorted(latest.values(), key=lambda m: (m["name"] != "teacher", m["params_non_embedding"], m["name"]))
+    return _humaneval_figure(rows, runs)
+
+
+def _humaneval_figure(rows: list[Record], records: list[Record]) -> Figure:
+    """pass@1 bars with the count passed on each (a zero is drawn and labelled as one), and what each model's
+    completions ended in."""
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
+    names = [m["name"] for m in rows]
+    colours = ["black" if m["name"] == "teacher" else "C0" for m in rows]
+    bars = ax[0].bar(names, [100 * m["pass_at_1"] for m in rows], color=colours)
+    for b, m in zip(bars, rows):
+        ax[0].annotate(f"{100 * m['pass_at_1']:.1f} %\n{m['passed']}/{m['problems']}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                       ha="center", va="bottom", fontsize=8)
+    top = max([100 * m["pass_at_1"] for m in rows] + [1.0])
+    s = records[0]["settings"]
+    ax[0].set(ylim=(0, top * 1.35), ylabel="pass@1, %",
+              title=f"HumanEval pass@1: greedy, ≤ {s['max_new_tokens']} new tokens, {s['precision']} ONNX")
+    ax[0].tick_params(axis="x", labelsize=8)
+    ax[0].grid(alpha=0.3, axis="y")
+    ax[0].set_xlabel("non-embedding parameters: " + ", ".join(f"{m['name']} {m['params_non_embedding'] / 1e6:.0f} M" for m in rows),
+                     fontsize=7)
+    kinds = sorted({k for m in rows for k in m["outcomes"]}, key=lambda k: (k != "passed", -sum(m["outcomes"].get(k, 0) for m in rows)))
+    shown = kinds[:6]
+    left = [0] * len(rows)
+    for i, k in enumerate(shown + (["other"] if len(kinds) > len(shown) else [])):
+        vals = [m["outcomes"].get(k, 0) if k != "other" else sum(v for kk, v in m["outcomes"].items() if kk not in shown) for m in rows]
+        ax[1].barh(names, vals, left=left, color="C2" if k == "passed" else ("C3", "C1", "C4", "C5", "C9", "C8", "C7")[i % 7], label=k)
+        left = [a + b for a, b in zip(left, vals)]
+    ax[1].invert_yaxis()
+    ax[1].set(xlabel="problems", title="test outcome per completion")
+    ax[1].legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4)
+    harness = [rec["results"].get("harness") or {} for rec in records]
+    if all(harness):
+        checks = sorted({f"canonical solutions pass {h['canonical_passed']}/{h['of']}, empty bodies {h['empty_body_passed']}/"
+                         f"{h['empty_body_of']}" for h in harness})
+        fig.text(0.99, 0.995, "harness: " + "; ".join(checks), fontsize=7, ha="right", va="top", color="dimgray")
+    footer(fig, *records)
+    return fig
+
+
 def draw_palette_quality(r: Record) -> Figure:
     res = r["results"]
     points = res["points"]
@@ -673,6 +761,8 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("gamma", ("gamma",), draw_gamma),
     FigureSpec("decoder", ("decoder",), draw_decoder),
     FigureSpec("decoder-palette", ("decoder-palette*",), draw_decoder_palette),
+    FigureSpec("humaneval", ("humaneval*",), draw_humaneval),
+    FigureSpec("humaneval-all", ("humaneval*",), draw_humaneval_all, per_file=False),
     FigureSpec("no-stages-1-2", ("no-stages-1-2*",), draw_no_stages),
     FigureSpec("palette-ablation", ("palette-ablation",), draw_palette_ablation),
     FigureSpec("palette-quality", ("palette-quality",), draw_palette_quality),
@@ -681,6 +771,7 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("latency-diagnosis", ("latency-diagnosis",), draw_latency_diagnosis),
     FigureSpec("client-swap", ("client-swap",), draw_client_swap),
     FigureSpec("server-build", ("server-build",), draw_server_build),
+    FigureSpec("ort-latency", ("ort-latency",), draw_ort_latency),
     FigureSpec("server-resolve", ("server-resolve",), draw_server_resolve),
     FigureSpec("server-download", ("server-download",), draw_server_download),
     FigureSpec("server-replicas", ("server-replicas",), draw_server_replicas),

@@ -151,17 +151,12 @@ def cold_build(svc: DeliveryService, loaded, cfg, precision: str) -> dict:
 
 
 def interleaved_latency(runners: dict, runs: int) -> dict[str, dict[str, float]]:
-    """Median and 10th-percentile ms per runner, rounds interleaved so load on the machine hits all alike."""
-    for run in runners.values():
-        for _ in range(3):
-            run()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    for _ in range(runs):
-        for name, run in runners.items():
-            t0 = time.perf_counter()
-            run()
-            times[name].append(1000 * (time.perf_counter() - t0))
-    return {k: {"median_ms": statistics.median(v), "p10_ms": percentile(v, 0.1)} for k, v in times.items()}
+    """Median and 10th-percentile ms per runner over ``runs`` passes each: ort_latency.py's blocks, rotated over the
+    runners with a pause before each block, so PyTorch's spinning OpenMP workers do not slow the next runner."""
+    from ort_latency import BLOCK, GAP_S, summary, time_blocks
+
+    times = time_blocks(runners, max(1, runs // BLOCK), min(BLOCK, runs), GAP_S)
+    return {k: summary(v) for k, v in times.items()}
 
 
 def encoder_runners(paths: dict[str, Path], subnet, seq: int = 128) -> dict:
@@ -181,7 +176,7 @@ def encoder_runners(paths: dict[str, Path], subnet, seq: int = 128) -> dict:
     torch_feed = {k: torch.from_numpy(v) for k, v in feed.items()}
 
     def eager():
-        with torch.no_grad():
+        with torch.inference_mode():
             subnet(**torch_feed)
 
     runners["pytorch-eager"] = eager
@@ -314,7 +309,7 @@ def build(model: ModelOpt = "minilm-sentiment", decoder: Annotated[str, typer.Op
             "validate = after the graph is written: session, onnxruntime runs, and whatever of the PyTorch reference "
             "(run beside the graph write, reference_overlapped_s) was not done yet",
             "cpu_s = process CPU seconds during the build (all its threads): the work, whatever else holds the cores",
-            "latency: rounds interleaved across artifacts; the maxnet is the teacher's shape (all layers, heads, FFN)"])
+            "latency: blocks of passes rotated across artifacts and PyTorch eager (inference_mode), a pause before each (ort_latency.py); the maxnet is the teacher's shape (all layers, heads, FFN)"])
 
 
 PHASES = ("slice_merge", "graph", "validate", "quantise", "hash_write_other")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 import time
@@ -121,8 +122,9 @@ class ArtifactCache:
         seen = self._verified.get(key)
         if entry is None or seen is None:
             return None
+        folder = str(entry.path)  # joined as text: pathlib's joins cost more than the stats on this path
         try:
-            if any(fingerprint(entry.path / name) != fp for name, fp in seen.items()):
+            if any(fingerprint(os.path.join(folder, name)) != fp for name, fp in seen.items()):
                 return None
         except OSError:
             return None
@@ -263,7 +265,7 @@ class ArtifactCache:
 Fingerprint = tuple[int, int, int, int]
 
 
-def fingerprint(path: Path) -> Fingerprint:
+def fingerprint(path: str | Path) -> Fingerprint:
     """(inode, size, mtime, ctime): any change through the file system changes one of them."""
-    st = path.stat()
+    st = os.stat(path)
     return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import statistics
 import threading
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 
 from slicer import ModelDims, SubnetConfig
 
+from .lru import LRU
 from .profiles import DeviceProfile
 
 UPPER_Z = 1.2816  # one-sided 90 % quantile of a normal
@@ -162,29 +162,28 @@ class LatencyEstimator:
 
     def __init__(self, meta: Any, profiles: dict[str, DeviceProfile], min_clients: int = 3) -> None:
         self.meta, self.profiles, self.min_clients = meta, profiles, min_clients
-        self._cache: OrderedDict[tuple, Estimates] = OrderedDict()
+        self._cache: LRU[tuple, Estimates] = LRU(self.CACHE_SIZE)
         self._version: tuple | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the version and the cache change together
 
     def estimates(self, name: str, dims: ModelDims, configs: Sequence[SubnetConfig], profile: str | None,
                   seq_len: int, batch: int, speed_score: float | None = None, threads: int | None = None) -> Estimates:
         """Without a profile, the device is treated as one with ``threads`` (default 1) at speed 1.0 that nobody
-        measured: its estimates are carried over from the measured profiles (or the calibration)."""
+        measured: its estimates are carried over from the measured profiles (or the calibration). The same
+        object is returned until the latency rows or the calibration change (callers may cache on it)."""
         key = (name, id(dims), profile, seq_len, batch, speed_score, threads)
         version = self.meta.latency_version()
         with self._lock:
             if version != self._version:
                 self._cache.clear()
                 self._version = version
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
+            cached = self._cache.get(key)
+        if cached is not None:
+            return cached
         result = self._compute(dims, configs, profile, seq_len, batch, speed_score, threads)
         with self._lock:
             if self._version == version:
-                self._cache[key] = result
-                while len(self._cache) > self.CACHE_SIZE:
-                    self._cache.popitem(last=False)
+                self._cache.put(key, result)
         return result
 
     # ----- internals ----------------------------------------------------------------------------------------

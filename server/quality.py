@@ -75,7 +75,7 @@ class QualityGate:
             return None
         if not model.dims.num_labels:
             return "embedding model: no task figure to judge configs by"
-        if not _labels(model):
+        if not model.validation.labels:
             return "classifier without labelled validation data: no accuracy to judge configs by"
         return None
 
@@ -174,12 +174,8 @@ class QualityGate:
         return Verdict(key, "accuracy", value, majority, limit, not value >= limit, source)
 
 
-def _labels(model) -> list[int]:
-    return [int(y) for b in model.validation.gate if "labels" in b for y in b["labels"].tolist()]
-
-
 def _majority_rate(model) -> float:
-    labels = _labels(model)
+    labels = model.validation.labels
     return Counter(labels).most_common(1)[0][1] / len(labels) if labels else 0.0
 
 

@@ -24,6 +24,7 @@ from slicer import (
     BuildOptions,
     ConfigError,
     MLFSError,
+    ModelDims,
     OpenSupernet,
     PaletteTable,
     SubnetConfig,
@@ -36,6 +37,7 @@ from slicer import (
     validation_set,
     warm_up_builds,
 )
+from slicer.onnx.build import PRECISIONS
 from slicer.onnx.decoder_int8 import int8_unavailable
 from slicer.onnx.quantize import INT8_SCHEME
 
@@ -54,11 +56,12 @@ from .errors import (
     UnknownModel,
 )
 from .latency_model import Estimates, LatencyEstimator
+from .lru import LRU
 from .metadata import FailedBuild
 from .metrics import Metrics
 from .profiles import DeviceProfile, load_profiles
 from .quality import QualityGate, Verdict
-from .selection import Budget, Candidate, Choice, candidates_from_palette, choose
+from .selection import Budget, Candidate, Choice, candidates_from_palette, menu, pick, precisions
 from .settings import Settings
 from .store import (
     ServedModel,
@@ -85,8 +88,9 @@ class LoadedModel:
     palette: PaletteTable | None
     palette_check: dict[str, Any] = dataclasses.field(default_factory=lambda: {"verified": None, "reason": "", "data": None})
 
-    @property
-    def dims(self):
+    @functools.cached_property
+    def dims(self) -> ModelDims:
+        """Fixed for the model's life; read many times per resolve (the supernet's is a torch attribute lookup)."""
         return self.opened.supernet.dims
 
     @functools.cached_property
@@ -153,8 +157,13 @@ class DeliveryService:
         # every FAILURES_REFRESH_S so other replicas' failures and the CLI's clearing are seen
         self._failures: dict[str, tuple[float, dict[tuple[str, str], FailedBuild]]] = {}
         self.quality = QualityGate(self.meta, settings.quality_max_perplexity_ratio, settings.quality_min_accuracy_margin)
-        self.build_options("fp32")  # refuse a bad builder or graph mode at start-up, not at the first build
+        # made once (a bad builder or graph mode is refused at start-up, not at the first build); read on every resolve
+        self._build_options = {p: BuildOptions(p, settings.graph_builder, settings.graph_mode) for p in PRECISIONS}
         self.latency = LatencyEstimator(self.meta, self.profiles, settings.telemetry_min_clients)
+        # (model, precisions, shape, profile, speed, threads) -> (the candidates and the latency estimates it was
+        # made from, the menu): kept while both are the same objects, i.e. until the model is replaced or the
+        # latency rows or calibration change (the estimator then returns new estimates)
+        self._menus: LRU[tuple, tuple[list[Candidate], Estimates, tuple[Choice, ...]]] = LRU(LatencyEstimator.CACHE_SIZE)
         self.report_limiter = RateLimiter(settings.telemetry_rate_per_minute)
         self.ready = False
         self.loading: dict[str, Any] = {"total": len(self._served), "loaded": [], "current": None, "since": None}
@@ -374,19 +383,34 @@ class DeliveryService:
             budget = dataclasses.replace(budget, precision="fp32")
         exclude = set(failures) | {(k, p) for k, v in self.quality.known(model).items() if v.excluded
                                    for p in ("fp32", "int8")}
-        latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
+        options = self.menu(model, budget, profile, speed_score, threads)
         try:
-            return choose(model.dims, model.candidates, budget, latency, exclude=exclude)
+            return pick(options, budget, exclude)
         except NoFit as err:
             if not exclude:
                 raise
             try:
-                choose(model.dims, model.candidates, budget, latency)
+                pick(options, budget)
             except NoFit:
                 raise err from None  # nothing would fit anyway: its message says what is needed
             raise NoFit(f"every config of {model.served.name!r} that fits this budget is excluded: too far below the "
                         f"teacher ({self.quality.rule()}) or its build failed; GET /v1/models lists each with its "
                         "reason") from None
+
+    def menu(self, model: LoadedModel, budget: Budget, profile: str | None, speed_score: float | None,
+             threads: int | None) -> tuple[Choice, ...]:
+        """Every (config, precision) the budget's precision allows, with memory and latency estimates at its shape,
+        best first (``selection.menu``); cached per model, shape and device, remade when the model is replaced or
+        the latency estimates change (new latency rows, device reports, calibration)."""
+        latency = self.latency_estimates(model, profile, budget.seq_len, budget.batch_size, speed_score, threads)
+        allowed = precisions(budget)
+        key = (model.served.name, allowed, budget.seq_len, budget.batch_size, profile, speed_score, threads)
+        cached = self._menus.get(key)
+        if cached is not None and cached[0] is model.candidates and cached[1] is latency:
+            return cached[2]
+        options = menu(model.dims, model.candidates, allowed, budget.seq_len, budget.batch_size, latency)
+        self._menus.put(key, (model.candidates, latency, options))
+        return options
 
     def choose_gated(self, model: LoadedModel, budget: Budget, profile: str | None = None,
                      speed_score: float | None = None, threads: int | None = None, measure: bool = True,
@@ -466,7 +490,7 @@ class DeliveryService:
         self.failures(model)[(cfg.key, precision)] = failure
 
     def build_options(self, precision: str) -> BuildOptions:
-        return BuildOptions(precision, self.settings.graph_builder, self.settings.graph_mode)
+        return self._build_options[precision]
 
     def artifact_id(self, model: LoadedModel, cfg: SubnetConfig, precision: str) -> str:
         options = self.build_options(precision)

@@ -13,6 +13,7 @@ REFERENCE_FACTOR * max |torch32 - float64|)``. All figures are absolute, in the 
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,12 @@ class ValidationSet:
         return {"source": self.source, "parity_examples": sum(len(b["input_ids"]) for b in self.parity),
                 "parity_lengths": [int(b["input_ids"].shape[1]) for b in self.parity],
                 "gate_examples": sum(len(b["input_ids"]) for b in self.gate)}
+
+    @functools.cached_property
+    def labels(self) -> tuple[int, ...]:
+        """The gate batches' labels in order (empty without labelled data): read on every resolve by the quality
+        gate, so collected once."""
+        return tuple(int(y) for b in self.gate if "labels" in b for y in b["labels"].tolist())
 
 
 def padded_batch(rows: list[list[int]], family: str, labels: list[int] | None = None) -> dict[str, torch.Tensor]:

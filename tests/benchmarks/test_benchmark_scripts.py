@@ -44,7 +44,7 @@ def assert_result(path: Path, benchmark: str, smoke: bool) -> dict:
     assert rec["environment"]["git"]["commit"] and rec["environment"]["cpu_count"]
     assert Path(rec["command"].split()[1]).name in {"mlfs_reference.py", "palette_quality.py", "server_bench.py",
                                                       "swap_bench.py", "latency_bench.py", "replicas_bench.py",
-                                                      "palette_ablation.py", "device_latency.py"}
+                                                      "palette_ablation.py", "device_latency.py", "ort_latency.py"}
     assert_png(path.with_suffix(".png"))
     return rec
 
@@ -78,6 +78,21 @@ def test_palette_quality_quick(tmp_path):
     ratios = rec["results"]["ratios"]
     assert ratios[0]["shape"] == rec["results"]["minnet_shape"] and ratios[-1]["shape"] == rec["results"]["teacher_shape"]
     assert ratios[-1]["total_params_vs_teacher"] == 1.0 and 0 < ratios[0]["total_params_vs_teacher"] < 1
+
+
+def test_ort_latency_quick(tmp_path):
+    """ort_latency.py --quick on a tiny random encoder (a few seconds): every fusion combination, today's presets,
+    PyTorch eager and the per-operator profiles are in the JSON, with ratios against eager."""
+    run([str(BENCH / "ort_latency.py"), "--quick", "--out-dir", str(tmp_path)])
+    rec = assert_result(tmp_path / "ort-latency.json", "ort-latency", smoke=True)
+    (row,) = rec["results"]["rows"].values()
+    fusions = {f"{a}{s}{b}" for a in ("contrib", "mha", "plain") for s in ("+skipln", "") for b in ("+biasgelu", "")}
+    assert fusions | {"eager", "eager-no_grad", f"{row['presets']['fused']}+spinning"} == set(row["latency"])
+    assert row["ratio_vs_eager"]["eager"] == 1.0 and all(v["median_ms"] > 0 for v in row["latency"].values())
+    assert row["presets"] == {"fused": "contrib+biasgelu", "plain": "plain"} and row["fastest_direct_graph"] in fusions
+    assert {row["presets"]["fused"], "plain"} <= set(row["ort_profiles"])
+    assert all(p["ms_per_pass"] and abs(sum(p["share"].values()) - 1) < 1e-6 for p in row["ort_profiles"].values())
+    assert "MatMul" in row["ort_profiles"]["plain"]["ms_per_pass"] and row["eager_profile"]["self_cpu_ms_per_pass"]
 
 
 def test_full_ft_quick_on_a_tiny_model(tmp_path, make_store):

@@ -13,7 +13,7 @@ from slicer.errors import ExportError
 from slicer.nn.factory import build_model
 from slicer.nn.supernet import Supernet
 from slicer.onnx.build import subnet_weights
-from slicer.onnx.graph import build_graph, graph_names, write_graph
+from slicer.onnx.graph import ENCODER_FUSION, EncoderFusion, build_graph, graph_names, write_graph
 from slicer.onnx.validate import PARITY_TOLERANCE, check_parity, graph_feeds, run_reference, session
 from slicer.spec.subnet_config import SubnetConfig
 
@@ -82,6 +82,37 @@ def test_encoder_graph_equals_pytorch(encoder_dims, tmp_path, mode, name, adapte
     model = subnet(dims, ENCODER_CONFIGS[name], adapters)
     write_graph(dims, model.cfg, subnet_weights(model), tmp_path / "m.onnx", mode)
     assert max_diff(model, tmp_path / "m.onnx", graph_feeds(model, real_like_batches(dims))) < PARITY_TOLERANCE
+
+
+FUSIONS = [EncoderFusion(a, s, b) for a in ("contrib", "mha", "plain") for s in (True, False) for b in (True, False)]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS, ids=lambda f: f"{f.attention}-skip{int(f.skip_norm)}-biasgelu{int(f.bias_gelu)}")
+def test_every_encoder_fusion_equals_pytorch(encoder_dims, tmp_path, fusion):
+    """benchmarks/ort_latency.py times every combination: each must compute the subnet (padded rows, a head)."""
+    dims = encoder_dims.with_labels(3)
+    model = subnet(dims, ENCODER_CONFIGS["heterogeneous"], True)
+    build_graph(dims, model.cfg, subnet_weights(model), "fused", encoder_fusion=fusion).write(tmp_path / "m.onnx")
+    assert max_diff(model, tmp_path / "m.onnx", graph_feeds(model, real_like_batches(dims))) < PARITY_TOLERANCE
+    ops = [n.op_type for n in onnx.load(tmp_path / "m.onnx").graph.node]
+    attention = {"contrib": "Attention", "mha": "MultiHeadAttention", "plain": "Softmax"}[fusion.attention]
+    assert ops.count(attention) == len(model.cfg.layers)
+    assert ops.count("SkipLayerNormalization") == (2 * len(model.cfg.layers) if fusion.skip_norm else 0)
+    assert ops.count("BiasGelu") == (len(model.cfg.layers) if fusion.bias_gelu else 0)
+
+
+def test_graph_modes_are_the_fusion_presets(encoder_dims):
+    """``fused``: contrib Attention and BiasGelu, LayerNormalization kept (faster than onnxruntime's CPU
+    SkipLayerNormalization); ``plain``: standard operators only."""
+    model = subnet(encoder_dims, ENCODER_CONFIGS["uniform"], False)
+    weights = subnet_weights(model)
+    assert ENCODER_FUSION["fused"] == EncoderFusion("contrib", skip_norm=False, bias_gelu=True)
+    for mode, fusion in ENCODER_FUSION.items():
+        preset = build_graph(encoder_dims, model.cfg, weights, mode).model()
+        assert preset.graph == build_graph(encoder_dims, model.cfg, weights, mode, encoder_fusion=fusion).model().graph
+    plain = build_graph(encoder_dims, model.cfg, weights, "plain").model()
+    assert all(n.domain in ("", "ai.onnx") for n in plain.graph.node)
+    assert [o.domain for o in plain.opset_import] == [""]
 
 
 @pytest.mark.parametrize("mode", ["plain", "fused"])

@@ -19,6 +19,7 @@ from helpers.store import WORDS, running_server, save_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from server.quality import QualityGate
+from slicer import ValidationSet
 
 PATTERN = [f"w{i}" for i in range(2, 40)]
 RATIO = 1.0000001
@@ -133,13 +134,13 @@ def _memory(row) -> float:
 def test_a_classifier_is_judged_against_the_majority_class():
     labels = [torch.tensor([0, 0, 0, 1]), torch.tensor([0, 0, 1, 0])]  # majority class: 6 of 8
     model = SimpleNamespace(dims=SimpleNamespace(family="encoder", num_labels=2),
-                            validation=SimpleNamespace(gate=[{"labels": y} for y in labels]))
+                            validation=ValidationSet([], gate=[{"labels": y} for y in labels]))
     gate = QualityGate(None, 2.0, 0.05)
     assert gate.applies(model) is None
     assert gate._judge(model, "k", 0.78, 0.9, "test").excluded  # 0.78 < 0.75 + 0.05
     ok = gate._judge(model, "k", 0.81, 0.9, "test")
     assert not ok.excluded and ok.reference == 0.75 and math.isclose(ok.limit, 0.8)
-    unlabelled = SimpleNamespace(dims=model.dims, validation=SimpleNamespace(gate=[{"input_ids": None}]))
+    unlabelled = SimpleNamespace(dims=model.dims, validation=ValidationSet([], gate=[{"input_ids": None}]))
     assert "without labelled" in gate.applies(unlabelled)
     embeddings = SimpleNamespace(dims=SimpleNamespace(family="encoder", num_labels=0), validation=None)
     assert "embedding model" in gate.applies(embeddings)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from server.latency_model import LatencyEstimate
@@ -109,3 +111,40 @@ def test_excluded_builds_are_not_chosen(minilm, palette):
     best = choose(minilm, cands, Budget(precision="int8"))
     second = choose(minilm, cands, Budget(precision="int8"), exclude={(best.config.key, "int8")})
     assert second.config.key != best.config.key and second.precision == "int8"
+
+
+def test_the_service_keeps_a_menu_per_shape_and_device_until_latency_rows_change(tmp_path):
+    """Selection's memory and latency estimates are made once per model, shape and device, and made again when a
+    latency row (this process's or another connection's, e.g. `mlfs bench latency` beside the server) changes
+    them or the model is replaced."""
+    from helpers.store import make_store
+
+    from server.metadata import SQLiteMetadata
+    from server.metrics import Metrics
+    from server.service import DeliveryService
+    from server.settings import Settings
+
+    store = make_store(tmp_path / "store", layers=2)
+    svc = DeliveryService(Settings(store=store, latency_calibration=False), Metrics())
+    svc.load(["tiny"])
+    model, profile, budget = svc.model("tiny"), "tiny-1t-512m", Budget(None, None, 16, 1, "fp32")
+    menu = svc.menu(model, budget, profile, None, None)
+    assert svc.menu(model, budget, profile, None, None) is menu
+    assert svc.menu(model, Budget(None, None, 32, 1, "fp32"), profile, None, None) is not menu
+    assert all(o.latency is None for o in menu)  # no calibration, no rows: nothing to estimate from
+    with pytest.raises(NoFit, match="latency estimates"):
+        svc.choose(model, Budget(None, 50.0, 16, 1, "fp32"), profile)
+
+    best, other = menu[0].config, menu[-1].config
+    svc.meta.put_latency(profile, best.key, "fp32", 16, 1, 80.0, "bench", threads=1)
+    remade = svc.menu(model, budget, profile, None, None)
+    assert remade is not menu and next(o for o in remade if o.config == best).latency.source == "measured"
+    SQLiteMetadata(store / "meta.sqlite").put_latency(profile, other.key, "fp32", 16, 1, 20.0, "bench", threads=1)
+    seen = svc.menu(model, budget, profile, None, None)
+    assert seen is not remade and next(o for o in seen if o.config == other).latency.source == "measured"
+    choice = svc.choose(model, Budget(None, 50.0, 16, 1, "fp32"), profile)
+    assert choice.config != best and choice.latency.upper_ms <= 50.0
+
+    svc.models["tiny"] = dataclasses.replace(model)  # replaced (a new adapter stack or validation data)
+    assert svc.menu(svc.model("tiny"), budget, profile, None, None) is not seen
+    svc.close()

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections import OrderedDict
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ...errors import BuildFailed, NotFound
+from ...lru import LRU
 from ...selection import Budget, Choice
 from ..deps import Service, StrictRoute
 from ..errors import responses
@@ -19,7 +19,7 @@ from ..schemas import Building, Estimates, ResolveRequest, ResolveResponse
 
 router = APIRouter(prefix="/v1", tags=["resolve"], route_class=StrictRoute)
 RETRY_AFTER_S = 10
-MAX_PENDING_RESOLUTIONS = 1024  # requests remembered for GET /v1/resolutions/{id}, oldest forgotten first
+MAX_PENDING_RESOLUTIONS = 1024  # requests remembered in memory for GET /v1/resolutions/{id}, least recently used forgotten first
 
 
 def budget_of(r: ResolveRequest) -> Budget:
@@ -38,10 +38,10 @@ def _building(body: Building) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=202, headers={"Retry-After": str(body.retry_after_s)})
 
 
-def _resolutions(request: Request) -> OrderedDict[str, tuple[ResolveRequest, Building]]:
+def _resolutions(request: Request) -> LRU[str, tuple[ResolveRequest, Building]]:
     state = request.app.state
     if not hasattr(state, "resolutions"):
-        state.resolutions = OrderedDict()
+        state.resolutions = LRU(MAX_PENDING_RESOLUTIONS)
     return state.resolutions
 
 
@@ -49,21 +49,17 @@ async def _answer(req: ResolveRequest, svc, request: Request, wait_s: float | No
     choice, entry = await svc.resolve(req.model, budget_of(req), req.device.profile, req.device.speed_score, wait_s,
                                       req.device.cpu_count)
     model = svc.model(req.model)
-    key = svc.artifact_id(model, choice.config, choice.precision)
     if entry is None:
+        key = svc.artifact_id(model, choice.config, choice.precision)
         rid = hashlib.sha256(req.model_dump_json().encode()).hexdigest()[:32]  # same request, same id
         body = Building(artifact_id=key, status="building", config=choice.config.to_dict(), precision=choice.precision,
                         resolve_url=f"/v1/resolutions/{rid}", retry_after_s=RETRY_AFTER_S)
-        pending = _resolutions(request)
-        pending[rid] = (req, body)
-        pending.move_to_end(rid)
-        while len(pending) > MAX_PENDING_RESOLUTIONS:
-            pending.popitem(last=False)
+        _resolutions(request).put(rid, (req, body))
         # in the metadata too: the id still answers after a restart, and on every replica
         stored = json.dumps({"request": req.model_dump(), "building": body.model_dump()})
         await asyncio.to_thread(svc.meta.put_resolution, rid, stored, key)
         return _building(body)
-    onnx = entry.record.files["model.onnx"]
+    onnx, key = entry.record.files["model.onnx"], entry.key
     return ResolveResponse(
         artifact_id=key, config=choice.config.to_dict(), precision=choice.precision,
         url=f"/v1/artifacts/{key}", manifest_url=f"/v1/artifacts/{key}/manifest", sha256=onnx["sha256"],

@@ -8,5 +8,6 @@ operators, any runtime) or ``"fused"`` (onnxruntime's contrib operators where th
 from __future__ import annotations
 
 from .api import GRAPH_MODES, build_graph, graph_names, write_graph
+from .encoder import ENCODER_FUSION, EncoderFusion
 
-__all__ = ["GRAPH_MODES", "build_graph", "graph_names", "write_graph"]
+__all__ = ["ENCODER_FUSION", "GRAPH_MODES", "EncoderFusion", "build_graph", "graph_names", "write_graph"]

@@ -13,7 +13,7 @@ from ...spec.shapes import parameter_shapes
 from ...spec.subnet_config import SubnetConfig
 from ...spec.vocab import GRAPH_MODES
 from .decoder import build_decoder
-from .encoder import build_encoder
+from .encoder import ENCODER_FUSION, EncoderFusion, build_encoder
 from .ops import GraphWriter
 
 
@@ -40,16 +40,21 @@ def check_weights(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndar
             raise ExportError(f"graph builder: {name} holds non-finite values")
 
 
-def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], mode: str = "fused") -> GraphWriter:
+def build_graph(dims: ModelDims, cfg: SubnetConfig, weights: dict[str, np.ndarray], mode: str = "fused",
+                encoder_fusion: EncoderFusion | None = None) -> GraphWriter:
     """The subnet's ONNX graph from its sliced, merged weights (names as in slicer/shapes.py).
 
-    ``.write(path)`` streams it to a file, ``.model()`` gives the ``onnx.ModelProto``."""
+    ``encoder_fusion`` overrides ``mode``'s preset for encoders (benchmarks compare the combinations; artifacts are
+    built from the presets, which their recipe names). ``.write(path)`` streams the graph to a file, ``.model()``
+    gives the ``onnx.ModelProto``."""
     if mode not in GRAPH_MODES:
         raise ExportError(f"graph mode: {mode!r} is not one of {list(GRAPH_MODES)}")
     check_weights(dims, cfg, weights)
     g = GraphWriter()
-    build = build_encoder if dims.family == "encoder" else build_decoder
-    build(g, dims, cfg, weights, fused=mode == "fused")
+    if dims.family == "encoder":
+        build_encoder(g, dims, cfg, weights, encoder_fusion or ENCODER_FUSION[mode])
+    else:
+        build_decoder(g, dims, cfg, weights, fused=mode == "fused")
     return g
 
 
