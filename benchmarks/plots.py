@@ -227,6 +227,7 @@ def stage2_bars(ax, r: Record) -> None:
                       label="start (A_2 = 0)" if g == 0 else None)
     ax.set_xticks(range(len(subnets)), [f"{k}\n{shape.replace(' D384', '')}" for k, shape in subnets], fontsize=7)
     lows = [100 * s[k] for arm in arms.values() for s in arm["by_seed"].values() for k, _ in subnets]
+    lows += [100 * res["start"][k] for k, _ in subnets] if res.get("start") else []  # the start ticks stay in view
     ax.set(ylim=(max(0, min(lows) - 6), min(100, max(lows) + 3)), ylabel="dev accuracy, % (dots: seeds)",
            title=f"alpha / FD at equal steps: stage 2 retrained\n{res['steps'][0]} steps from A_2 = 0, per arm and seed")
     ax.legend(fontsize=6, loc="lower right")
