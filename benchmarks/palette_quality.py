@@ -89,7 +89,7 @@ def gather(results_dir: Path, palette_dir: Path) -> tuple[dict[str, Any], list[s
                       "source": "palettes/.../report.json"})
 
     for stem, rec in res.matching("full-ft*").items():
-        if rec.get("smoke"):
+        if rec.get("smoke") or stem.startswith("full-ft-reorder-"):  # the reordering ablation's arm, drawn in ablations.png
             continue
         r, method = rec["results"], full_ft_method(stem, rec)
         shape = rec["settings"]["config_label"]

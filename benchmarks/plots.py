@@ -207,6 +207,40 @@ def draw_palette_ablation(r: Record) -> Figure:
     return fig
 
 
+def stage2_bars(ax, r: Record) -> None:
+    """Dev accuracy per subnet (groups) and arm (bars: mean over seeds; dots: seeds; ticks: the start point)."""
+    res = r["results"]
+    arms = res["arms"]
+    subnets = list(next(iter(arms.values()))["shapes"].items())
+    w = 0.8 / len(arms)
+    for i, (name, arm) in enumerate(arms.items()):
+        xs = [g + (i - (len(arms) - 1) / 2) * w for g in range(len(subnets))]
+        seeds = ", ".join(arm["by_seed"])
+        bars = ax.bar(xs, [100 * arm["mean"][k] for k, _ in subnets], w, color=f"C{i}", label=f"{name} (seeds {seeds})")
+        bar_labels(ax, bars, fontsize=6)
+        for x, (k, _) in zip(xs, subnets):
+            vals = [100 * s[k] for s in arm["by_seed"].values()]
+            ax.scatter([x] * len(vals), vals, color="k", s=6, zorder=3)
+    if res.get("start"):
+        for g, (k, _) in enumerate(subnets):
+            ax.hlines(100 * res["start"][k], g - 0.45, g + 0.45, colors="grey", linestyles=":", lw=1,
+                      label="start (A_2 = 0)" if g == 0 else None)
+    ax.set_xticks(range(len(subnets)), [f"{k}\n{shape.replace(' D384', '')}" for k, shape in subnets], fontsize=7)
+    lows = [100 * s[k] for arm in arms.values() for s in arm["by_seed"].values() for k, _ in subnets]
+    lows += [100 * res["start"][k] for k, _ in subnets] if res.get("start") else []  # the start ticks stay in view
+    ax.set(ylim=(max(0, min(lows) - 6), min(100, max(lows) + 3)), ylabel="dev accuracy, % (dots: seeds)",
+           title=f"alpha / FD at equal steps: stage 2 retrained\n{res['steps'][0]} steps from A_2 = 0, per arm and seed")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
+
+
+def draw_stage2_ablation(r: Record) -> Figure:
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    stage2_bars(ax, r)
+    footer(fig, r)
+    return fig
+
+
 def draw_latency(r: Record) -> Figure:
     res = r["results"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.6))
@@ -651,12 +685,16 @@ def draw_palette_quality(r: Record) -> Figure:
 
 
 def draw_ablations(results: Results) -> Figure | None:
-    gamma, abl = results.get("gamma"), results.get("palette-ablation")
+    gamma, abl, s2 = results.get("gamma"), results.get("palette-ablation"), results.get("stage2-ablation")
     nos = results.get("no-stages-1-2_shapes") or results.get("no-stages-1-2")  # _shapes: run on the shipped palette
-    if not (gamma or abl or nos):
+    if not (gamma or abl or nos or s2):
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8), gridspec_kw={"width_ratios": [1.1, 1.4, 0.8]})
-    ax, bx, cx = axes
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8), gridspec_kw={"width_ratios": [1.1, 1.4, 1.1, 0.8]})
+    ax, bx, dx, cx = axes
+    if s2:
+        stage2_bars(dx, s2)
+    else:
+        dx.text(0.5, 0.5, "stage2-ablation.json missing", ha="center")
     if gamma:
         for i, (label, run) in enumerate(gamma["results"]["runs"].items()):
             ax.plot(run["probe"]["step"], run["probe"]["minnet"], "o-", ms=3, color=f"C{i}",
@@ -694,10 +732,16 @@ def draw_ablations(results: Results) -> Figure | None:
         cx.set(ylim=(60, 90), ylabel="dev accuracy, %", title="stages 1-2 on/off")
         cx.tick_params(axis="x", labelsize=7)
         cx.grid(alpha=0.3, axis="y")
-    missing = ("not measured: alpha in {0, 0.9}, feature distillation on/off, reordering on/off "
-               "(each is a whole palette fit: ~1 h on the 2-core CPU)")
-    fig.text(0.99, 0.005, missing, fontsize=7, color="firebrick", ha="right", va="bottom")
-    footer(fig, gamma, abl, nos)
+    # Reordering on/off for a shape cut and fine-tuned on its own (the MLFS-pipeline arm needs whole fits).
+    unordered = {stem: (rec, results.get("full-ft_" + stem.split("_", 1)[1])) for stem, rec in results.matching("full-ft-reorder-none_*").items()}
+    reorder = "; ".join(f"{rec['settings']['config_label'].replace(' D384', '')} cut and fine-tuned alone ({rec['results']['steps']} steps, "
+                        f"seed {rec['settings']['seed']}): {100 * rec['results']['final_dev_accuracy']:.1f} % unordered vs "
+                        f"{100 * ordered['results']['final_dev_accuracy']:.1f} % importance-reordered"
+                        for rec, ordered in unordered.values() if ordered)
+    fig.text(0.99, 0.005, "reordering: " + (reorder or "not measured") + "; not measured: reordering on/off through the whole MLFS "
+             "pipeline (each arm a palette fit from the un-reordered teacher: ~1 h on the 2-core CPU)" + ("" if s2 else "; alpha, FD"),
+             fontsize=7, color="firebrick", ha="right", va="bottom")
+    footer(fig, gamma, abl, nos, s2, *[rec for rec, ordered in unordered.values() if ordered])
     return fig
 
 
@@ -734,7 +778,9 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("server-replicas", ("server-replicas",), draw_server_replicas),
     FigureSpec("server-replicas-rolling", ("server-replicas-rolling",), draw_server_replicas_rolling),
     FigureSpec("schemathesis", ("schemathesis",), draw_schemathesis),
-    FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2*"), draw_ablations, per_file=False),
+    FigureSpec("stage2-ablation", ("stage2-ablation",), draw_stage2_ablation),
+    FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2*", "stage2-ablation", "full-ft-reorder-*"), draw_ablations,
+               per_file=False),
 )
 
 

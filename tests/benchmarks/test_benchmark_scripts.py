@@ -124,6 +124,7 @@ def _postgres_missing() -> str | None:
 HEAVY = {
     "no-stages-1-2": (["mlfs_reference.py", "no-stages-1-2", "--adapters", str(PALETTE)], "no-stages-1-2", "no-stages-1-2"),
     "gamma": (["mlfs_reference.py", "gamma", "--adapters", str(PALETTE)], "gamma", "gamma"),
+    "stage2-ablation": (["mlfs_reference.py", "stage2-ablation", "--adapters", str(PALETTE)], "stage2-ablation", "stage2-ablation"),
     "server-resolve": (["server_bench.py", "resolve"], "server-resolve", "server-resolve"),
     "server-download": (["server_bench.py", "download"], "server-download", "server-download"),
     "server-build": (["server_bench.py", "build"], "server-build", "server-build"),
@@ -138,7 +139,7 @@ HEAVY = {
 
 # Over a minute each on CI's two cores: `make test-bench` runs them, `make test` leaves them out (the rolling restart
 # and the build paths have their own tests there). The rest stay in the default run.
-HEAVIEST = {"gamma", "server-build", "replicas", "replicas-rolling", "palette-ablation"}
+HEAVIEST = {"gamma", "stage2-ablation", "server-build", "replicas", "replicas-rolling", "palette-ablation"}
 
 
 @pytest.mark.slow
@@ -151,4 +152,12 @@ def test_heavy_benchmark_quick(name, tmp_path, prepared_teacher):
     out = tmp_path / ("palette-ablation" if name == "palette-ablation" else "out")
     extra = ["--store", str(tmp_path / "store")] if "latency" in name else []  # never the shared bench stores
     run([str(BENCH / args[0]), *args[1:], "--quick", "--out-dir", str(out), *extra], timeout=1200)
-    assert_result((out.parent if name == "palette-ablation" else out) / f"{stem}.json", benchmark, smoke=True)
+    rec = assert_result((out.parent if name == "palette-ablation" else out) / f"{stem}.json", benchmark, smoke=True)
+    if name == "stage2-ablation":  # every arm ran once (the quick run keeps the first seed) and has all three subnets
+        arms = rec["results"]["arms"]
+        assert list(arms) == ["reference", "alpha=0", "fd=off"]
+        for arm in arms.values():
+            assert list(arm["by_seed"]) == ["0"] and set(arm["mean"]) == {"minnet", "mid", "maxnet"}
+            assert all(0 < a <= 1 for a in arm["mean"].values())
+        assert arms["alpha=0"]["minus_reference"]["minnet"]["by_seed"]["0"] == pytest.approx(
+            arms["alpha=0"]["mean"]["minnet"] - arms["reference"]["mean"]["minnet"])
