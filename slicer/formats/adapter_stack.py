@@ -24,7 +24,7 @@ from ..paths import atomic_directory, new_file_mode
 from ..spec.dims import ModelDims
 from ..spec.search_space import SearchSpace
 from ..spec.vocab import TASKS, Task
-from .checkpoint import read_json, read_safetensors
+from .checkpoint import read_manifest, read_safetensors
 
 STACK_FORMAT = "mlfs-adapters/2"  # /2 adds stage ranks, vector deltas and head deltas
 READABLE_FORMATS = ("mlfs-adapters/1", STACK_FORMAT)  # /1: low-rank pairs at one rank and the head alone
@@ -84,10 +84,7 @@ class StackMeta:
     @classmethod
     def read(cls, folder: str | Path) -> StackMeta:
         path = Path(folder) / STACK_META
-        data = read_json(path)
-        if not isinstance(data, dict) or data.get("format") not in READABLE_FORMATS:
-            found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise CheckpointError(f"{path}: format {found!r}, expected one of {list(READABLE_FORMATS)}")
+        data = read_manifest(path, READABLE_FORMATS)
         try:
             ranks = tuple(data.get("stage_ranks") or ())
             uniform = len(set(ranks)) <= 1  # equal ranks are ``rank`` for every stage; /1 stacks list none

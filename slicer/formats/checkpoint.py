@@ -179,6 +179,16 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from None
 
 
+def read_manifest(path: Path, formats: tuple[str, ...]) -> dict[str, Any]:
+    """A JSON manifest whose ``"format"`` is one of ``formats``; CheckpointError naming the file otherwise (also when
+    the file holds something other than an object)."""
+    data = read_json(path)
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found not in formats:
+        raise CheckpointError(f"{path}: format {found!r}, expected one of {list(formats)}")
+    return data
+
+
 def hf_to_ours(tensors: dict[str, torch.Tensor], dims: ModelDims) -> dict[str, torch.Tensor]:
     """Rename HF tensors to our names; unknown keys are an error, known-unused ones are dropped."""
     table, out, unknown = key_map(dims.family), {}, []

@@ -30,6 +30,7 @@ from .checkpoint import (
     hf_to_ours,
     ours_to_hf,
     read_json,
+    read_manifest,
     read_safetensors,
 )
 from .generation import CHAT_TEMPLATE_FILE, GENERATION_CONFIG_FILE
@@ -135,9 +136,7 @@ class SubnetMeta:
     @classmethod
     def read(cls, folder: str | Path) -> SubnetMeta:
         path = Path(folder) / SUBNET_META
-        data = read_json(path)
-        if data.get("format") != SUBNET_FORMAT:
-            raise CheckpointError(f"{path}: format {data.get('format')!r}, expected {SUBNET_FORMAT!r}")
+        data = read_manifest(path, (SUBNET_FORMAT,))
         try:
             dims = ModelDims.from_dict(data["dims"])
             return cls(dims, SubnetConfig.from_dict(data["config"]), data.get("provenance") or {},

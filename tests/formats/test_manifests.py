@@ -11,6 +11,7 @@ import pytest
 
 from slicer.errors import CheckpointError, ConfigError
 from slicer.formats.adapter_stack import STACK_META, StackMeta, save_adapter_stack
+from slicer.formats.storage import SUBNET_META, SubnetMeta
 from slicer.nn.adapters import AdapterSettings
 from slicer.nn.factory import build_model
 from slicer.nn.supernet import Supernet
@@ -85,6 +86,14 @@ def test_a_malformed_stack_description_names_its_file(change, tmp_path):
     (tmp_path / STACK_META).write_text("[1, 2]")
     with pytest.raises(CheckpointError, match="format"):
         StackMeta.read(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[1, 2]", '{"format": "mlfs-subnet/0"}', "{"])
+def test_a_subnet_description_that_is_not_one_names_its_file(content, tmp_path):
+    """SubnetMeta reads through the same manifest check as StackMeta (a list once raised AttributeError)."""
+    (tmp_path / SUBNET_META).write_text(content)
+    with pytest.raises(CheckpointError, match=str(tmp_path / SUBNET_META)):
+        SubnetMeta.read(tmp_path)
 
 
 @pytest.mark.parametrize("table, problem", [
