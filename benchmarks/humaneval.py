@@ -45,7 +45,7 @@ from decoder_palette import DEFAULT_ADAPTERS, build, label, palette_configs, tin
 from rich.table import Table
 
 from client_sdk import ModelHandle
-from client_sdk.latency import load_average
+from client_sdk.latency import empty_past, load_average
 from slicer.formats.generation import TextGeneration
 from slicer.onnx.build import BuildOptions, versions
 from slicer.slicing import device_fields, open_supernet
@@ -90,8 +90,7 @@ def greedy_batch(handle: ModelHandle, prompts: list[str], max_new_tokens: int, s
     out: list[Completion | None] = [None] * len(prompts)
     present_names = handle.output_names[1:]
     past_names = ["past." + n[len("present."):] for n in present_names]
-    empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-             for i in session.get_inputs() if i.name.startswith("past.")}
+    empty = empty_past(session)
     for start in range(0, len(order), batch):
         rows = order[start : start + batch]
         caches, first = [], []

@@ -83,16 +83,23 @@ def load_average() -> float | None:
         return None
 
 
+def empty_past(session: ort.InferenceSession, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """A decoder's key/value cache before the first token: every ``past.*`` input with zero past positions (an
+    encoder has none: {})."""
+    # (batch, kv_heads, past, head_dim): heads and head_dim are fixed in the graph
+    return {i.name: np.zeros((batch_size, i.shape[1], 0, i.shape[3]), np.float32)
+            for i in session.get_inputs() if i.name.startswith("past.")}
+
+
 def synthetic_inputs(session: ort.InferenceSession, seq_len: int, batch_size: int) -> dict[str, np.ndarray]:
     """Feeds for every graph input: low token ids, full attention, zero-length past."""
     rng = np.random.default_rng(0)
-    feeds: dict[str, np.ndarray] = {}
+    feeds = empty_past(session, batch_size)
     for inp in session.get_inputs():
         name = inp.name
         if name.startswith("past."):
-            _, heads, _, head_dim = inp.shape  # (batch, kv_heads, past, head_dim): heads and head_dim are fixed
-            feeds[name] = np.zeros((batch_size, heads, 0, head_dim), dtype=np.float32)
-        elif name == "input_ids":
+            continue
+        if name == "input_ids":
             # Latency does not depend on which ids; low ones exist in every vocabulary.
             feeds[name] = rng.integers(1, 32, (batch_size, seq_len), dtype=np.int64)
         elif name == "position_ids":

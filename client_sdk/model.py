@@ -19,7 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .errors import ModelError
-from .latency import open_session
+from .latency import empty_past, open_session
 
 
 @dataclass(frozen=True)
@@ -184,11 +184,7 @@ class ModelHandle:
             raise ModelError(f"prompt ({len(ids)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                              f"{self.max_positions} positions")
         rng = np.random.default_rng(seed)
-        past = {}
-        for inp in self.session.get_inputs():
-            if inp.name.startswith("past."):
-                _, heads, _, head_dim = inp.shape
-                past[inp.name] = np.zeros((1, heads, 0, head_dim), dtype=np.float32)
+        past = empty_past(self.session)
         step_ids, done_len, out_ids = ids, 0, []
         finish, text = "length", ""
         for _ in range(max_new_tokens):
@@ -232,10 +228,8 @@ class ModelHandle:
         if self.family == "encoder":
             out = self.session.run(None, self._encode(["smoke test"]))
         else:
-            past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
-                    for i in self.session.get_inputs() if i.name.startswith("past.")}
             out = self.session.run(None, {"input_ids": np.array([[1, 2]], np.int64), "attention_mask": np.ones((1, 2), np.int64),
-                                          "position_ids": np.array([[0, 1]], np.int64), **past})
+                                          "position_ids": np.array([[0, 1]], np.int64), **empty_past(self.session)})
         if not all(np.isfinite(o).all() for o in out):
             raise ModelError(f"artifact {self.artifact_id[:12]} gives non-finite outputs on a smoke inference")
         return time.perf_counter() - start
