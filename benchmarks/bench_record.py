@@ -39,9 +39,36 @@ def git_state() -> dict[str, Any]:
     return {"commit": run("rev-parse", "HEAD") or None, "dirty": bool(run("status", "--porcelain", "--untracked-files=no"))}
 
 
+# The libraries a figure's numbers depend on; read from the installed metadata, so nothing heavy is imported.
+LIBRARIES = ("torch", "onnxruntime", "onnx", "transformers", "numpy", "fastapi", "uvicorn", "httpx")
+
+
+def library_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def one(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {name: one(name) for name in LIBRARIES}
+
+
+def cpu_model() -> str | None:
+    """The CPU's marketing name (Linux: /proc/cpuinfo), so a figure names the chip and not only the core count."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
 def machine() -> dict[str, Any]:
     return {"python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-            "git": git_state()}
+            "cpu_model": cpu_model(), "versions": library_versions(), "git": git_state()}
 
 
 def base_record(name: str, what: str, settings: dict[str, Any], results: dict[str, Any], started: float,

@@ -20,10 +20,11 @@ from typing import Annotated
 
 import numpy as np
 import typer
-from bench_record import base_record, console, machine, write_result
+from bench_record import base_record, console, machine, quick_out_dir, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = ['{"layers": 30, "heads": 9, "ffn": 1536}', '{"layers": 20, "heads": 6, "ffn": 1152}']
+QUICK_CONFIG = '{"layers": 2, "heads": 3, "ffn": 384}'
 
 
 def decode_latency(sess, dims, cfg, prompt: np.ndarray, steps: int) -> tuple[float, float]:
@@ -52,7 +53,9 @@ def main(configs: Annotated[list[str] | None, typer.Option("--config", help="sub
          steps: Annotated[int, typer.Option(help="decode steps timed")] = 32,
          options: Annotated[list[str] | None, typer.Option("--option", help="int8 options; default all")] = None,
          stem: Annotated[str, typer.Option(help="result file name")] = "decoder-int8",
-         smoke: bool = False) -> None:
+         out_dir: Annotated[Path, typer.Option(help="Where the JSON and PNG go.")] = RESULTS,
+         quick: Annotated[bool, typer.Option("--quick", help="Smoke run: one 2-layer slice, 8 blocks, 2 decode steps; "
+                                                           "into results/quick/ (marked smoke).")] = False) -> None:
     from slicer import BuildOptions, SubnetConfig, open_supernet, validation_set
     from slicer.formats.reordering_cache import default_reordering_cache
     from slicer.onnx.build import write_model_graph
@@ -61,6 +64,9 @@ def main(configs: Annotated[list[str] | None, typer.Option("--config", help="sub
     from slicer.onnx.validate import session
 
     started = time.perf_counter()
+    if quick:
+        configs, blocks, prompt, steps = configs or [QUICK_CONFIG], min(blocks, 8), min(prompt, 16), min(steps, 2)
+    out_dir = quick_out_dir(out_dir, quick)
     opened = open_supernet("smollm2", reordering_cache=default_reordering_cache())
     dims = opened.supernet.dims
     val = validation_set(opened, "python-code")
@@ -106,8 +112,8 @@ def main(configs: Annotated[list[str] | None, typer.Option("--config", help="sub
     console.print(f"load average {load}")
     record = base_record("decoder-int8", __doc__.split("\n\n")[0],
                          {"blocks": blocks, "prompt": prompt, "steps": steps, "threads": 2, "options": names},
-                         {"configs": results}, started, {**machine(), "loadavg": load}, smoke, [])
-    write_result(RESULTS, stem, record)
+                         {"configs": results}, started, {**machine(), "loadavg": load}, quick, [])
+    write_result(out_dir, stem, record)
 
 
 if __name__ == "__main__":

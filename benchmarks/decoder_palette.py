@@ -326,7 +326,8 @@ def main(
                 "threads": threads, "lock": lock, "only": only, "graph": BuildOptions().recipe, "precision": "fp32"}
     results = {"teacher": teacher, "configs": rows, "targets": {"perplexity_ratio": PPL_TARGET, "decode_ratio": DECODE_TARGET},
                "verdict": verdict, "load_average": {"before_timing": load_before, "after_timing": load_after}}
-    environment = {**machine(), "versions": versions()}
+    environment = machine()
+    environment["versions"].update(versions())  # + the graph recipe
     write_result(out_dir, stem, base_record("decoder_palette", __doc__.splitlines()[0], settings, results, started,
                                             environment, quick, notes))
     tmp.cleanup()

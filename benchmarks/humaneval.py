@@ -333,8 +333,10 @@ def main(
              "the palette was trained on 128-token blocks of python-code; HumanEval prompts + completions are longer "
              "(positions the teacher saw, the slices' adapters did not)"]
     results = {"models": rows, "harness": harness}
+    environment = {**machine(), "load_average": load_average()}
+    environment["versions"].update(versions())  # + the graph recipe
     write_result(out_dir, stem, base_record("humaneval", __doc__.splitlines()[0], settings, results, started,
-                                            {**machine(), "versions": versions(), "load_average": load_average()}, quick, notes))
+                                            environment, quick, notes))
     with gzip.open(out_dir / f"{stem}-completions.jsonl.gz", "wt", encoding="utf-8") as f:
         f.writelines(json.dumps(s) + "\n" for s in samples)
     tmp.cleanup()

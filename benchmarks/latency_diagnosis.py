@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from bench_record import base_record, console, machine, write_result
+from bench_record import base_record, console, machine, quick_out_dir, write_result
 
 from client_sdk.latency import measure_interleaved, thread_schedstat
 
@@ -104,6 +104,7 @@ def main(
     runs: Annotated[int, typer.Option(help="Timed passes per artifact per measurement.")] = 10,
     threads: Annotated[int, typer.Option(help="Intra-op threads (the 2-thread profile).")] = 2,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run: one pair per stage, 2 passes; into results/quick/ (marked smoke).")] = False,
 ) -> None:
     from server.latency_table import spread_by_size
     from server.metrics import Metrics
@@ -112,6 +113,9 @@ def main(
     from server.store import prepare_default_store
 
     started = time.perf_counter()
+    if quick:
+        repeats, runs = 1, 2
+    out_dir = quick_out_dir(out_dir, quick)
     stages: list[dict] = []
 
     def stage(name: str, paths: list[Path]) -> None:
@@ -153,7 +157,7 @@ def main(
                "measurements": [{"wall": w, "cpu": c, "wait": q, "others": o} for w, c, q, o in xs]}
     write_result(out_dir, "latency-diagnosis", base_record(
         "latency-diagnosis", "in-process vs clean-subprocess timing through the latency bench's sequence",
-        {"repeats": repeats, "runs": runs, "threads": threads, "seq_len": 64}, results, started, machine(), False, []))
+        {"repeats": repeats, "runs": runs, "threads": threads, "seq_len": 64}, results, started, machine(), quick, []))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 import typer
 from bench_record import QUICK_RESULTS, base_record, machine, write_result
+from plots import hardware
 
 RESULTS = Path(__file__).resolve().parent / "results"
 HERE = Path(__file__).resolve().parent
@@ -53,6 +54,9 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {
 }
 # Variants that change how slicer.train.fit.fit is called rather than its settings.
 FIT_OPTIONS: dict[str, dict[str, Any]] = {"vec-t0-small-r32-unordered": {"reorder": False}}
+# Reordering on/off through the whole pipeline: the shipped method, and the same fit from the un-reordered teacher.
+REORDERING_PAIR = ("vec-t0-small-r32", "vec-t0-small-r32-unordered")
+MID_SHAPE = "L4[1,2,4,5] H12 F1152 D384"  # the palette's middle, as in mlfs_reference.py's stage2-ablation
 
 app = typer.Typer(help=__doc__.split("\n\n")[0], no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 
@@ -132,8 +136,15 @@ def run_one(
     notes = ["Runs of one `all` call share one device: wall times are contended, compare them within the call."]
     write_result(out_dir, f"{variant}_seed{seed}", base_record("palette-ablation-run", "one MLFS variant, one seed", settings,
                                                                 results, started, {**machine(), "torch": torch.__version__,
-                                                                                   "device": report.device},
+                                                                                   "device": report.device, **cuda_name(report.device)},
                                                                 bool(max_steps), notes))
+
+
+def cuda_name(device: str) -> dict[str, str]:
+    """The GPU's name for the footer of every figure (``plots.hardware``); nothing on a CPU run."""
+    import torch
+
+    return {"cuda_device": torch.cuda.get_device_name()} if str(device).startswith("cuda") and torch.cuda.is_available() else {}
 
 
 def _progress(run_dir: Path) -> int:
@@ -229,6 +240,35 @@ def run_all(
     table(out_dir, shed=shed)
 
 
+def _mid_key(palette: dict[str, dict[str, Any]]) -> str:
+    """The palette's middle config: MID_SHAPE where the space has it, else the median by non-embedding parameters."""
+    for key, row in palette.items():
+        if row["shape"] == MID_SHAPE:
+            return key
+    by_size = sorted(palette, key=lambda k: palette[k]["params_non_embedding"])
+    return by_size[len(by_size) // 2]
+
+
+def reordering_effect(variants: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Reordering on/off as two whole fits (REORDERING_PAIR): each subnet's mean over seeds, off minus on, and how
+    many of the palette's configs do better without it. None until both variants have finished runs."""
+    on, off = (variants.get(v) for v in REORDERING_PAIR)
+    if not (on and off):
+        return None
+    effect: dict[str, Any] = {"on": REORDERING_PAIR[0], "off": REORDERING_PAIR[1],
+                              "hardware": {"on": on["hardware"], "off": off["hardware"]},
+                              "seeds": {"on": on["seeds"], "off": off["seeds"]}}
+    for key in ("minnet", "mid", "maxnet", "palette_mean"):
+        effect[key] = {"on": on[key], "off": off[key], "off_minus_on": off[key] - on[key]}
+        if f"{key}_by_seed" in on:
+            effect[key]["by_seed"] = {"on": on[f"{key}_by_seed"], "off": off[f"{key}_by_seed"]}
+    diffs = {k: off["palette"][k]["accuracy"] - on["palette"][k]["accuracy"] for k in on["palette"].keys() & off["palette"].keys()}
+    effect.update(configs=len(diffs), configs_better_off=sum(d > 0 for d in diffs.values()),
+                  configs_better_on=sum(d < 0 for d in diffs.values()),
+                  config_diff_range=[min(diffs.values()), max(diffs.values())] if diffs else None)
+    return effect
+
+
 def _mean(values: list[float]) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
@@ -249,7 +289,9 @@ def table(
         smoke = smoke or bool(rec.get("smoke"))
         r = rec["results"]
         if "variant" in r:
-            rows.setdefault(r["variant"], {"describes": r["describes"], "runs": []})["runs"].append(r)
+            row = rows.setdefault(r["variant"], {"describes": r["describes"], "runs": [], "hardware": set()})
+            row["runs"].append(r)
+            row["hardware"].add(hardware(rec))
     baselines = {}
     for kind in ("minnet-ft", "teacher-ft"):
         runs = [json.loads(p.read_text()) for p in sorted(out_dir.glob(f"full-ft_{kind}_seed*.json"))]
@@ -272,10 +314,15 @@ def table(
         mean_palette = {k: {"shape": runs[0]["palette"][k]["shape"], "accuracy": _mean([r["palette"][k]["accuracy"] for r in runs])}
                         for k in keys}
         train_seconds = _mean([r["train_seconds"] for r in runs])
+        mid = _mid_key(runs[0]["palette"])
         summary.append({
             "variant": variant, "describes": row["describes"], "seeds": [r["seed"] for r in runs],
+            "hardware": sorted(row["hardware"]),
             "minnet": _mean([r["minnet"]["accuracy"] for r in runs]),
             "minnet_by_seed": [r["minnet"]["accuracy"] for r in runs],
+            "mid_shape": runs[0]["palette"][mid]["shape"],
+            "mid": _mean([r["palette"][mid]["accuracy"] for r in runs]),
+            "mid_by_seed": [r["palette"][mid]["accuracy"] for r in runs],
             "maxnet": _mean([r["maxnet"]["accuracy"] for r in runs]),
             "maxnet_by_seed": [r["maxnet"]["accuracy"] for r in runs],
             "palette_mean": _mean([v["accuracy"] for v in mean_palette.values()]),
@@ -285,21 +332,30 @@ def table(
             "train_seconds": train_seconds, "time_vs_teacher_ft": train_seconds / ft_seconds if ft_seconds else None,
             "steps_by_stage": runs[0]["steps_by_stage"], "palette": mean_palette,
         })
+    reordering = reordering_effect({s["variant"]: s for s in summary})
     results = {"variants": summary, "baselines": baselines, "shed": shed or [],
-               "teacher_ft_train_seconds": ft_seconds}
+               "teacher_ft_train_seconds": ft_seconds, "reordering": reordering}
     def pct(xs: list[float]) -> str:
         return "; ".join(f"{100 * x:.2f}" for x in xs)
 
-    lines = ["| variant | minnet (mean; seeds) | maxnet (mean; seeds) | mean of 36 | trainable params | stack bytes | train s | × full FT |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| variant | minnet (mean; seeds) | mid (mean; seeds) | maxnet (mean; seeds) | mean of 36 | trainable params "
+             "| stack bytes | train s | × full FT | hardware |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for s in summary:
         ratio = "-" if s["time_vs_teacher_ft"] is None else f"{s['time_vs_teacher_ft']:.2f}"
-        lines.append(f"| {s['variant']} | {100 * s['minnet']:.2f} ({pct(s['minnet_by_seed'])}) | {100 * s['maxnet']:.2f} "
+        lines.append(f"| {s['variant']} | {100 * s['minnet']:.2f} ({pct(s['minnet_by_seed'])}) | {100 * s['mid']:.2f} "
+                     f"({pct(s['mid_by_seed'])}) | {100 * s['maxnet']:.2f} "
                      f"({pct(s['maxnet_by_seed'])}) | {100 * s['palette_mean']:.2f} | {s['trainable_params']:,} "
-                     f"({s['parts_share_of_base']:.2%} of base) | {s['stack_bytes']:,} | {s['train_seconds']:.0f} | {ratio} |")
+                     f"({s['parts_share_of_base']:.2%} of base) | {s['stack_bytes']:,} | {s['train_seconds']:.0f} | {ratio} "
+                     f"| {'; '.join(s['hardware'])} |")
     for kind, b in baselines.items():
-        lines.append(f"| {kind} ({b['shape']}) | {100 * b['accuracy_mean']:.2f} ({pct(list(b['accuracy_by_seed'].values()))}) | | | | | "
-                     f"{(b['seconds_per_step'] or 0) * b['steps']:.0f} | |")
+        lines.append(f"| {kind} ({b['shape']}) | {100 * b['accuracy_mean']:.2f} ({pct(list(b['accuracy_by_seed'].values()))}) | | | | | | "
+                     f"{(b['seconds_per_step'] or 0) * b['steps']:.0f} | | |")
+    if reordering:
+        lines.append("")
+        lines.append("reordering on/off through the whole fit (off − on, points): " + ", ".join(
+            f"{k} {100 * reordering[k]['off_minus_on']:+.2f}" for k in ("minnet", "mid", "maxnet", "palette_mean"))
+            + f"; configs better without reordering: {reordering['configs_better_off']} of {reordering['configs']}")
     markdown = "\n".join(lines)
     print(markdown)
     results["markdown"] = markdown

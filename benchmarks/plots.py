@@ -52,7 +52,11 @@ def hardware(record: Record) -> str:
     env = record.get("environment") or {}
     if env.get("cuda_device"):
         return f"{env['cuda_device']} (CUDA)"
+    if str(env.get("device", "")).startswith("cuda"):  # runs recorded before the GPU's name was
+        return f"CUDA GPU (name not recorded), {env.get('cpu_count')} cores"
     where = "GPU machine" if "gpu" in str(env.get("platform", "")) else "CPU"
+    if env.get("cpu_model") and where == "CPU":
+        where = env["cpu_model"]
     cores = env.get("cpu_count")
     threads = env.get("torch_threads")
     text = f"{where}, {cores} cores" if cores else where
@@ -65,7 +69,7 @@ def provenance(record: Record) -> str:
     day = (record.get("finished_at") or "?")[:10]
     smoke = " · SMOKE (--quick/limits: not a result)" if record.get("smoke") else ""
     env = record.get("environment") or {}
-    load = env.get("load_average_1_5_15") or env.get("load_average")
+    load = env.get("load_average_1_5_15") or env.get("load_average") or env.get("loadavg")
     load = f" · load average {json.dumps(load).replace(' ', '')}" if load else ""
     return f"{record.get('benchmark', '?')}: {hardware(record)}{load} · {day} · {commit}{smoke}"
 
@@ -186,20 +190,24 @@ def draw_no_stages(r: Record) -> Figure:
 def draw_palette_ablation(r: Record) -> Figure:
     res = r["results"]
     variants = res["variants"]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     xs = range(len(variants))
-    w = 0.27
-    for k, (key, label) in enumerate((("minnet", "minnet"), ("maxnet", "maxnet"), ("palette_mean", "mean of all configs"))):
-        bars = ax.bar([x + (k - 1) * w for x in xs], [100 * v[key] for v in variants], w, label=label, color=f"C{k}")
+    kinds = [("minnet", "minnet"), ("mid", "mid " + variants[0].get("mid_shape", "").split(" D")[0]), ("maxnet", "maxnet"),
+             ("palette_mean", "mean of all configs")]
+    kinds = [(key, label) for key, label in kinds if key in variants[0]]  # tables written before the mid was recorded
+    w = 0.8 / len(kinds)
+    for k, (key, label) in enumerate(kinds):
+        bars = ax.bar([x + (k - (len(kinds) - 1) / 2) * w for x in xs], [100 * v[key] for v in variants], w, label=label, color=f"C{k}")
         bar_labels(ax, bars, fontsize=6)
         if f"{key}_by_seed" in variants[0]:
             for x, v in zip(xs, variants):
-                ax.scatter([x + (k - 1) * w] * len(v[f"{key}_by_seed"]), [100 * a for a in v[f"{key}_by_seed"]],
+                ax.scatter([x + (k - (len(kinds) - 1) / 2) * w] * len(v[f"{key}_by_seed"]), [100 * a for a in v[f"{key}_by_seed"]],
                            color="k", s=6, zorder=3)
     for i, (name, base) in enumerate(res.get("baselines", {}).items()):
         ax.axhline(100 * base["accuracy_mean"], color=f"C{i + 4}", linestyle="--", lw=1,
                    label=f"{name} ({base['shape'].split(' D')[0]}, {base['steps']} steps): {100 * base['accuracy_mean']:.1f} %")
-    ax.set_xticks(list(xs), [v["variant"] for v in variants], fontsize=8)
+    ax.set_xticks(list(xs), [v["variant"] + ("\n" + "; ".join(v["hardware"]) if v.get("hardware") else "") for v in variants],
+                  fontsize=6.5, rotation=12)
     ax.set(ylim=(75, 88), ylabel="dev accuracy, % (dots: seeds)", title="palette ablation at equal steps (566 per stage)")
     ax.legend(fontsize=7, loc="lower right")
     ax.grid(alpha=0.3, axis="y")
@@ -349,6 +357,32 @@ def draw_server_resolve(r: Record) -> Figure:
     ax.set_yscale("log")
     ax.set(ylabel="ms per request", title="warm resolve latency")
     bx.set(ylabel="requests / s", title="warm resolve throughput")
+    footer(fig, r)
+    return fig
+
+
+def draw_decoder_int8(r: Record) -> Figure:
+    """Each int8 option of a SmolLM2 slice against its fp32 graph: next-token agreement, decode time, file size."""
+    configs = r["results"]["configs"]
+    options = [k for k in configs[0] if isinstance(configs[0][k], dict) and "agreement" in configs[0][k]]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    w = 0.8 / len(configs)
+    for i, row in enumerate(configs):
+        label = row["shape"].split("[")[0] + " " + " ".join(row["shape"].split(" ")[1:3])
+        xs = [k + (i - (len(configs) - 1) / 2) * w for k in range(len(options))]
+        bar_labels(axes[0], axes[0].bar(xs, [100 * row[o]["agreement"] for o in options], w, color=f"C{i}", label=label), fontsize=6)
+        bars = axes[1].bar(xs, [row[o]["decode_ms_per_token"] for o in options], w, color=f"C{i}", label=label)
+        bar_labels(axes[1], bars, fmt="{:.0f}", fontsize=6)
+        axes[1].axhline(row["fp32"]["decode_ms_per_token"], color=f"C{i}", linestyle="--", lw=1, label=f"{label} fp32")
+        bar_labels(axes[2], axes[2].bar(xs, [row[o]["size_mb"] for o in options], w, color=f"C{i}", label=label), fmt="{:.0f}", fontsize=6)
+        axes[2].axhline(row["fp32"]["size_mb"], color=f"C{i}", linestyle="--", lw=1, label=f"{label} fp32")
+    titles = ("next-token agreement with fp32, %", "decode ms per token (2 threads)", "file size, MB")
+    for ax, title in zip(axes, titles):
+        ax.set_xticks(range(len(options)), options, fontsize=6.5, rotation=20)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"SmolLM2 int8 options ({r['settings']['blocks']} dev blocks, {r['settings']['steps']} decode steps)", fontsize=10)
     footer(fig, r)
     return fig
 
@@ -685,12 +719,15 @@ def draw_palette_quality(r: Record) -> Figure:
 
 
 def draw_ablations(results: Results) -> Figure | None:
-    gamma, abl, s2 = results.get("gamma"), results.get("palette-ablation"), results.get("stage2-ablation")
+    gamma, abl = results.get("gamma"), results.get("palette-ablation")
+    # alpha / FD: the run with the most stage-2 steps (stage2-ablation_<tag>.json beside the 60-step one)
+    s2 = max(results.matching("stage2-ablation*").values(), default=None,
+             key=lambda r: (not r.get("smoke"), r["results"]["steps"][0]))
     nos = results.get("no-stages-1-2_shapes") or results.get("no-stages-1-2")  # _shapes: run on the shipped palette
     if not (gamma or abl or nos or s2):
         return None
-    fig, axes = plt.subplots(1, 4, figsize=(21, 4.8), gridspec_kw={"width_ratios": [1.1, 1.4, 1.1, 0.8]})
-    ax, bx, dx, cx = axes
+    fig, axes = plt.subplots(1, 5, figsize=(25, 4.8), gridspec_kw={"width_ratios": [1.1, 1.4, 1.1, 0.8, 0.9]})
+    ax, bx, dx, cx, rx = axes
     if s2:
         stage2_bars(dx, s2)
     else:
@@ -705,14 +742,19 @@ def draw_ablations(results: Results) -> Figure | None:
         ax.grid(alpha=0.3)
     else:
         ax.text(0.5, 0.5, "gamma.json missing", ha="center")
+    reordering = (abl or {}).get("results", {}).get("reordering")
     if abl:
-        variants = abl["results"]["variants"]
+        off = reordering["off"] if reordering else None
+        variants = [v for v in abl["results"]["variants"] if v["variant"] != off]
         xs = range(len(variants))
-        for k, key in enumerate(("minnet", "maxnet")):
-            bars = bx.bar([x + (k - 0.5) * 0.38 for x in xs], [100 * v[key] for v in variants], 0.38, label=key, color=f"C{k}")
-            bar_labels(bx, bars, fontsize=6)
+        keys = [k for k in ("minnet", "mid", "maxnet") if k in variants[0]]
+        w = 0.8 / len(keys)
+        for k, key in enumerate(keys):
+            offset = (k - (len(keys) - 1) / 2) * w
+            bars = bx.bar([x + offset for x in xs], [100 * v[key] for v in variants], w, label=key, color=f"C{k}")
+            bar_labels(bx, bars, fontsize=5.5)
             for x, v in zip(xs, variants):
-                bx.scatter([x + (k - 0.5) * 0.38] * len(v.get(f"{key}_by_seed", [])), [100 * a for a in v.get(f"{key}_by_seed", [])],
+                bx.scatter([x + offset] * len(v.get(f"{key}_by_seed", [])), [100 * a for a in v.get(f"{key}_by_seed", [])],
                            color="k", s=6, zorder=3)
         for i, (name, base) in enumerate(abl["results"].get("baselines", {}).items()):
             bx.axhline(100 * base["accuracy_mean"], linestyle="--", lw=1, color=f"C{i + 3}",
@@ -732,17 +774,41 @@ def draw_ablations(results: Results) -> Figure | None:
         cx.set(ylim=(60, 90), ylabel="dev accuracy, %", title="stages 1-2 on/off")
         cx.tick_params(axis="x", labelsize=7)
         cx.grid(alpha=0.3, axis="y")
-    # Reordering on/off for a shape cut and fine-tuned on its own (the MLFS-pipeline arm needs whole fits).
+    if reordering:
+        draw_reordering(rx, reordering)
+    else:
+        rx.text(0.5, 0.5, "reordering on/off through the whole fit:\nnot measured", ha="center", fontsize=8)
+        rx.set_axis_off()
+    # Reordering on/off for a shape cut and fine-tuned on its own.
     unordered = {stem: (rec, results.get("full-ft_" + stem.split("_", 1)[1])) for stem, rec in results.matching("full-ft-reorder-none_*").items()}
     reorder = "; ".join(f"{rec['settings']['config_label'].replace(' D384', '')} cut and fine-tuned alone ({rec['results']['steps']} steps, "
                         f"seed {rec['settings']['seed']}): {100 * rec['results']['final_dev_accuracy']:.1f} % unordered vs "
                         f"{100 * ordered['results']['final_dev_accuracy']:.1f} % importance-reordered"
                         for rec, ordered in unordered.values() if ordered)
-    fig.text(0.99, 0.005, "reordering: " + (reorder or "not measured") + "; not measured: reordering on/off through the whole MLFS "
-             "pipeline (each arm a palette fit from the un-reordered teacher: ~1 h on the 2-core CPU)" + ("" if s2 else "; alpha, FD"),
-             fontsize=7, color="firebrick", ha="right", va="bottom")
+    if reorder or not s2:
+        fig.text(0.99, 0.005, "; ".join(([f"reordering for one shape: {reorder}"] if reorder else []) + ([] if s2 else ["not measured: alpha, FD"])),
+                 fontsize=7, color="firebrick", ha="right", va="bottom")
     footer(fig, gamma, abl, nos, s2, *[rec for rec, ordered in unordered.values() if ordered])
     return fig
+
+
+def draw_reordering(ax, effect: dict[str, Any]) -> None:
+    """Importance reordering on/off as two whole MLFS fits (palette_ablation.reordering_effect): bars per subnet."""
+    keys = [("minnet", "minnet"), ("mid", "mid"), ("maxnet", "maxnet"), ("palette_mean", "mean of\nall configs")]
+    for i, arm in enumerate(("on", "off")):
+        xs = [g + (i - 0.5) * 0.38 for g in range(len(keys))]
+        bars = ax.bar(xs, [100 * effect[k][arm] for k, _ in keys], 0.38, color=("C0", "C7")[i],
+                      label=f"reordering {arm} ({'; '.join(effect['hardware'][arm])})")
+        bar_labels(ax, bars, fontsize=6)
+        for x, (k, _) in zip(xs, keys):
+            seeds = effect[k].get("by_seed", {}).get(arm, [])
+            ax.scatter([x] * len(seeds), [100 * a for a in seeds], color="k", s=6, zorder=3)
+    ax.set_xticks(range(len(keys)), [f"{label}\n{100 * effect[k]['off_minus_on']:+.2f}" for k, label in keys], fontsize=7)
+    ax.set(ylim=(75, 88), ylabel="dev accuracy, % (dots: seeds)",
+           title=f"reordering on/off: whole fits, equal steps\noff − on below; {effect['configs_better_off']} "
+                 f"of {effect['configs']} configs better off")
+    ax.legend(fontsize=6, loc="lower right")
+    ax.grid(alpha=0.3, axis="y")
 
 
 # ----- registry -------------------------------------------------------------------------------------------------
@@ -773,13 +839,14 @@ FIGURES: tuple[FigureSpec, ...] = (
     FigureSpec("client-swap", ("client-swap",), draw_client_swap),
     FigureSpec("server-build", ("server-build",), draw_server_build),
     FigureSpec("ort-latency", ("ort-latency",), draw_ort_latency),
-    FigureSpec("server-resolve", ("server-resolve",), draw_server_resolve),
+    FigureSpec("server-resolve", ("server-resolve*",), draw_server_resolve),
+    FigureSpec("decoder-int8", ("decoder-int8*",), draw_decoder_int8),
     FigureSpec("server-download", ("server-download",), draw_server_download),
     FigureSpec("server-replicas", ("server-replicas",), draw_server_replicas),
     FigureSpec("server-replicas-rolling", ("server-replicas-rolling",), draw_server_replicas_rolling),
     FigureSpec("schemathesis", ("schemathesis",), draw_schemathesis),
-    FigureSpec("stage2-ablation", ("stage2-ablation",), draw_stage2_ablation),
-    FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2*", "stage2-ablation", "full-ft-reorder-*"), draw_ablations,
+    FigureSpec("stage2-ablation", ("stage2-ablation*",), draw_stage2_ablation),
+    FigureSpec("ablations", ("gamma", "palette-ablation", "no-stages-1-2*", "stage2-ablation*", "full-ft-reorder-*"), draw_ablations,
                per_file=False),
 )
 

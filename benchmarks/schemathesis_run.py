@@ -19,7 +19,7 @@ from typing import Annotated
 
 import httpx
 import typer
-from bench_record import base_record, machine, write_result
+from bench_record import base_record, machine, quick_out_dir, write_result
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests/helpers
 from helpers.store import SCHEMATHESIS_CHECKS, free_port, make_store, run_schemathesis, serve_process
@@ -33,8 +33,12 @@ def main(
     max_time: Annotated[int, typer.Option(help="Time budget of the schemathesis run, seconds.")] = 600,
     seed: Annotated[int, typer.Option(help="Hypothesis seed (reproducible runs).")] = 1,
     out_dir: Annotated[Path, typer.Option(help="Where the JSON goes.")] = RESULTS,
+    quick: Annotated[bool, typer.Option("--quick", help="Smoke run: 3 cases per operation, 30 s at most; into results/quick/ (marked smoke).")] = False,
 ) -> None:
     started = time.perf_counter()
+    if quick:
+        max_examples, max_time = min(max_examples, 3), min(max_time, 30)
+    out_dir = quick_out_dir(out_dir, quick)
     with tempfile.TemporaryDirectory(prefix="mlfs-schemathesis-") as tmp:
         store = make_store(Path(tmp) / "store")
         port = free_port()
@@ -69,7 +73,7 @@ def main(
     settings = {"max_examples": max_examples, "max_time_s": max_time, "seed": seed, "checks": SCHEMATHESIS_CHECKS,
                 "workers": 1, "store": "tiny random BERT (tests/helpers/store.py)", "build_wait_s": 0.5}
     record = base_record("schemathesis", "schemathesis over every operation of mlfs serve", settings, results, started,
-                         machine(), smoke=False, notes=["server statuses from mlfs_requests_total, scraped at the end"])
+                         machine(), smoke=quick, notes=["server statuses from mlfs_requests_total, scraped at the end"])
     write_result(out_dir, "schemathesis", record)
     typer.echo(f"{results['test_cases']}; server answered {results['server_requests']} requests: "
                f"{results['server_statuses']}; failures {results['failures']}; errors {results['errors']}")

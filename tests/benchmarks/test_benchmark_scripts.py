@@ -44,7 +44,10 @@ def assert_result(path: Path, benchmark: str, smoke: bool) -> dict:
     assert rec["environment"]["git"]["commit"] and rec["environment"]["cpu_count"]
     assert Path(rec["command"].split()[1]).name in {"mlfs_reference.py", "palette_quality.py", "server_bench.py",
                                                       "swap_bench.py", "latency_bench.py", "replicas_bench.py",
-                                                      "palette_ablation.py", "device_latency.py", "ort_latency.py"}
+                                                      "palette_ablation.py", "device_latency.py", "ort_latency.py",
+                                                      "latency_diagnosis.py", "schemathesis_run.py", "decoder_int8.py"}
+    env = rec["environment"]
+    assert env["versions"]["onnxruntime"] and env["versions"]["numpy"] and "cpu_model" in env
     assert_png(path.with_suffix(".png"))
     return rec
 
@@ -134,23 +137,30 @@ HEAVY = {
     "replicas": (["replicas_bench.py", "throughput"], "server-replicas", "server-replicas"),
     "replicas-rolling": (["replicas_bench.py", "rolling"], "server-replicas-rolling", "server-replicas-rolling"),
     "palette-ablation": (["palette_ablation.py", "all"], "palette-ablation", "palette-ablation"),
+    "latency-diagnosis": (["latency_diagnosis.py"], "latency-diagnosis", "latency-diagnosis"),
+    "schemathesis": (["schemathesis_run.py"], "schemathesis", "schemathesis"),
+    "decoder-int8": (["decoder_int8.py"], "decoder-int8", "decoder-int8"),
+    "decoder": (["mlfs_reference.py", "decoder"], "decoder", "decoder"),
 }
+STORE_OPTION = {"latency", "device-latency"}  # the scripts that take --store (never the shared bench stores)
+TEACHER = {"decoder-int8": "smollm2", "decoder": "smollm2"}  # the rest need MiniLM
 
 
 # Over a minute each on CI's two cores: `make test-bench` runs them, `make test` leaves them out (the rolling restart
 # and the build paths have their own tests there). The rest stay in the default run.
-HEAVIEST = {"gamma", "stage2-ablation", "server-build", "replicas", "replicas-rolling", "palette-ablation"}
+HEAVIEST = {"gamma", "stage2-ablation", "server-build", "replicas", "replicas-rolling", "palette-ablation", "decoder-int8",
+            "decoder", "schemathesis"}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.bench) if n in HEAVIEST else n for n in HEAVY])
 def test_heavy_benchmark_quick(name, tmp_path, prepared_teacher):
-    prepared_teacher("minilm")
+    prepared_teacher(TEACHER.get(name, "minilm"))
     if name.startswith("replicas") and (why := _postgres_missing()):
         pytest.skip(why)
     args, stem, benchmark = HEAVY[name]
     out = tmp_path / ("palette-ablation" if name == "palette-ablation" else "out")
-    extra = ["--store", str(tmp_path / "store")] if "latency" in name else []  # never the shared bench stores
+    extra = ["--store", str(tmp_path / "store")] if name in STORE_OPTION else []
     run([str(BENCH / args[0]), *args[1:], "--quick", "--out-dir", str(out), *extra], timeout=1200)
     rec = assert_result((out.parent if name == "palette-ablation" else out) / f"{stem}.json", benchmark, smoke=True)
     if name == "stage2-ablation":  # every arm ran once (the quick run keeps the first seed) and has all three subnets
