@@ -360,7 +360,8 @@ def table(
     print(markdown)
     results["markdown"] = markdown
     record = base_record("palette-ablation", "MLFS variants x seeds at equal steps, with the separately trained minnet",
-                         {"out_dir": str(out_dir)}, results, started, machine(), smoke, [])
+                         {"out_dir": str(out_dir)}, results, started,
+                         {**machine(), "runs_on": sorted({h for s in summary for h in s["hardware"]})}, smoke, [])
     target = write or out_dir.parent / "palette-ablation.json"
     write_result(target.parent, target.stem, record)
     return results

@@ -50,6 +50,8 @@ class Results:
 def hardware(record: Record) -> str:
     """Which machine produced a result, in words, from its recorded environment."""
     env = record.get("environment") or {}
+    if env.get("runs_on"):  # a table gathered from runs made elsewhere (palette_ablation.py table)
+        return "runs on " + " and ".join(env["runs_on"])
     if env.get("cuda_device"):
         return f"{env['cuda_device']} (CUDA)"
     if str(env.get("device", "")).startswith("cuda"):  # runs recorded before the GPU's name was

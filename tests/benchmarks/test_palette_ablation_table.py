@@ -42,6 +42,8 @@ def test_reordering_on_off_and_the_mid_come_from_the_paired_variants(tmp_path, m
     assert abs(effect["maxnet"]["off_minus_on"] - (-0.01)) < 1e-9
     # per config, mean of seeds: minnet -0.02, mid 0, L5 0, maxnet -0.01: none better without reordering
     assert (effect["configs"], effect["configs_better_off"], effect["configs_better_on"]) == (4, 0, 2)
+    record = json.loads((tmp_path / "palette-ablation.json").read_text())
+    assert record["environment"]["runs_on"] == ["CPU, 2 cores", "NVIDIA H200 (CUDA)"]
     assert (tmp_path / "palette-ablation.png").is_file() and (tmp_path / "ablations.png").is_file()
 
 
