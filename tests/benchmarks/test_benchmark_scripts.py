@@ -98,7 +98,17 @@ def test_ort_latency_quick(tmp_path):
     assert "MatMul" in row["ort_profiles"]["plain"]["ms_per_pass"] and row["eager_profile"]["self_cpu_ms_per_pass"]
 
 
-def test_full_ft_quick_on_a_tiny_model(tmp_path, make_store):
+# The baselines of palette-quality.png: the whole teacher, a shape cut from it (reordered, or not: the reordering
+# ablation's arm) and the same shape from random weights; each names its result file after what it trained.
+FULL_FT_KINDS = {
+    "teacher": ([], "full-ft", None),
+    "unordered-shape": (["--config", '{"layers": 2, "heads": 2, "ffn": 32}', "--reorder", "none"], "full-ft-reorder-none_L2-1-3_H2_F32_D32", "none"),
+    "random-shape": (["--config", '{"layers": 2, "heads": 2, "ffn": 32}', "--random-init"], "full-ft-random_L2-1-3_H2_F32_D32", None),
+}
+
+
+@pytest.mark.parametrize("kind", list(FULL_FT_KINDS))
+def test_full_ft_quick_on_a_tiny_model(kind, tmp_path, make_store):
     """mlfs_reference.py full-ft --quick on a tiny random BERT and a tiny two-label data set."""
     make_store(tmp_path)
     data = tmp_path / "data"
@@ -109,11 +119,15 @@ def test_full_ft_quick_on_a_tiny_model(tmp_path, make_store):
                  "label": ["negative", "positive"][i % 2]} for i in range(n)]
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
+    extra, stem, reorder = FULL_FT_KINDS[kind]
     run([str(BENCH / "mlfs_reference.py"), "full-ft", "--quick", "--base", str(tmp_path / "tiny-bert"), "--data", str(data),
-         "--batch-size", "8", "--threads", "1", "--out-dir", str(out)])
-    rec = assert_result(out / "full-ft.json", "full-ft", smoke=True)
+         "--batch-size", "8", "--threads", "1", "--out-dir", str(out), *extra])
+    rec = assert_result(out / f"{stem}.json", "full-ft", smoke=True)
     assert rec["settings"]["epochs"] == 1 and rec["results"]["data"]["train_used"] == 64
     assert len(rec["results"]["per_epoch"]) == 1 and len(rec["results"]["train_loss"]) == rec["results"]["steps"]
+    if reorder:
+        assert rec["settings"]["reorder"] == reorder
+    assert rec["settings"]["init"].startswith("random" if kind == "random-shape" else "pretrained")
 
 
 def _postgres_missing() -> str | None:
