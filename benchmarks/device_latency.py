@@ -184,7 +184,9 @@ def main(store: Annotated[Path, typer.Option(help="Store (artifacts cached there
              "eager = the same subnet in PyTorch (fp32, torch threads = the profile's), no_grad, batch 1.",
              "resident_mb = RSS after loading the session and one forward pass at seq 64 minus RSS before, in a fresh process.",
              f"load average at the end: {load_average()}"]
-    env = {**machine(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+    loads = [row["load"] for row in rows if row["load"] is not None]  # the 1-minute load average as each row was timed: the figure's footer shows the range
+    env = {**machine(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+           "load_average": [round(min(loads), 2), round(max(loads), 2)] if loads else None}
     write_result(out_dir, "device-latency", base_record("device-latency", "latency per device profile: fp32/int8/eager, "
                                                         "p50/p95 per sequence length; resident memory per artifact",
                                                         settings, results, started, env, quick, notes))
