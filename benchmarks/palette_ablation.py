@@ -303,6 +303,7 @@ def table(
                 "wall_seconds": _mean([x["wall_seconds"] for x in runs]) if "wall_seconds" in runs[0] else None,
                 "seconds_per_step": _mean([x["results"]["seconds_per_step"] for x in runs]),
                 "steps": runs[0]["results"]["steps"],
+                "hardware": sorted({hardware(x) for x in runs}),
             }
     ft_seconds = None
     if "teacher-ft" in baselines and baselines["teacher-ft"]["seconds_per_step"]:

@@ -110,7 +110,7 @@ def gather(results_dir: Path, palette_dir: Path) -> tuple[dict[str, Any], list[s
                                     f"palette-ablation ({name}, seed {seed})", steps=base["steps"]))
             costs.append({"method": method, "label": f"{method.split(' (')[0]}: {base['shape'].replace(' D384', '')}",
                           "wall_seconds": base["wall_seconds"], "trainable_params": 22566146 if method == TEACHER_FT else 14584514,
-                          "steps": f"{base['steps']} steps", "hardware": hardware(ablation),
+                          "steps": f"{base['steps']} steps", "hardware": "; ".join(base.get("hardware") or [hardware(ablation)]),
                           "hardware_short": "GPU (H200), shared", "source": f"palette-ablation ({name})"})
         sources.append(source("palette-ablation", ablation))
 
