@@ -117,8 +117,12 @@ def test_a_rolling_restart_under_load_fails_no_request_that_follows_the_protocol
         summary = stats.summary()
         print(json.dumps(summary))
         assert stats.failures == [], stats.failures[:5]
-        cut = [(i, cause) for i, cause in stats.failovers if cause != "ConnectError"]
-        assert all(i == 1 for i, _ in cut), cut  # only the killed replica cut requests; the SIGTERMed ones drained
+        # A SIGTERMed replica closes its idle keep-alive connections as it drains; a request written onto one at
+        # that instant finds it closed before any response ("Server disconnected", RemoteProtocolError: the
+        # keep-alive race HTTP/1.1 clients retry; seen once in CI). A response cut mid-way (ReadError) comes
+        # only from the killed replica: the SIGTERMed ones finish what they started.
+        cut = [(i, cause) for i, cause in stats.failovers if cause not in ("ConnectError", "RemoteProtocolError")]
+        assert all(i == 1 for i, _ in cut), cut
         assert summary["statuses"].get(503, 0) > 0  # starting replicas said so (with Retry-After: Balancer checks)
         assert summary["downloads"] > 30 and summary["artifacts"] == len(WARM) + len(cold) - 1  # cold[0] comes next
         resolved = Balancer(urls, stats)
